@@ -1,0 +1,142 @@
+"""The catalog: how each MCP server key of an E2B-style config starts on this host.
+
+A config is `{"<key>": {<that server's settings>}}`, exactly E2B's format. The catalog maps each key to a command
+(stdio) or a URL (Streamable HTTP), with `{{field}}` templates filled from the server's settings, the way Docker's
+catalog does. The built-in catalog ships with the package; `LOCAL_MCP_CATALOG` names a file that adds or overrides
+entries. `tools` lists tool names that prove the server is up: the readiness probe waits for them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from agentbox.errors import ConfigError
+
+BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
+_FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class CatalogEntry(BaseModel):
+    """One server: either `command` (+ `env`) or `url` (+ `headers`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    command: list[str] | None = None
+    env: dict[str, str] = {}
+    url: str | None = None
+    headers: dict[str, str] = {}
+    tools: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> CatalogEntry:
+        if bool(self.command) == bool(self.url):
+            raise ValueError("needs exactly one of 'command' (a non-empty argv list) or 'url'")
+        return self
+
+    def templates(self) -> list[str]:
+        return [*(self.command or []), *self.env.values(), self.url or "", *self.headers.values()]
+
+    def required_fields(self) -> list[str]:
+        """Config fields the templates use, in order of first use."""
+        return list(dict.fromkeys(f for t in self.templates() for f in _FIELD.findall(t)))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A server ready to start: the catalog entry with its templates filled in. Holds secrets: never log it."""
+
+    key: str
+    command: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    tools: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # secrets live in env/headers
+        return f"Upstream(key={self.key!r}, {'command=' + repr(self.command[0]) if self.command else 'url=...'})"
+
+
+def load_catalog(extra: Path | str | None = None) -> dict[str, CatalogEntry]:
+    """The built-in catalog, with the entries of `extra` added or overriding."""
+    entries = _read_catalog_file(BUILTIN_CATALOG)
+    if extra:
+        entries.update(_read_catalog_file(Path(extra)))
+    return entries
+
+
+def _read_catalog_file(path: Path) -> dict[str, CatalogEntry]:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"MCP catalog file {path} does not exist.", "Fix LOCAL_MCP_CATALOG or create the file.") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"MCP catalog file {path} is not valid JSON ({exc.msg} at line {exc.lineno}).", "Fix the file.") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"MCP catalog file {path} must hold a JSON object of server keys.", "Fix the file.")
+    entries = {}
+    for key, value in raw.items():
+        try:
+            entries[key] = CatalogEntry.model_validate(value)
+        except ValidationError as exc:
+            why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"MCP catalog {path}: entry '{key}' is invalid ({why}).", "Fix the file.") from None
+    return entries
+
+
+def validate_config(config: Any, catalog: dict[str, CatalogEntry]) -> None:
+    """Refuse, before anything starts, a config with unknown keys or missing fields; names every problem."""
+    if not isinstance(config, dict) or not config:
+        raise ConfigError(
+            "The MCP config must be a non-empty JSON object of server keys, e.g. "
+            '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}.',
+            "Fix the --mcp value.",
+        )
+    problems = []
+    for key, values in config.items():
+        if key not in catalog:
+            near = difflib.get_close_matches(key, list(catalog), n=1)
+            problems.append(f"unknown MCP server '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"server '{key}' needs an object of settings, got {type(values).__name__}")
+            continue
+        missing = [f for f in catalog[key].required_fields() if not values.get(f)]
+        if missing:
+            problems.append(f"server '{key}' is missing {', '.join(repr(m) for m in missing)}")
+    if problems:
+        known = ", ".join(sorted(catalog))
+        raise ConfigError(f"Invalid MCP config: {'; '.join(problems)}.", f"Known servers: {known}.")
+
+
+def render(key: str, values: dict[str, Any], entry: CatalogEntry) -> Upstream:
+    """Fill the entry's `{{field}}` templates with the server's settings."""
+
+    def fill(template: str) -> str:
+        return _FIELD.sub(lambda m: str(values[m.group(1)]), template)
+
+    return Upstream(
+        key=key,
+        command=[fill(a) for a in entry.command] if entry.command else None,
+        env={k: fill(v) for k, v in entry.env.items()},
+        url=fill(entry.url) if entry.url else None,
+        headers={k: fill(v) for k, v in entry.headers.items()},
+        tools=tuple(entry.tools),
+    )
+
+
+def upstreams(config: dict[str, Any], catalog: dict[str, CatalogEntry]) -> list[Upstream]:
+    validate_config(config, catalog)
+    return [render(key, values, catalog[key]) for key, values in config.items()]
+
+
+def expected_tools(server_keys: list[str], catalog: dict[str, CatalogEntry]) -> dict[str, list[str]]:
+    """For each server, the tool names whose presence proves it is up (empty when the catalog names none)."""
+    return {key: list(catalog[key].tools) if key in catalog else [] for key in server_keys}

@@ -1,0 +1,145 @@
+"""Readiness probe: the gateway is ready when it lists every expected server's tools over MCP.
+
+A gateway can answer `tools/list` while one of its servers is still starting or has failed, so an HTTP 200 proves
+little: the probe runs MCP initialize + tools/list with the bearer token and checks the expected tool names. A 401/403
+is a distinct error that no retry can fix; refused connections, 5xx and timeouts are worth retrying. Polling starts at
+tens of milliseconds and backs off, bounded by a deadline: no fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import anyio
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from agentbox.errors import GatewayAuthError, GatewayNotReady, GatewayUpstreamError
+
+AUTH_HINT = "Check the gateway token: the sandbox's gateway refused it."
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    tools: list[str]
+    attempts: int
+    seconds: float
+
+
+def _has_tool(names: list[str], tool: str) -> bool:
+    """Whether `tool` is served, bare (Docker's default) or behind a server prefix."""
+    return any(n == tool or n.endswith(f"_{tool}") or n.endswith(f"__{tool}") for n in names)
+
+
+def missing_tools(names: list[str], expected: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per server, the expected tools that are not listed; a server with no known tools needs some tool listed."""
+    missing = {}
+    for server, tools in expected.items():
+        absent = [t for t in tools if not _has_tool(names, t)] if tools else ([] if names else ["any tool"])
+        if absent:
+            missing[server] = absent
+    return missing
+
+
+async def list_gateway_tools(url: str, token: str, timeout: float = 10.0) -> list[str]:
+    """One MCP handshake + tools/list; raises GatewayAuthError or GatewayNotReady."""
+    statuses: list[int] = []
+
+    async def record(response: httpx2.Response) -> None:
+        statuses.append(response.status_code)
+
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with httpx2.AsyncClient(
+            headers=headers, timeout=httpx2.Timeout(timeout), event_hooks={"response": [record]}
+        ) as http:
+            with anyio.fail_after(timeout):
+                async with streamable_http_client(url, http_client=http) as streams:
+                    async with ClientSession(streams[0], streams[1]) as session:
+                        await session.initialize()
+                        result = await session.list_tools()
+                        return [tool.name for tool in result.tools]
+    except (GatewayAuthError, GatewayNotReady):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - classified below, never swallowed
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, anyio.get_cancelled_exc_class())) and not isinstance(
+            exc, TimeoutError
+        ):
+            raise
+        if any(s in (401, 403) for s in statuses):
+            code = next(s for s in statuses if s in (401, 403))
+            raise GatewayAuthError(f"The MCP gateway at {url} answered {code} to our token.", AUTH_HINT) from None
+        raise GatewayNotReady(f"The MCP gateway at {url} is not answering yet ({_why(exc, statuses)}).") from None
+
+
+def _why(exc: BaseException, statuses: list[int]) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    errors = [s for s in statuses if s >= 400]
+    if errors:
+        return f"HTTP {errors[-1]}"
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    return type(leaf).__name__
+
+
+async def upstream_failures(url: str, token: str) -> dict[str, str]:
+    """Servers the gateway reports as failed on `/health` (this project's gateway; others answer nothing useful)."""
+    health = url.rsplit("/mcp", 1)[0] + "/health"
+    try:
+        async with httpx2.AsyncClient(timeout=2.0) as http:
+            response = await http.get(health, headers={"Authorization": f"Bearer {token}"})
+            servers = response.json().get("servers", {})
+    except Exception:  # noqa: BLE001 - /health is an optional extra
+        return {}
+    if not isinstance(servers, dict):
+        return {}
+    return {k: str(v.get("error") or "failed") for k, v in servers.items() if isinstance(v, dict) and v.get("state") == "failed"}
+
+
+async def probe(url: str, token: str, expected: dict[str, list[str]], timeout: float = 10.0) -> list[str]:
+    """One readiness check: the tool names, or an error saying why the gateway is not ready."""
+    names = await list_gateway_tools(url, token, timeout)
+    missing = missing_tools(names, expected)
+    if not missing:
+        return names
+    failed = {k: v for k, v in (await upstream_failures(url, token)).items() if k in missing}
+    if failed:
+        listed = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        raise GatewayUpstreamError(
+            f"The MCP gateway could not start {', '.join(failed)} ({listed}).",
+            "Check that server's settings and credentials; the run would have no tools.",
+        )
+    listed = "; ".join(f"{k} lacks {', '.join(v)}" for k, v in missing.items())
+    raise GatewayNotReady(f"The MCP gateway does not serve every expected tool yet ({listed}).")
+
+
+async def wait_until_ready(
+    url: str,
+    token: str,
+    expected: dict[str, list[str]],
+    deadline_seconds: float,
+    first_delay: float = 0.02,
+    max_delay: float = 0.1,
+) -> ProbeResult:
+    """Probe with exponential backoff from `first_delay` until ready or the deadline; auth/upstream errors stop at once."""
+    start = time.monotonic()
+    delay, attempts = first_delay, 0
+    while True:
+        attempts += 1
+        remaining = deadline_seconds - (time.monotonic() - start)
+        try:
+            tools = await probe(url, token, expected, timeout=max(0.5, min(10.0, remaining)))
+            return ProbeResult(tools, attempts, time.monotonic() - start)
+        except GatewayNotReady as exc:
+            remaining = deadline_seconds - (time.monotonic() - start)
+            if remaining <= 0:
+                raise GatewayNotReady(
+                    f"{exc.message.rstrip('.')} after {deadline_seconds:.0f} s and {attempts} attempts.",
+                    "Look at the gateway log in the sandbox; raise GATEWAY_READY_TIMEOUT_SECONDS if servers start slowly.",
+                ) from None
+            await anyio.sleep(min(delay, remaining))
+            delay = min(delay * 2, max_delay)

@@ -1,0 +1,192 @@
+"""An MCP gateway with the interface of E2B's `mcp-gateway`, built on fastmcp.
+
+`python -m agentbox.gateway --config '<json>'` starts every configured catalog server once (a keep-alive stdio
+process or a Streamable HTTP client), checks that no two servers serve the same tool name, and serves all their tools
+as one MCP server at `/mcp`, behind the bearer token of `GATEWAY_ACCESS_TOKEN`. Tool names are not prefixed (as in
+Docker's gateway) unless `--prefix` is given. A server that fails to start is reported on `GET /health` and its tools
+are missing, so a readiness probe can tell "not yet" from "never".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastmcp import Client, FastMCP
+from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
+from fastmcp.server import create_proxy
+from fastmcp.server.auth.auth import AccessToken, TokenVerifier
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from agentbox.errors import ConfigError
+from agentbox.gateway.catalog import Upstream, load_catalog, upstreams
+
+log = logging.getLogger("agentbox.gateway")
+DEFAULT_PORT = 50005
+UPSTREAM_START_TIMEOUT = 120.0
+
+
+class BearerToken(TokenVerifier):
+    """Accepts exactly one static token, compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token.encode()
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        if hmac.compare_digest(token.encode(), self._token):
+            return AccessToken(token="gateway", client_id="gateway-client", scopes=[])
+        return None
+
+    def accepts(self, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+
+
+@dataclass
+class UpstreamStatus:
+    key: str
+    state: str = "starting"  # starting | ready | failed
+    tools: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def transport_for(upstream: Upstream) -> StdioTransport | StreamableHttpTransport:
+    """One long-lived transport per server, so tool calls reuse the running process."""
+    if upstream.command:
+        env = {**os.environ, **upstream.env}
+        return StdioTransport(upstream.command[0], upstream.command[1:], env=env, keep_alive=True)
+    return StreamableHttpTransport(upstream.url, headers=upstream.headers)
+
+
+async def start_upstream(upstream: Upstream, transport: Any, timeout: float) -> UpstreamStatus:
+    """Connect once and list the tools: this starts the server and proves it speaks MCP."""
+    status = UpstreamStatus(upstream.key)
+    try:
+        async with asyncio.timeout(timeout):
+            async with Client(transport) as client:
+                status.tools = [t.name for t in await client.list_tools()]
+        status.state = "ready"
+    except BaseException as exc:  # noqa: BLE001 - any failure of a server is reported, never fatal to the others
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        status.state, status.error = "failed", _describe(exc)
+    return status
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "did not answer tools/list in time"
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"[:300]
+
+
+def find_clashes(statuses: list[UpstreamStatus]) -> dict[str, list[str]]:
+    owners: dict[str, list[str]] = {}
+    for status in statuses:
+        for tool in status.tools:
+            owners.setdefault(tool, []).append(status.key)
+    return {tool: keys for tool, keys in owners.items() if len(keys) > 1}
+
+
+async def build_gateway(
+    config: dict[str, Any],
+    token: str,
+    catalog_file: Path | None = None,
+    allow_tools: list[str] | None = None,
+    prefix: bool = False,
+    start_timeout: float = UPSTREAM_START_TIMEOUT,
+) -> tuple[FastMCP, list[UpstreamStatus]]:
+    """Start every upstream, check for clashes, and mount the ready ones on one FastMCP server."""
+    servers = upstreams(config, load_catalog(catalog_file))
+    transports = [transport_for(u) for u in servers]
+    statuses = list(
+        await asyncio.gather(*(start_upstream(u, t, start_timeout) for u, t in zip(servers, transports)))
+    )
+    for status in statuses:
+        if status.state == "ready":
+            log.warning("gateway: %s ready (%d tools)", status.key, len(status.tools))
+        else:
+            log.error("gateway: %s FAILED to start: %s", status.key, status.error)
+    clashes = {} if prefix else find_clashes(statuses)
+    if clashes:
+        listed = "; ".join(f"'{tool}' from {' and '.join(keys)}" for tool, keys in sorted(clashes.items()))
+        raise ConfigError(f"Tool name clash between MCP servers: {listed}.", "Start the gateway with --prefix.")
+
+    auth = BearerToken(token)
+    gateway = FastMCP("agentbox-gateway", auth=auth)
+    for upstream, transport, status in zip(servers, transports, statuses):
+        if status.state == "ready":
+            gateway.mount(create_proxy(transport, name=upstream.key), namespace=upstream.key if prefix else None)
+    if allow_tools:
+        gateway.enable(names=set(allow_tools), components={"tool"}, only=True)
+
+    @gateway.custom_route("/health", methods=["GET"])
+    async def health(request: Request) -> JSONResponse:
+        """200 when every server is ready, 503 otherwise, with each server's state (bearer token required)."""
+        if not auth.accepts(request.headers.get("authorization")):
+            return JSONResponse({"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        ok = all(s.state == "ready" for s in statuses)
+        body = {
+            "status": "ok" if ok else "degraded",
+            "servers": {s.key: {"state": s.state, "tools": len(s.tools), "error": s.error} for s in statuses},
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return gateway, statuses
+
+
+def parse_config(value: str) -> dict[str, Any]:
+    """`--config` takes JSON, or `@path` to a JSON file (keeps secrets out of the process list)."""
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config is not valid JSON ({exc.msg} at column {exc.colno}).", "Pass a JSON object.") from None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agentbox.gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="JSON object of catalog keys to server settings, or @file")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--catalog", type=Path, default=os.environ.get("LOCAL_MCP_CATALOG") or None,
+                        help="extra catalog file (default: $LOCAL_MCP_CATALOG)")
+    parser.add_argument("--tools", default="", help="comma-separated allow-list of tool names")
+    parser.add_argument("--prefix", action="store_true", help="prefix tool names with '<server>_'")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+
+    token = os.environ.get("GATEWAY_ACCESS_TOKEN", "")
+    if not token:
+        print("gateway: GATEWAY_ACCESS_TOKEN is not set; refusing to serve without auth.", file=sys.stderr)
+        return 2
+    try:
+        config = parse_config(args.config)
+        allow = [t.strip() for t in args.tools.split(",") if t.strip()]
+
+        async def serve() -> None:
+            gateway, _ = await build_gateway(config, token, args.catalog, allow, args.prefix)
+            print(f"gateway: serving on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
+            await gateway.run_http_async(
+                show_banner=False, host=args.host, port=args.port, path="/mcp", log_level="warning"
+            )
+
+        asyncio.run(serve())
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0

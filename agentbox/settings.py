@@ -1,0 +1,134 @@
+"""Every knob and secret of the product, read once from the environment and `.env`.
+
+Secrets are `SecretStr`, so a repr, a log line or a Prefect result never shows them. Which secrets a run needs
+depends on what it does (a rehearsal needs none), so presence is checked by `require()`, which names every missing
+variable in one message before anything is created or paid for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentbox.errors import ConfigError
+
+ENV_FILE = ".env"
+WHERE = f"set it in the environment or in {ENV_FILE} (see .env.example)"
+
+
+class Settings(BaseSettings):
+    """The product's configuration; field names are the environment variable names, case-insensitive."""
+
+    model_config = SettingsConfigDict(
+        env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
+
+    # Secrets: only ever read through this object.
+    e2b_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+    notion_integration_token: SecretStr | None = None
+    github_token: SecretStr | None = None
+
+    anthropic_base_url: str | None = Field(None, description="Passed to Claude in the sandbox (a proxy or gateway).")
+    sandbox_backend: Literal["local", "e2b"] | None = Field(
+        None, description="Where sandboxes run; default: e2b when E2B_API_KEY is set, else local."
+    )
+    local_mcp_catalog: Path | None = Field(None, description="Extra catalog file: adds or overrides MCP servers.")
+    local_sandbox_root: Path = Field(
+        Path.home() / ".cache" / "agentbox" / "sandboxes", description="Where local sandboxes keep their state."
+    )
+
+    claude_model: str | None = Field(None, description="Model for Claude Code; unset = the CLI's default.")
+    claude_max_turns: int = Field(12, ge=1, le=200)
+    claude_timeout_seconds: float = Field(600, gt=0, description="Kills `claude -p` past this.")
+    mcp_timeout_ms: int = Field(30_000, ge=1000, description="Claude's wait for MCP servers at start.")
+    gateway_ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for the gateway to list its tools.")
+    flow_timeout_seconds: float = Field(1800, gt=0)
+    sandbox_ttl_seconds: int = Field(
+        2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
+    )
+
+    @model_validator(mode="after")
+    def _ttl_outlives_flow(self) -> Settings:
+        if self.sandbox_ttl_seconds <= self.flow_timeout_seconds:
+            raise ValueError(
+                "SANDBOX_TTL_SECONDS must be larger than FLOW_TIMEOUT_SECONDS so a sandbox never dies mid-run"
+            )
+        return self
+
+    @property
+    def backend(self) -> Literal["local", "e2b"]:
+        """The configured backend, or the default that follows from the credentials present."""
+        if self.sandbox_backend:
+            return self.sandbox_backend
+        return "e2b" if self.e2b_api_key else "local"
+
+    def require(self, *names: str) -> None:
+        """Raise one ConfigError naming every variable among `names` that is unset or empty."""
+        missing = sorted({n.upper() for n in names if self._lookup(n) is None})
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            raise ConfigError(f"Missing setting{plural} {', '.join(missing)}.", f"Please {WHERE}.")
+
+    def resolve_reference(self, name: str) -> str:
+        """Value of a `${NAME}` reference: a settings field first, else the environment, else `.env`."""
+        value = self._lookup(name)
+        if value is None:
+            self.require(name)
+        return value
+
+    def _lookup(self, name: str) -> str | None:
+        field = name.lower()
+        if field in type(self).model_fields:
+            value = getattr(self, field)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            return str(value) if value is not None and str(value).strip() else None
+        value = os.environ.get(name) or dotenv_values(ENV_FILE).get(name)
+        return value or None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, turning pydantic's multi-line error into one line that names every bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"{name}: {err['msg']}" if name else err["msg"])
+        raise ConfigError(f"Invalid settings: {'; '.join(problems)}.", f"Please fix them ({WHERE}).") from None
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_references(value: object, settings: Settings) -> object:
+    """Replace every `${NAME}` inside strings of a JSON-like value with its secret value.
+
+    Flows hand MCP configs around with references only, so Prefect stores names, never values.
+    """
+    if isinstance(value, str):
+        return _REFERENCE.sub(lambda m: settings.resolve_reference(m.group(1)), value)
+    if isinstance(value, dict):
+        return {k: resolve_references(v, settings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_references(v, settings) for v in value]
+    return value
+
+
+def references_in(value: object) -> set[str]:
+    """Names of every `${NAME}` in a JSON-like value (to check them all before starting)."""
+    if isinstance(value, str):
+        return set(_REFERENCE.findall(value))
+    if isinstance(value, dict):
+        return set().union(*(references_in(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(references_in(v) for v in value)) if value else set()
+    return set()
