@@ -1,0 +1,24 @@
+"""Sandbox backends behind one port (base.SandboxBackend), chosen by settings."""
+
+from __future__ import annotations
+
+from agentbox.errors import ConfigError
+from agentbox.sandboxes.base import SandboxBackend, SandboxHandle
+from agentbox.settings import Settings
+
+
+def get_backend(settings: Settings, name: str | None = None) -> SandboxBackend:
+    """The backend named `name`, else the one the settings choose."""
+    name = name or settings.backend
+    if name == "local":
+        from agentbox.sandboxes.local import LocalSandboxes
+
+        return LocalSandboxes(settings.local_sandbox_root, settings.local_mcp_catalog)
+    if name == "e2b":
+        raise ConfigError(
+            "The e2b sandbox backend is not built yet in this version.", "Use --backend local (SANDBOX_BACKEND=local)."
+        )
+    raise ConfigError(f"Unknown sandbox backend '{name}'.", "Use 'local' or 'e2b'.")
+
+
+__all__ = ["SandboxBackend", "SandboxHandle", "get_backend"]

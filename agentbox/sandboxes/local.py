@@ -1,0 +1,351 @@
+"""The local backend: sandboxes on this host, isolated with bubblewrap.
+
+Each sandbox is a state directory plus a detached supervisor process that runs the MCP gateway (this project's,
+with the interface of E2B's `mcp-gateway`) under bubblewrap and kills everything when the TTL expires, even if
+nobody asks. Commands run in their own bubblewrap instance over the same private home and /tmp, so they see the same
+files, with the system read-only, the host's homes and this project's secrets hidden, their own pid namespace and a
+non-root user inside (uid 1000, so Claude Code's permission guard behaves as on E2B). The network stays shared:
+the gateway listens on a loopback port of the host.
+
+This is isolation for a development machine, not a security boundary like E2B's microVMs: run as root, the
+sandbox's user maps to root outside, so files not hidden here stay readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from agentbox.errors import SandboxCommandTimeout, SandboxError
+from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
+
+HOME = "/home/user"
+GATEWAY_DIR = "/run/agentbox"
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+INSTALL_HINT = (
+    "Install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
+    "or set SANDBOX_BACKEND=e2b."
+)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it may hold secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def process_alive(pid: int | None, marker: str) -> bool:
+    """Whether `pid` runs and is ours (its command line holds `marker`): guards against pid reuse and zombies."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z" and marker in cmdline
+
+
+class LocalSandboxes(SandboxBackend):
+    """Sandboxes as bubblewrap processes on this host; state lives under `root`."""
+
+    name = "local"
+
+    def __init__(self, root: Path, catalog_file: Path | None = None) -> None:
+        self.root = Path(root).expanduser()
+        self.catalog_file = Path(catalog_file) if catalog_file else None
+
+    # -- the sandbox's filesystem view -----------------------------------------------------------------------
+
+    def _state(self, sandbox_id: str) -> Path:
+        if not sandbox_id.startswith("local-") or "/" in sandbox_id:
+            raise SandboxError(f"'{sandbox_id}' is not a local sandbox id.", "Pass the id a local sandbox was created with.")
+        return self.root / sandbox_id
+
+    def _hidden(self) -> list[Path]:
+        """Host directories a sandbox must not see: homes (credentials), the project (its .env) and sandbox state."""
+        hidden = [Path("/root"), Path("/home"), PROJECT_DIR, self.root]
+        return [p for p in hidden if p.exists()]
+
+    def _needed(self) -> list[Path]:
+        """Read-only paths the sandbox needs even when they sit under a hidden directory."""
+        needed = [
+            Path(sys.base_prefix).resolve(),
+            PROJECT_DIR / ".venv",
+            PROJECT_DIR / "node_modules",
+            PROJECT_DIR / "agentbox",
+        ]
+        return [p for p in needed if p.exists()]
+
+    def _bwrap(self, state: Path, extra: list[str] = ()) -> list[str]:
+        argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/"]
+        for path in sorted(self._hidden(), key=lambda p: len(p.parts)):
+            argv += ["--tmpfs", str(path)]
+        for path in self._needed():
+            argv += ["--ro-bind", str(path), str(path)]
+        for secret_file in ("/etc/shadow", "/etc/gshadow"):
+            if Path(secret_file).exists():
+                argv += ["--ro-bind", "/dev/null", secret_file]
+        argv += ["--bind", str(state / "home"), HOME, "--bind", str(state / "tmp"), "/tmp"]
+        argv += ["--dev", "/dev", "--proc", "/proc"]
+        argv += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--unshare-pid", "--unshare-ipc"]
+        argv += ["--unshare-uts", "--hostname", "agentbox", "--die-with-parent", "--new-session", "--chdir", HOME]
+        return [*argv, *extra]
+
+    def _base_env(self) -> dict[str, str]:
+        path = [str(PROJECT_DIR / "node_modules" / ".bin"), str(Path(sys.executable).parent)]
+        path += ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        return {"HOME": HOME, "USER": "user", "PATH": ":".join(path), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+    def _host_path(self, state: Path, path: str) -> Path:
+        """Where a path inside the sandbox lives on the host (only the private home and /tmp are writable)."""
+        for inside, outside in ((HOME, state / "home"), ("/tmp", state / "tmp")):
+            if path == inside or path.startswith(inside + "/"):
+                host = (outside / path[len(inside) :].lstrip("/")).resolve()
+                if host == outside.resolve() or outside.resolve() in host.parents:
+                    return host
+        raise SandboxError(f"Cannot write {path} in a local sandbox.", f"Write under {HOME} or /tmp.")
+
+    # -- the port ---------------------------------------------------------------------------------------------
+
+    async def create(
+        self, mcp_config: dict, envs: dict[str, str], ttl_seconds: int, metadata: dict[str, str]
+    ) -> SandboxHandle:
+        await self._check_bubblewrap()
+        sandbox_id = f"local-{secrets.token_hex(6)}"
+        state = self.root / sandbox_id
+        for sub in ("home", "tmp", "gateway", "procs"):
+            (state / sub).mkdir(parents=True, mode=0o700)
+        port = _free_port()
+        token = secrets.token_urlsafe(24)
+        _write_private(state / "gateway" / "mcp.json", json.dumps(mcp_config))
+        _write_private(state / "token", token)
+        _write_private(state / "env.json", json.dumps(envs))
+        gateway_args = ["--config", f"@{GATEWAY_DIR}/mcp.json", "--host", "127.0.0.1", "--port", str(port)]
+        if self.catalog_file:
+            shutil.copyfile(self.catalog_file, state / "gateway" / "catalog.json")
+            gateway_args += ["--catalog", f"{GATEWAY_DIR}/catalog.json"]
+        gateway_argv = self._bwrap(
+            state,
+            ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR, "--", sys.executable, "-m", "agentbox.gateway", *gateway_args],
+        )
+        created = _now()
+        info = {
+            "id": sandbox_id,
+            "metadata": {k: str(v) for k, v in metadata.items()},
+            "created_at": created.isoformat(),
+            "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
+            "gateway_port": port,
+            "gateway_argv": gateway_argv,
+        }
+        _write_private(state / "sandbox.json", json.dumps(info))
+        gateway_env = {**self._base_env(), "GATEWAY_ACCESS_TOKEN": token}
+        _write_private(state / "gateway_env.json", json.dumps(gateway_env))
+        try:
+            await self._start_supervisor(state)
+        except BaseException:
+            await self.kill(sandbox_id)
+            raise
+        url = f"http://127.0.0.1:{port}/mcp"
+        return SandboxHandle(
+            id=sandbox_id,
+            backend="local",
+            gateway_url=url,
+            internal_gateway_url=url,
+            metadata=info["metadata"],
+            created_at=created,
+            expires_at=datetime.fromisoformat(info["expires_at"]),
+        )
+
+    async def _check_bubblewrap(self) -> None:
+        """bwrap must exist and be allowed to create user namespaces; say how to fix it if not."""
+        bwrap = shutil.which("bwrap")
+        if not bwrap:
+            raise SandboxError("bubblewrap (bwrap) is not installed; the local sandbox backend needs it.", INSTALL_HINT)
+        probe = [bwrap, "--ro-bind", "/", "/", "--unshare-user", "--uid", "1000", "--unshare-pid", "--", "/bin/true"]
+        proc = await asyncio.create_subprocess_exec(
+            *probe, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            why = err.decode(errors="replace").strip().splitlines()[-1:] or ["no detail"]
+            raise SandboxError(
+                f"bubblewrap cannot create a sandbox here ({why[0]}).",
+                "Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
+                "kernel.apparmor_restrict_unprivileged_userns=0) or set SANDBOX_BACKEND=e2b.",
+            )
+
+    async def _start_supervisor(self, state: Path) -> None:
+        """Start the detached supervisor (it double-forks, so it outlives this process and is nobody's zombie)."""
+        log = open(state / "supervisor.log", "ab")
+        with log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentbox.sandboxes.supervisor", str(state),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                cwd="/",
+            )
+            code = await proc.wait()
+        if code != 0:
+            detail = (state / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no detail"]
+            raise SandboxError(f"The local sandbox supervisor failed to start ({detail[0]}).")
+
+    async def gateway_token(self, handle: SandboxHandle) -> str:
+        try:
+            return (self._state(handle.id) / "token").read_text()
+        except FileNotFoundError:
+            raise SandboxError(f"Sandbox {handle.id} is gone.", "Create a new sandbox.") from None
+
+    def _require_running(self, sandbox_id: str) -> Path:
+        state = self._state(sandbox_id)
+        info = _read_info(state)
+        if not info or not process_alive(_read_pid(state / "supervisor.pid"), str(state)):
+            raise SandboxError(f"Sandbox {sandbox_id} is not running (killed or past its TTL).", "Create a new sandbox.")
+        return state
+
+    async def run(
+        self,
+        handle: SandboxHandle,
+        command: str,
+        *,
+        envs: dict[str, str] | None = None,
+        timeout: float,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> CommandResult:
+        state = self._require_running(handle.id)
+        env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
+        proc = await asyncio.create_subprocess_exec(
+            *self._bwrap(state, ["--", "/bin/bash", "-c", command]),
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        marker = state / "procs" / str(proc.pid)
+        marker.touch()
+        out: list[str] = []
+        err: list[str] = []
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(_pump(proc.stdout, out, on_stdout), _pump(proc.stderr, err, on_stderr), proc.wait()),
+                timeout,
+            )
+        except TimeoutError:
+            raise SandboxCommandTimeout(
+                f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
+            ) from None
+        finally:
+            if proc.returncode is None:
+                _killpg(proc.pid)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(proc.wait())
+            marker.unlink(missing_ok=True)
+        return CommandResult(proc.returncode, "".join(out), "".join(err))
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:
+        state = self._require_running(handle.id)
+        target = self._host_path(state, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data.encode() if isinstance(data, str) else data)
+
+    async def kill(self, sandbox_id: str) -> bool:
+        state = self._state(sandbox_id)
+        return await asyncio.to_thread(kill_state, state)
+
+    async def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
+        found = []
+        if not self.root.exists():
+            return found
+        for state in sorted(self.root.iterdir()):
+            info = _read_info(state)
+            if not info or not process_alive(_read_pid(state / "supervisor.pid"), str(state)):
+                continue
+            if all(info["metadata"].get(k) == v for k, v in (metadata or {}).items()):
+                found.append(
+                    SandboxInfo(
+                        id=info["id"],
+                        metadata=info["metadata"],
+                        created_at=datetime.fromisoformat(info["created_at"]),
+                        expires_at=datetime.fromisoformat(info["expires_at"]),
+                    )
+                )
+        return found
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_info(state: Path) -> dict | None:
+    try:
+        return json.loads((state / "sandbox.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def _pump(stream: asyncio.StreamReader, sink: list[str], callback: OutputCallback | None) -> None:
+    """Forward output as it arrives, decoding UTF-8 across chunk boundaries."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while chunk := await stream.read(65536):
+        text = decoder.decode(chunk)
+        if text:
+            sink.append(text)
+            if callback:
+                callback(text)
+    if tail := decoder.decode(b"", final=True):
+        sink.append(tail)
+        if callback:
+            callback(tail)
+
+
+def _killpg(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def kill_state(state: Path) -> bool:
+    """Kill every process of a sandbox (supervisor, gateway, commands), wait until they are gone, remove its state.
+
+    Shared by `kill` and the supervisor's TTL expiry. Idempotent: a missing sandbox returns False.
+    """
+    info = _read_info(state)
+    if info is None:
+        shutil.rmtree(state, ignore_errors=True)
+        return False
+    marker = str(state)
+    pids = [int(p.name) for p in (state / "procs").glob("*") if p.name.isdigit()]
+    supervisor = _read_pid(state / "supervisor.pid")
+    was_running = process_alive(supervisor, marker)
+    groups = [*pids, *([supervisor] if was_running and supervisor != os.getpid() else [])]
+    gateway = _read_pid(state / "gateway.pid")
+    for pid in groups:
+        _killpg(pid)
+    deadline = time.monotonic() + 5
+    while any(process_alive(pid, marker) for pid in [*groups, gateway]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    shutil.rmtree(state, ignore_errors=True)
+    return was_running

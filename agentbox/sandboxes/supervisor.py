@@ -1,0 +1,65 @@
+"""The supervisor of one local sandbox: runs its gateway and enforces its TTL.
+
+Started by the local backend as `python -m agentbox.sandboxes.supervisor <state dir>`. It forks into the background
+(a new session, so `killpg` on its pid takes the gateway too), writes its pid, starts the gateway under bubblewrap,
+then waits for SIGTERM or the TTL, whichever comes first, and kills the sandbox: no sandbox outlives its TTL even if
+the flow that made it died without a word.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agentbox.sandboxes.local import kill_state
+
+
+def supervise(state: Path) -> None:
+    info = json.loads((state / "sandbox.json").read_text())
+    env = json.loads((state / "gateway_env.json").read_text())
+    (state / "gateway_env.json").unlink()  # the token now lives only in this process and the gateway
+    with open(state / "gateway.log", "ab") as log:
+        gateway = subprocess.Popen(
+            info["gateway_argv"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/"
+        )
+    (state / "gateway.pid").write_text(str(gateway.pid))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    expires = datetime.fromisoformat(info["expires_at"])
+    remaining = (expires - datetime.now(timezone.utc)).total_seconds()
+    while remaining > 0:
+        if signal.sigtimedwait({signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, min(remaining, 3600)):
+            break
+        gateway.poll()  # reap a gateway that died; the sandbox lives on without it, as on E2B
+        remaining = (expires - datetime.now(timezone.utc)).total_seconds()
+    gateway.kill()
+    gateway.wait()
+    kill_state(state)  # commands and state; this process exits right after
+
+
+def main() -> int:
+    state = Path(sys.argv[1]).resolve()
+    read_fd, write_fd = os.pipe()
+    if os.fork():  # the launcher: wait until the supervisor says it is up, then exit so nobody must reap it
+        os.close(write_fd)
+        ok = os.read(read_fd, 1) == b"1"
+        return 0 if ok else 1
+    os.close(read_fd)
+    os.setsid()
+    (state / "supervisor.pid").write_text(str(os.getpid()))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.write(write_fd, b"1")
+    os.close(write_fd)
+    try:
+        supervise(state)
+    finally:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
