@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agentbox.errors import ConfigError
 
 ENV_FILE = ".env"
-WHERE = f"set it in the environment or in {ENV_FILE} (see .env.example)"
+WHERE = f"the environment or in {ENV_FILE} (see .env.example)"
 
 
 class Settings(BaseSettings):
@@ -73,8 +74,11 @@ class Settings(BaseSettings):
         """Raise one ConfigError naming every variable among `names` that is unset or empty."""
         missing = sorted({n.upper() for n in names if self._lookup(n) is None})
         if missing:
-            plural = "s" if len(missing) > 1 else ""
-            raise ConfigError(f"Missing setting{plural} {', '.join(missing)}.", f"Please {WHERE}.")
+            plural = len(missing) > 1
+            raise ConfigError(
+                f"Missing setting{'s' if plural else ''} {', '.join(missing)}.",
+                f"Set {'them' if plural else 'it'} in {WHERE}.",
+            )
 
     def resolve_reference(self, name: str) -> str:
         """Value of a `${NAME}` reference: a settings field first, else the environment, else `.env`."""
@@ -82,6 +86,11 @@ class Settings(BaseSettings):
         if value is None:
             self.require(name)
         return value
+
+    def secret_values(self) -> list[str]:
+        """Every secret's value, for `redact`."""
+        values = [getattr(self, n) for n, f in type(self).model_fields.items() if f.annotation == SecretStr | None]
+        return [v.get_secret_value() for v in values if v is not None]
 
     def _lookup(self, name: str) -> str | None:
         field = name.lower()
@@ -103,23 +112,23 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             name = "_".join(str(p) for p in err["loc"]).upper()
             problems.append(f"{name}: {err['msg']}" if name else err["msg"])
-        raise ConfigError(f"Invalid settings: {'; '.join(problems)}.", f"Please fix them ({WHERE}).") from None
+        raise ConfigError(f"Invalid settings: {'; '.join(problems)}.", f"Fix {'them' if len(problems) > 1 else 'it'} in {WHERE}.") from None
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def resolve_references(value: object, settings: Settings) -> object:
-    """Replace every `${NAME}` inside strings of a JSON-like value with its secret value.
+def resolve_references(value: object, lookup: Callable[[str], str]) -> object:
+    """Replace every `${NAME}` inside strings of a JSON-like value with `lookup(NAME)`.
 
     Flows hand MCP configs around with references only, so Prefect stores names, never values.
     """
     if isinstance(value, str):
-        return _REFERENCE.sub(lambda m: settings.resolve_reference(m.group(1)), value)
+        return _REFERENCE.sub(lambda m: lookup(m.group(1)), value)
     if isinstance(value, dict):
-        return {k: resolve_references(v, settings) for k, v in value.items()}
+        return {k: resolve_references(v, lookup) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve_references(v, settings) for v in value]
+        return [resolve_references(v, lookup) for v in value]
     return value
 
 
@@ -132,3 +141,10 @@ def references_in(value: object) -> set[str]:
     if isinstance(value, list):
         return set().union(*(references_in(v) for v in value)) if value else set()
     return set()
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Replace every secret value in `text` with `***` (a last line of defence for logs and error messages)."""
+    for value in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text

@@ -77,7 +77,7 @@ class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tool: str | None = None
-    input: dict[str, Any] = Field(default_factory=dict)
+    input: dict[str, Any] | None = None
     text: str | None = None
     error: ErrorSpec | None = None
     hang_seconds: float | None = Field(default=None, ge=0)
@@ -109,8 +109,17 @@ class ModelScript(RootModel[list[Step]]):
     """The ordered turns the stand-in plays; the last is the final answer.
 
     Serialises to a plain JSON list, e.g.
-    ``[{"tool": "create_issue", "input": {...}}, {"text": "done"}]``.
+    ``[{"tool": "create_issue", "input": {...}}, {"text": "done"}]``;
+    ``ModelScript([...])`` and ``ModelScript(steps=[...])`` both work.
     """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_steps_key(cls, value: Any) -> Any:
+        """Also accept ``{"steps": [...]}`` / ``ModelScript(steps=[...])``."""
+        if isinstance(value, dict) and set(value) == {"steps"}:
+            return value["steps"]
+        return value
 
     @property
     def steps(self) -> list[Step]:
@@ -209,7 +218,9 @@ def _plan(step: Step, tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
         blocks: list[dict[str, Any]] = []
         if step.text:
             blocks.append({"type": "text", "text": step.text})
-        blocks.append({"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": name, "input": step.input})
+        blocks.append(
+            {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": name, "input": step.input or {}}
+        )
         return blocks, "tool_use"
     if step.text is not None:
         return [{"type": "text", "text": step.text}], "end_turn"

@@ -382,7 +382,7 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
                     "The rehearsal stand-in only supports title/select filters with "
                     "equals, does_not_equal, contains, is_empty, is_not_empty (and/or).",
                 )
-            rows = [row for row, keep in zip(rows, verdicts) if keep]
+            rows = [row for row, keep in zip(rows, verdicts, strict=True) if keep]
         paged = _paginate(rows, body.get("start_cursor"), body.get("page_size"))
         if isinstance(paged, JSONResponse):
             return paged

@@ -7,13 +7,13 @@ from agentbox.sandboxes.base import SandboxBackend, SandboxHandle
 from agentbox.settings import Settings
 
 
-def get_backend(settings: Settings, name: str | None = None) -> SandboxBackend:
-    """The backend named `name`, else the one the settings choose."""
+def get_backend(settings: Settings, name: str | None = None, catalog_file: str | None = None) -> SandboxBackend:
+    """The backend named `name`, else the one the settings choose. `catalog_file` overrides LOCAL_MCP_CATALOG."""
     name = name or settings.backend
     if name == "local":
         from agentbox.sandboxes.local import LocalSandboxes
 
-        return LocalSandboxes(settings.local_sandbox_root, settings.local_mcp_catalog)
+        return LocalSandboxes(settings.local_sandbox_root, catalog_file or settings.local_mcp_catalog)
     if name == "e2b":
         raise ConfigError(
             "The e2b sandbox backend is not built yet in this version.", "Use --backend local (SANDBOX_BACKEND=local)."

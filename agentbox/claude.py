@@ -1,0 +1,275 @@
+"""Claude Code inside the sandbox: command lines, and the stream-json event parser.
+
+Command lines are built with `shlex.quote` and never contain a secret or the prompt: the gateway token reaches
+`claude mcp add` through an environment variable expanded by the sandbox's shell, and the prompt is a file fed to
+`claude -p` on stdin. The parser turns `--output-format stream-json` output, in chunks split anywhere, into typed
+events, and `AgentRun` sums them up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+GATEWAY_NAME = "gateway"
+TOKEN_ENV = "AGENTBOX_GATEWAY_TOKEN"
+PROMPT_PATH = "/home/user/.agentbox/prompt.txt"
+MAX_OUTPUT_KEPT = 4000
+
+
+def mcp_add_command(url: str, name: str = GATEWAY_NAME) -> str:
+    """Register the gateway for every directory (`--scope user`); the token comes from $AGENTBOX_GATEWAY_TOKEN."""
+    return (
+        f"claude mcp add --transport http --scope user {shlex.quote(name)} {shlex.quote(url)} "
+        f'--header "Authorization: Bearer ${TOKEN_ENV}"'
+    )
+
+
+def mcp_get_command(name: str = GATEWAY_NAME) -> str:
+    return f"claude mcp get {shlex.quote(name)}"
+
+
+def mcp_get_status(output: str) -> tuple[bool, str]:
+    """(connected, reason) from `claude mcp get` text; its exit code is 0 either way. The text holds the token:
+    only the status line is ever returned."""
+    for line in output.splitlines():
+        if "Status:" in line:
+            status = line.split("Status:", 1)[1].strip()
+            return "Connected" in status and "Failed" not in status, _redact_bearer(status)
+    return False, "no status line in `claude mcp get` output"
+
+
+def _redact_bearer(text: str) -> str:
+    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+
+
+class ClaudeOptions(BaseModel, frozen=True):
+    """How `claude -p` runs. Default permissions: only the gateway's tools, nothing else, no bypass."""
+
+    max_turns: int = 12
+    model: str | None = None
+    allowed_tools: tuple[str, ...] = (f"mcp__{GATEWAY_NAME}",)
+    bypass_permissions: bool = False
+    append_system_prompt: str | None = None
+
+
+def prompt_command(options: ClaudeOptions, prompt_path: str = PROMPT_PATH) -> str:
+    """`claude -p` reading the prompt from a file on stdin, streaming JSON events."""
+    args = ["claude", "-p", "--output-format", "stream-json", "--verbose", "--max-turns", str(options.max_turns)]
+    if options.model:
+        args += ["--model", options.model]
+    if options.allowed_tools:
+        args += ["--allowedTools", ",".join(options.allowed_tools)]
+    if options.bypass_permissions:
+        args += ["--dangerously-skip-permissions"]
+    else:
+        args += ["--permission-mode", "dontAsk"]
+    if options.append_system_prompt:
+        args += ["--append-system-prompt", options.append_system_prompt]
+    return " ".join(shlex.quote(a) for a in args) + f" < {shlex.quote(prompt_path)}"
+
+
+# -- events -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitEvent:
+    session_id: str
+    model: str
+    tools: list[str]
+    mcp_servers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolResultEvent:
+    tool_use_id: str
+    is_error: bool
+    content: str
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    subtype: str
+    is_error: bool
+    result: str
+    num_turns: int
+    total_cost_usd: float
+    duration_ms: int
+    permission_denials: list[dict[str, Any]]
+    session_id: str
+
+
+Event = InitEvent | TextEvent | ToolCallEvent | ToolResultEvent | ResultEvent
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def events_from_message(message: dict[str, Any]) -> list[Event]:
+    """The typed events of one stream-json line (unknown kinds give none)."""
+    kind = message.get("type")
+    if kind == "system" and message.get("subtype") == "init":
+        servers = {s.get("name", "?"): s.get("status", "?") for s in message.get("mcp_servers") or []}
+        return [
+            InitEvent(message.get("session_id", ""), message.get("model", ""), list(message.get("tools") or []), servers)
+        ]
+    if kind in ("assistant", "user"):
+        events: list[Event] = []
+        content = (message.get("message") or {}).get("content") or []
+        for block in content if isinstance(content, list) else []:
+            btype = block.get("type")
+            if btype == "text" and kind == "assistant" and block.get("text"):
+                events.append(TextEvent(block["text"]))
+            elif btype == "tool_use":
+                events.append(ToolCallEvent(block.get("id", ""), block.get("name", ""), block.get("input") or {}))
+            elif btype == "tool_result":
+                events.append(
+                    ToolResultEvent(block.get("tool_use_id", ""), bool(block.get("is_error")), _content_text(block.get("content")))
+                )
+        return events
+    if kind == "result":
+        return [
+            ResultEvent(
+                subtype=message.get("subtype", ""),
+                is_error=bool(message.get("is_error")),
+                result=message.get("result") or "",
+                num_turns=int(message.get("num_turns") or 0),
+                total_cost_usd=float(message.get("total_cost_usd") or 0.0),
+                duration_ms=int(message.get("duration_ms") or 0),
+                permission_denials=list(message.get("permission_denials") or []),
+                session_id=message.get("session_id", ""),
+            )
+        ]
+    return []
+
+
+@dataclass
+class StreamParser:
+    """Feeds on output chunks split anywhere (even inside a UTF-8 character: feed str, decoded upstream) and yields
+    events line by line. Lines that are not JSON (a warning on stdout, say) are kept in `noise`."""
+
+    _buffer: str = ""
+    noise: list[str] = field(default_factory=list)
+
+    def feed(self, chunk: str) -> list[Event]:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split("\n")
+        return [e for line in lines for e in self._parse(line)]
+
+    def close(self) -> list[Event]:
+        line, self._buffer = self._buffer, ""
+        return self._parse(line)
+
+    def _parse(self, line: str) -> list[Event]:
+        line = line.strip()
+        if not line:
+            return []
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            self.noise.append(line[:500])
+            return []
+        return events_from_message(message) if isinstance(message, dict) else []
+
+
+# -- the run, summed up ------------------------------------------------------------------------------------------
+
+
+class ToolCall(BaseModel):
+    """One tool call the agent made, with its outcome (output cut to a few KB)."""
+
+    id: str
+    name: str
+    server: str
+    tool: str
+    input: dict[str, Any]
+    ok: bool | None = None  # None: no result seen
+    output: str = ""
+
+
+class AgentRun(BaseModel):
+    """What a `claude -p` run did: its answer, tool calls, cost and why it may have failed."""
+
+    result: str = ""
+    subtype: str = ""
+    is_error: bool = False
+    num_turns: int = 0
+    cost_usd: float = 0.0
+    duration_ms: int = 0
+    session_id: str = ""
+    model: str = ""
+    mcp_servers: dict[str, str] = {}
+    tool_calls: list[ToolCall] = []
+    permission_denials: list[str] = []
+    exit_code: int | None = None
+    finished: bool = False
+
+    def apply(self, event: Event) -> None:
+        if isinstance(event, InitEvent):
+            self.session_id, self.model, self.mcp_servers = event.session_id, event.model, dict(event.mcp_servers)
+        elif isinstance(event, ToolCallEvent):
+            server, tool = split_tool_name(event.name)
+            self.tool_calls.append(ToolCall(id=event.id, name=event.name, server=server, tool=tool, input=event.input))
+        elif isinstance(event, ToolResultEvent):
+            for call in self.tool_calls:
+                if call.id == event.tool_use_id:
+                    call.ok, call.output = not event.is_error, event.content[:MAX_OUTPUT_KEPT]
+        elif isinstance(event, ResultEvent):
+            self.finished = True
+            self.result, self.subtype, self.is_error = event.result, event.subtype, event.is_error
+            self.num_turns, self.cost_usd, self.duration_ms = event.num_turns, event.total_cost_usd, event.duration_ms
+            self.permission_denials = [d.get("tool_name", "?") for d in event.permission_denials]
+
+    def successful_calls(self, tool: str) -> list[ToolCall]:
+        return [c for c in self.tool_calls if c.tool == tool and c.ok]
+
+
+def split_tool_name(name: str) -> tuple[str, str]:
+    """`mcp__gateway__create_issue` -> ("gateway", "create_issue"); built-in tools have no server."""
+    if name.startswith("mcp__"):
+        server, _, tool = name[5:].partition("__")
+        return server, tool
+    return "", name
+
+
+def describe(event: Event) -> str | None:
+    """A readable log line for an event (None for events not worth a line)."""
+    if isinstance(event, InitEvent):
+        servers = ", ".join(f"{k}: {v}" for k, v in event.mcp_servers.items()) or "none"
+        return f"Claude started (model {event.model or '?'}; MCP servers: {servers})"
+    if isinstance(event, ToolCallEvent):
+        return f"tool call {event.name} {_short(json.dumps(event.input, ensure_ascii=False))}"
+    if isinstance(event, ToolResultEvent):
+        return f"tool result {'ERROR ' if event.is_error else ''}{_short(event.content)}"
+    if isinstance(event, TextEvent):
+        return f"Claude: {_short(event.text, 500)}"
+    if isinstance(event, ResultEvent):
+        return f"Claude finished: {event.subtype}, {event.num_turns} turns, ${event.total_cost_usd:.4f}"
+    return None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,179 @@
+"""Any catalog MCP servers + any prompt: Claude Code in a fresh sandbox, always torn down.
+
+    python -m flows.agent_session --prompt "..." --mcp '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
+
+Secrets in the MCP config are `${NAME}` references, resolved inside the create task, so Prefect stores only names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import deployment, flow_run
+from pydantic import BaseModel, Field
+
+from agentbox.claude import AgentRun, ClaudeOptions
+from agentbox.errors import ConfigError
+from agentbox.sandboxes import SandboxHandle
+from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
+from agentbox.session import StandIns, expected_server_tools, preflight
+from agentbox.settings import Settings, load_settings, redact
+from flows import cli, report
+from tasks.claude import register_claude, run_prompt
+from tasks.gateway import wait_for_gateway
+from tasks.sandbox import create_sandbox, kill_now, kill_sandbox, kill_sandboxes_of_run
+
+DEFAULT_FLOW_TIMEOUT = Settings.model_fields["flow_timeout_seconds"].default
+
+
+class SessionResult(BaseModel):
+    """What one session did: where it ran, how long each step took, and the agent's run. No secrets."""
+
+    rehearsal: bool = False
+    backend: str
+    sandbox_id: str = ""
+    gateway_url: str = ""
+    tools: int = 0
+    steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+    run: AgentRun = Field(default_factory=AgentRun)
+    error: str = ""
+
+
+def session_metadata() -> dict[str, str]:
+    """Labels that let hooks and the reaper find this run's sandboxes."""
+    metadata = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": str(flow_run.id or "none")}
+    if flow_run.flow_name:
+        metadata["prefect_flow"] = str(flow_run.flow_name)
+    if deployment.name:
+        metadata["prefect_deployment"] = str(deployment.name)
+    return metadata
+
+
+async def run_session(
+    prompt: str,
+    mcp: dict[str, Any],
+    options: ClaudeOptions,
+    result: SessionResult,
+    stand_ins: StandIns | None = None,
+) -> SessionResult:
+    """Create → wait for the gateway → register Claude → run the prompt, and kill the sandbox on every path.
+
+    `result` is filled as the session goes, so a failure still reports the steps that ran."""
+    settings = load_settings()
+    name = result.backend
+    preflight(settings, mcp, name, stand_ins)  # nothing is created, or paid for, before this passes
+    get_run_logger().info("%sBackend: %s", "REHEARSAL: " if stand_ins else "", name)
+    metadata = session_metadata()
+    handle: SandboxHandle | None = None
+    clock = time.monotonic()
+
+    def step(label: str) -> None:
+        nonlocal clock
+        result.steps[label] = round(time.monotonic() - clock, 3)
+        clock = time.monotonic()
+
+    try:
+        handle = await create_sandbox(mcp, metadata, name, stand_ins)
+        result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
+        step("create")
+        result.tools = len(await wait_for_gateway(handle, expected_server_tools(settings, mcp, stand_ins)))
+        step("gateway_ready")
+        await register_claude(handle)
+        step("register")
+        result.run = await run_prompt(handle, prompt, options, settings.claude_timeout_seconds)
+        step("prompt")
+        return result
+    finally:
+        clock = time.monotonic()
+        await teardown(handle, name, metadata)
+        result.steps["kill"] = round(time.monotonic() - clock, 3)
+
+
+async def teardown(handle: SandboxHandle | None, backend: str, metadata: dict[str, str]) -> None:
+    """Kill the session's sandbox; without a handle (create died half-way) kill whatever carries the run's labels.
+    If the task machinery itself fails (a cancelled run, an API outage), fall back to the plain kill."""
+    try:
+        if handle:
+            await asyncio.shield(kill_sandbox(handle))
+        else:
+            await asyncio.shield(kill_sandboxes_of_run(backend, metadata))
+    except BaseException:
+        if handle:
+            await asyncio.shield(kill_now(handle))
+        raise
+
+
+@flow(name="agent-session", timeout_seconds=DEFAULT_FLOW_TIMEOUT, log_prints=False)
+async def agent_session(
+    prompt: str,
+    mcp: dict[str, dict[str, str]],
+    allowed_tools: list[str] | None = None,
+    bypass_permissions: bool = False,
+    backend: str | None = None,
+) -> SessionResult:
+    """Run `prompt` with Claude Code in a sandbox whose gateway serves the `mcp` catalog servers."""
+    settings = load_settings()
+    options = claude_options(settings, allowed_tools, bypass_permissions)
+    result = SessionResult(backend=backend or settings.backend)
+    try:
+        await run_session(prompt, mcp, options, result)
+    except BaseException as exc:
+        await report.session_artifact("agent-session", result, error=redact(str(exc), settings.secret_values()))
+        raise
+    await report.session_artifact("agent-session", result)
+    return result
+
+
+def claude_options(settings: Settings, allowed_tools: list[str] | None, bypass_permissions: bool) -> ClaudeOptions:
+    options = ClaudeOptions(
+        max_turns=settings.claude_max_turns, model=settings.claude_model, bypass_permissions=bypass_permissions
+    )
+    if allowed_tools:
+        options = options.model_copy(update={"allowed_tools": tuple(allowed_tools)})
+    return options
+
+
+def _read_mcp(value: str) -> dict[str, Any]:
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the MCP config file {value[1:]} ({exc.strerror}).", "Fix the --mcp path.") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--mcp is not valid JSON ({exc.msg} at line {exc.lineno}).", "Pass a JSON object or @file.") from None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.agent_session", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--prompt-file", type=Path, help="a file holding the prompt")
+    parser.add_argument("--mcp", required=True, help="MCP config as JSON or @file; secrets as ${NAME} references")
+    parser.add_argument("--allowed-tools", nargs="*", default=None, help="tools Claude may use (default: the gateway's)")
+    parser.add_argument("--bypass-permissions", action="store_true", help="let Claude use every tool without asking")
+    cli.add_common_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def start() -> SessionResult:
+        prompt = args.prompt if args.prompt is not None else cli.read_text(args.prompt_file, "--prompt-file")
+        mcp = _read_mcp(args.mcp)
+        settings = load_settings()
+        return asyncio.run(
+            agent_session.with_options(timeout_seconds=settings.flow_timeout_seconds)(
+                prompt, mcp, args.allowed_tools, args.bypass_permissions, args.backend
+            )
+        )
+
+    return cli.run(start, args, human=report.session_lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""What the flows' command lines share: common options, output, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agentbox.errors import AgentboxError, ConfigError
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["local", "e2b"], default=None, help="sandbox backend (default: SANDBOX_BACKEND)")
+    parser.add_argument("--json", action="store_true", help="print only the result as JSON on stdout")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+
+
+def read_text(path: Path, option: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {option} {path} ({exc.strerror}).", f"Fix the {option} path.") from None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying what failed and what to do."""
+    if isinstance(exc, AgentboxError):
+        return str(exc)
+    name = type(exc).__name__
+    if "Timeout" in name or isinstance(exc, TimeoutError):
+        return f"The run took longer than its timeout and was stopped ({exc or name}). Raise FLOW_TIMEOUT_SECONDS if it needs more time."
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return f"Unexpected failure: {name}: {first}. Run again with --debug for the traceback."
+
+
+def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
+    """Run a flow from the command line: result on stdout, one line on stderr when it fails."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        result = start()
+    except KeyboardInterrupt:
+        print("error: interrupted; the sandbox was torn down.", file=sys.stderr)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {describe_failure(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print("\n".join(human(result)))
+    return 0

@@ -1,0 +1,131 @@
+"""Tasks that register Claude Code against the gateway and run the prompt headless."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from agentbox.claude import (
+    GATEWAY_NAME,
+    PROMPT_PATH,
+    TOKEN_ENV,
+    AgentRun,
+    ClaudeOptions,
+    InitEvent,
+    StreamParser,
+    describe,
+    mcp_add_command,
+    mcp_get_command,
+    mcp_get_status,
+    prompt_command,
+)
+from agentbox.errors import ClaudeError, SandboxCommandTimeout
+from agentbox.sandboxes import SandboxHandle, get_backend
+from agentbox.settings import load_settings, redact
+from tasks.retry import retry_if_retryable
+
+REGISTER_TIMEOUT = 90.0
+
+
+@task(
+    name="register-claude",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_if_retryable,
+    timeout_seconds=2 * REGISTER_TIMEOUT + 30,
+    cache_policy=NO_CACHE,
+)
+async def register_claude(handle: SandboxHandle) -> str:
+    """`claude mcp add --transport http --scope user ...`, then `claude mcp get` must say Connected."""
+    settings = load_settings()
+    sandboxes = get_backend(settings, handle.backend)
+    token = await sandboxes.gateway_token(handle)
+    secrets = [*settings.secret_values(), token]
+    added = await sandboxes.run(
+        handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: token}, timeout=REGISTER_TIMEOUT
+    )
+    if added.exit_code != 0:
+        why = redact(_last_line(added.stderr or added.stdout), secrets)
+        raise ClaudeError(f"`claude mcp add` failed with exit code {added.exit_code}: {why}.", "Check the Claude Code install in the sandbox.")
+    got = await sandboxes.run(handle, mcp_get_command(), timeout=REGISTER_TIMEOUT)
+    connected, status = mcp_get_status(redact(got.stdout + "\n" + got.stderr, secrets))
+    if not connected:
+        raise ClaudeError(
+            f"Claude Code cannot connect to the MCP gateway ({status}).", "Check the gateway log in the sandbox."
+        )
+    get_run_logger().info("Claude connected to the gateway as '%s' (%s)", GATEWAY_NAME, status)
+    return status
+
+
+@task(name="run-prompt", retries=0, cache_policy=NO_CACHE)  # never retried: the agent's actions are not idempotent
+async def run_prompt(handle: SandboxHandle, prompt: str, options: ClaudeOptions, timeout_seconds: float) -> AgentRun:
+    """Run `claude -p` on the prompt (a file on stdin), logging events as they arrive; fail on any sign that the
+    run went wrong: gateway not connected, an error result, max turns, permission denials, timeout."""
+    settings = load_settings()
+    sandboxes = get_backend(settings, handle.backend)
+    secrets = [*settings.secret_values(), await sandboxes.gateway_token(handle)]
+    logger = get_run_logger()
+    run, parser = AgentRun(), StreamParser()
+    disconnected = asyncio.Event()
+
+    def on_stdout(chunk: str) -> None:
+        for event in parser.feed(chunk):
+            run.apply(event)
+            if line := describe(event):
+                logger.info(redact(line, secrets))
+            if isinstance(event, InitEvent) and event.mcp_servers.get(GATEWAY_NAME) != "connected":
+                disconnected.set()
+
+    await sandboxes.write_file(handle, PROMPT_PATH, prompt)
+    command = asyncio.create_task(
+        sandboxes.run(handle, prompt_command(options), timeout=timeout_seconds, on_stdout=on_stdout)
+    )
+    watcher = asyncio.create_task(disconnected.wait())
+    try:
+        await asyncio.wait({command, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if disconnected.is_set():
+            command.cancel()  # the backend kills the process: a toolless run must not go on
+            status = run.mcp_servers.get(GATEWAY_NAME, "absent")
+            raise ClaudeError(
+                f"Claude Code started without the gateway's tools (gateway status: {status}).",
+                "Check the gateway and MCP_TIMEOUT; the run was stopped.",
+            )
+        result = await command
+    except SandboxCommandTimeout:
+        raise ClaudeError(
+            f"Claude Code ran past its {timeout_seconds:g} s timeout and was killed.", "Raise CLAUDE_TIMEOUT_SECONDS or simplify the prompt."
+        ) from None
+    finally:
+        watcher.cancel()
+        if not command.done():
+            command.cancel()
+            await asyncio.gather(command, return_exceptions=True)
+    for event in parser.close():
+        run.apply(event)
+    run.exit_code = result.exit_code
+    check_run(run, redact(result.stderr, secrets), options)
+    return run
+
+
+def check_run(run: AgentRun, stderr: str, options: ClaudeOptions) -> None:
+    """Raise a ClaudeError saying what went wrong, if anything did."""
+    if run.subtype == "error_max_turns":
+        raise ClaudeError(f"Claude Code hit the turn limit ({options.max_turns}) before finishing.", "Raise CLAUDE_MAX_TURNS.")
+    if not run.finished:
+        raise ClaudeError(
+            f"Claude Code exited with code {run.exit_code} without a result: {_last_line(stderr)}.", "See the run's logs."
+        )
+    if run.is_error or run.exit_code:
+        raise ClaudeError(f"Claude Code reported an error ({run.subtype}): {run.result[:300]}.", "See the run's logs.")
+    if GATEWAY_NAME not in run.mcp_servers or run.mcp_servers[GATEWAY_NAME] != "connected":
+        raise ClaudeError("Claude Code ran without the gateway's tools.", "Check the gateway.")
+    if run.permission_denials:
+        denied = ", ".join(sorted(set(run.permission_denials)))
+        raise ClaudeError(f"Claude Code was denied tools: {denied}.", "Allow them with --allowed-tools if they are wanted.")
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1][:300] if lines else "no output"

@@ -1,0 +1,63 @@
+"""Tasks that create and destroy sandboxes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from agentbox.sandboxes import SandboxHandle, get_backend
+from agentbox.session import StandIns, catalog_file_for, preflight, resolve_config, sandbox_envs
+from agentbox.settings import load_settings
+from tasks.retry import retry_if_retryable
+
+
+@task(
+    name="create-sandbox",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.3,
+    retry_condition_fn=retry_if_retryable,
+    timeout_seconds=300,
+    cache_policy=NO_CACHE,
+)
+async def create_sandbox(
+    mcp: dict[str, Any], metadata: dict[str, str], backend: str | None = None, stand_ins: StandIns | None = None
+) -> SandboxHandle:
+    """Start a sandbox whose gateway serves `mcp` (references resolved here, so Prefect never sees a secret)."""
+    settings = load_settings()
+    name = backend or settings.backend
+    preflight(settings, mcp, name, stand_ins)
+    sandboxes = get_backend(settings, name, catalog_file_for(settings, stand_ins))
+    handle = await sandboxes.create(
+        mcp_config=resolve_config(settings, mcp, stand_ins),
+        envs=sandbox_envs(settings, stand_ins),
+        ttl_seconds=settings.sandbox_ttl_seconds,
+        metadata=metadata,
+    )
+    get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
+    return handle
+
+
+@task(name="kill-sandbox", retries=2, retry_delay_seconds=1, timeout_seconds=60, cache_policy=NO_CACHE)
+async def kill_sandbox(handle: SandboxHandle) -> bool:
+    """Destroy the sandbox; killing one already gone is a success."""
+    return await kill_now(handle)
+
+
+async def kill_now(handle: SandboxHandle) -> bool:
+    """The plain kill, also used when the task machinery itself is failing."""
+    return await get_backend(load_settings(), handle.backend).kill(handle.id)
+
+
+@task(name="kill-run-sandboxes", retries=2, retry_delay_seconds=1, timeout_seconds=120, cache_policy=NO_CACHE)
+async def kill_sandboxes_of_run(backend: str, metadata: dict[str, str]) -> list[str]:
+    """Kill every sandbox whose metadata matches (the run's id): cleans up after a create that died half-way."""
+    sandboxes = get_backend(load_settings(), backend)
+    killed = []
+    for info in await sandboxes.list(metadata):
+        if await sandboxes.kill(info.id):
+            killed.append(info.id)
+    return killed
