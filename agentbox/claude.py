@@ -19,7 +19,7 @@ from pydantic import BaseModel
 GATEWAY_NAME = "gateway"
 TOKEN_ENV = "AGENTBOX_GATEWAY_TOKEN"
 PROMPT_PATH = "/home/user/.agentbox/prompt.txt"
-MAX_OUTPUT_KEPT = 4000
+MAX_OUTPUT_KEPT = 65_536
 
 
 def mcp_add_command(url: str, name: str = GATEWAY_NAME) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -38,9 +39,35 @@ def describe_failure(exc: BaseException) -> str:
     return f"Unexpected failure: {name}: {first}. Run again with --debug for the traceback."
 
 
+class _WithoutTraceback(logging.Formatter):
+    """Wraps a console formatter so log lines keep their text but lose tracebacks (the API log keeps them)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def hide_tracebacks_on_console() -> None:
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+                handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
+
+
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
     """Run a flow from the command line: result on stdout, one line on stderr when it fails."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not args.debug:
+        hide_tracebacks_on_console()
     try:
         result = start()
     except KeyboardInterrupt:

@@ -137,8 +137,34 @@ class LocalSandboxes(SandboxBackend):
         await self._check_bubblewrap()
         sandbox_id = f"local-{secrets.token_hex(6)}"
         state = self.root / sandbox_id
-        for sub in ("home", "tmp", "gateway", "procs"):
-            (state / sub).mkdir(parents=True, mode=0o700)
+        try:
+            for sub in ("home", "tmp", "gateway", "procs"):
+                (state / sub).mkdir(parents=True, mode=0o700)
+            info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata)
+            await self._start_supervisor(state)
+        except BaseException as exc:
+            await asyncio.shield(self.kill(sandbox_id))
+            if isinstance(exc, OSError):
+                raise SandboxError(
+                    f"Cannot create a local sandbox under {self.root} ({exc.strerror or exc}).",
+                    "Check LOCAL_SANDBOX_ROOT and free disk space.",
+                ) from None
+            raise
+        url = f"http://127.0.0.1:{info['gateway_port']}/mcp"
+        return SandboxHandle(
+            id=sandbox_id,
+            backend="local",
+            gateway_url=url,
+            internal_gateway_url=url,
+            metadata=info["metadata"],
+            created_at=datetime.fromisoformat(info["created_at"]),
+            expires_at=datetime.fromisoformat(info["expires_at"]),
+        )
+
+    def _prepare(
+        self, state: Path, sandbox_id: str, mcp_config: dict, envs: dict[str, str], ttl_seconds: int, metadata: dict[str, str]
+    ) -> dict:
+        """Write what the supervisor and later commands need; secrets only in files only the owner can read."""
         port = _free_port()
         token = secrets.token_urlsafe(24)
         _write_private(state / "gateway" / "mcp.json", json.dumps(mcp_config))
@@ -148,10 +174,7 @@ class LocalSandboxes(SandboxBackend):
         if self.catalog_file:
             shutil.copyfile(self.catalog_file, state / "gateway" / "catalog.json")
             gateway_args += ["--catalog", f"{GATEWAY_DIR}/catalog.json"]
-        gateway_argv = self._bwrap(
-            state,
-            ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR, "--", sys.executable, "-m", "agentbox.gateway", *gateway_args],
-        )
+        gateway = [sys.executable, "-m", "agentbox.gateway", *gateway_args]
         created = _now()
         info = {
             "id": sandbox_id,
@@ -159,26 +182,11 @@ class LocalSandboxes(SandboxBackend):
             "created_at": created.isoformat(),
             "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
             "gateway_port": port,
-            "gateway_argv": gateway_argv,
+            "gateway_argv": self._bwrap(state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR, "--", *gateway]),
         }
         _write_private(state / "sandbox.json", json.dumps(info))
-        gateway_env = {**self._base_env(), "GATEWAY_ACCESS_TOKEN": token}
-        _write_private(state / "gateway_env.json", json.dumps(gateway_env))
-        try:
-            await self._start_supervisor(state)
-        except BaseException:
-            await self.kill(sandbox_id)
-            raise
-        url = f"http://127.0.0.1:{port}/mcp"
-        return SandboxHandle(
-            id=sandbox_id,
-            backend="local",
-            gateway_url=url,
-            internal_gateway_url=url,
-            metadata=info["metadata"],
-            created_at=created,
-            expires_at=datetime.fromisoformat(info["expires_at"]),
-        )
+        _write_private(state / "gateway_env.json", json.dumps({**self._base_env(), "GATEWAY_ACCESS_TOKEN": token}))
+        return info
 
     async def _check_bubblewrap(self) -> None:
         """bwrap must exist and be allowed to create user namespaces; say how to fix it if not."""
