@@ -1,0 +1,87 @@
+"""End to end, offline: notion_to_github in rehearsal on the local backend, through a real Prefect API.
+
+Everything is real (bubblewrap sandbox, gateway, notion-mcp-server, github-mcp-server, the claude binary, Prefect)
+except Anthropic, Notion and GitHub, which are the rehearsal's stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, RecordedIssue, notion_to_github
+from tests.conftest import PROJECT
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
+
+
+async def latest_artifact(key: str) -> str:
+    async with get_client() as client:
+        artifacts = await client.read_latest_artifacts()
+    matching = [a for a in artifacts if a.key == key]
+    assert matching, f"no artifact {key}"
+    return str(matching[0].data)
+
+
+def test_notion_to_github_rehearsal_opens_the_issue_in_the_github_stand_in():
+    result = asyncio.run(notion_to_github("octo-org/demo-repo", rehearsal=True))
+
+    assert result.rehearsal is True
+    assert result.rehearsal_issues == [
+        RecordedIssue(repo="octo-org/demo-repo", number=1, title=DEFAULT_TITLE, body=DEFAULT_BODY)
+    ]
+    assert result.issue_number == 1
+    assert result.issue_url == "https://github.com/octo-org/demo-repo/issues/1"
+    assert result.notion_databases == ["Product Roadmap", "Bug Tracker", "Meeting Notes"]
+    calls = result.session.run.tool_calls
+    assert [(c.server, c.tool, c.ok) for c in calls] == [
+        ("gateway", "API-post-search", True),
+        ("gateway", "create_issue", True),
+    ]
+    assert result.session.run.mcp_servers == {"gateway": "connected"}
+    assert result.turns == 3
+    assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
+    assert result.session.tools > 20  # notion's and github's tools, through one gateway
+    assert "octo-org/demo-repo" in result.answer
+
+    markdown = asyncio.run(latest_artifact("notion-to-github"))
+    assert "REHEARSAL" in markdown
+    assert "succeeded" in markdown
+    assert "https://github.com/octo-org/demo-repo/issues/1" in markdown
+
+
+def test_cli_prints_only_the_result_model_with_json():
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.notion_to_github", "--repo", "octo/cli-demo", "--rehearsal", "--json"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # stdout holds the result model and nothing else
+    assert result["rehearsal"] is True
+    assert result["issue_url"] == "https://github.com/octo/cli-demo/issues/1"
+    assert "REHEARSAL" in proc.stderr  # the logs say it too
+
+
+def test_cli_human_output_follows_the_seed():
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.notion_to_github", "--repo", "octo/human", "--rehearsal", "--title", "Hello"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert out.startswith("REHEARSAL")
+    for expected in ("Sandbox created: local-", "MCP gateway: http://127.0.0.1:", "Claude connected", "Agent answer:",
+                     "Issue: https://github.com/octo/human/issues/1"):
+        assert expected in out
