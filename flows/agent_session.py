@@ -78,6 +78,7 @@ async def run_session(
         result.steps[label] = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
 
+    failed = True
     try:
         handle = await create_sandbox(mcp, metadata, name, stand_ins)
         result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
@@ -88,25 +89,36 @@ async def run_session(
         step("register")
         result.run = await run_prompt(handle, prompt, options, settings.claude_timeout_seconds)
         step("prompt")
-        return result
+        failed = False
     finally:
         clock = time.monotonic()
-        await teardown(handle, name, metadata)
-        result.steps["kill"] = round(time.monotonic() - clock, 3)
+        # When the session failed, its own error is the one to report: a teardown failure is only logged.
+        await teardown(handle, name, metadata, raise_errors=not failed)
+        step("kill")
+    return result
 
 
-async def teardown(handle: SandboxHandle | None, backend: str, metadata: dict[str, str]) -> None:
+async def teardown(handle: SandboxHandle | None, backend: str, metadata: dict[str, str], raise_errors: bool = True) -> None:
     """Kill the session's sandbox; without a handle (create died half-way) kill whatever carries the run's labels.
-    If the task machinery itself fails (a cancelled run, an API outage), fall back to the plain kill."""
+
+    If the kill task fails (the task machinery itself, a cancelled run, an API outage), the plain kill runs.
+    When the session already failed, a teardown failure is logged rather than raised, so it cannot hide the cause.
+    """
     try:
-        if handle:
-            await asyncio.shield(kill_sandbox(handle))
-        else:
-            await asyncio.shield(kill_sandboxes_of_run(backend, metadata))
-    except BaseException:
-        if handle:
-            await asyncio.shield(kill_now(handle))
-        raise
+        try:
+            if handle:
+                await asyncio.shield(kill_sandbox(handle))
+            else:
+                await asyncio.shield(kill_sandboxes_of_run(backend, metadata))
+        except BaseException:
+            if handle:
+                await asyncio.shield(kill_now(handle))
+            else:
+                raise
+    except BaseException as exc:
+        if raise_errors:
+            raise
+        get_run_logger().error("Teardown failed (%s: %s); the sandbox's TTL will end it.", type(exc).__name__, exc)
 
 
 @flow(name="agent-session", timeout_seconds=DEFAULT_FLOW_TIMEOUT, log_prints=False)

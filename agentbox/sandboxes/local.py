@@ -254,20 +254,24 @@ class LocalSandboxes(SandboxBackend):
         marker.touch()
         out: list[str] = []
         err: list[str] = []
+        parts = [
+            asyncio.ensure_future(_pump(proc.stdout, out, on_stdout)),
+            asyncio.ensure_future(_pump(proc.stderr, err, on_stderr)),
+            asyncio.ensure_future(proc.wait()),
+        ]
         try:
-            await asyncio.wait_for(
-                asyncio.gather(_pump(proc.stdout, out, on_stdout), _pump(proc.stderr, err, on_stderr), proc.wait()),
-                timeout,
-            )
-        except TimeoutError:
-            raise SandboxCommandTimeout(
-                f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
-            ) from None
+            _, pending = await asyncio.wait(parts, timeout=timeout)
+            if pending:
+                raise SandboxCommandTimeout(
+                    f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
+                )
         finally:
-            if proc.returncode is None:
+            if proc.returncode is None:  # timed out, or this task was cancelled: the process goes too
                 _killpg(proc.pid)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(proc.wait())
+            for part in parts:
+                part.cancel()
+            await asyncio.shield(asyncio.gather(*parts, return_exceptions=True))
+            await asyncio.shield(proc.wait())
             marker.unlink(missing_ok=True)
         return CommandResult(proc.returncode, "".join(out), "".join(err))
 
@@ -282,8 +286,8 @@ class LocalSandboxes(SandboxBackend):
         return await asyncio.to_thread(kill_state, state)
 
     async def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
-        found = []
-        if not self.root.exists():
+        found: list[SandboxInfo] = []
+        if not self.root.is_dir():
             return found
         for state in sorted(self.root.iterdir()):
             info = _read_info(state)

@@ -1,0 +1,177 @@
+"""Teardown on every path: a failure injected at each step leaves no sandbox behind, and the run says why.
+
+Faults are real: a missing bubblewrap, an unusable state directory, an MCP server that never answers or dies at
+start, a token the gateway refuses, a gateway killed mid-session, a model API that errors or hangs, a flow timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from agentbox.claude import AgentRun, ClaudeOptions
+from agentbox.errors import ClaudeError, GatewayAuthError, GatewayNotReady, GatewayUpstreamError, SandboxError
+from agentbox.rehearsal.model import ModelScript
+from agentbox.rehearsal.stage import rehearsal_stage
+from agentbox.session import expected_server_tools
+from agentbox.settings import load_settings
+from flows.agent_session import SessionResult, agent_session, run_session, session_metadata, teardown
+from tasks.claude import register_claude, run_prompt
+from tasks.gateway import wait_for_gateway
+from tasks.sandbox import create_sandbox
+from tests.conftest import SANDBOX_ROOT
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
+
+NOTION = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
+ANSWER = [{"text": "done"}]
+
+
+@pytest.fixture
+def fault_catalog(tmp_path, monkeypatch):
+    """Catalog servers that fail the way real ones do: one never speaks MCP, one dies at start."""
+    catalog = tmp_path / "faults.json"
+    catalog.write_text(json.dumps({
+        "never": {"command": ["sleep", "600"], "tools": ["never_tool"]},
+        "broken": {"command": ["sh", "-c", "echo 'cannot start' >&2; exit 3"], "tools": ["broken_tool"]},
+    }))
+    monkeypatch.setenv("LOCAL_MCP_CATALOG", str(catalog))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-used")
+    return catalog
+
+
+def failure(state) -> BaseException:
+    assert state.is_failed() or state.is_crashed() or state.name == "TimedOut", state
+    return state.result(raise_on_failure=False)
+
+
+def gateway_pid(handle_id: str) -> int:
+    return int((SANDBOX_ROOT / handle_id / "gateway.pid").read_text())
+
+
+@flow(name="fault-injection")
+async def session_with_fault(fault: str, script: list[dict]) -> AgentRun:
+    """The session's steps, with a fault injected between two of them; teardown as in run_session."""
+    settings = load_settings()
+    metadata = session_metadata()
+    with rehearsal_stage(ModelScript(script)) as stage:
+        handle = None
+        try:
+            handle = await create_sandbox(NOTION, metadata, "local", stage.stand_ins)
+            if fault == "wrong-token":
+                (SANDBOX_ROOT / handle.id / "token").write_text("not-the-gateway-token")
+            await wait_for_gateway(handle, expected_server_tools(settings, NOTION, stage.stand_ins))
+            if fault == "gateway-dies-before-register":
+                os.kill(gateway_pid(handle.id), signal.SIGKILL)
+            await register_claude(handle)
+            if fault == "gateway-dies-before-prompt":
+                os.kill(gateway_pid(handle.id), signal.SIGKILL)
+            return await run_prompt(handle, "hello", ClaudeOptions(max_turns=3), settings.claude_timeout_seconds)
+        finally:
+            await teardown(handle, "local", metadata)
+
+
+@flow(name="rehearsed-session")
+async def rehearsed_session(script: list[dict], prompt: str = "hello") -> SessionResult:
+    """run_session itself, against stand-ins driven by `script`."""
+    result = SessionResult(backend="local", rehearsal=True)
+    with rehearsal_stage(ModelScript(script)) as stage:
+        await run_session(prompt, NOTION, ClaudeOptions(max_turns=3), result, stage.stand_ins)
+    return result
+
+
+def test_create_fails_without_bubblewrap(fault_catalog, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nowhere to find bwrap
+    state = asyncio.run(agent_session("hi", {"never": {}}, return_state=True))
+    exc = failure(state)
+    assert isinstance(exc, SandboxError)
+    assert "bubblewrap (bwrap) is not installed" in str(exc) and "apt-get install bubblewrap" in str(exc)
+
+
+def test_create_fails_on_an_unusable_state_directory(fault_catalog, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("LOCAL_SANDBOX_ROOT", str(blocker))
+    exc = failure(asyncio.run(agent_session("hi", {"never": {}}, return_state=True)))
+    assert isinstance(exc, SandboxError)
+    assert "Cannot create a local sandbox" in str(exc)
+    assert blocker.is_file()
+
+
+def test_gateway_never_ready_fails_after_retries(fault_catalog, monkeypatch):
+    monkeypatch.setenv("GATEWAY_READY_TIMEOUT_SECONDS", "2")
+    started = time.monotonic()
+    exc = failure(asyncio.run(agent_session("hi", {"never": {}}, return_state=True)))
+    assert isinstance(exc, GatewayNotReady)
+    assert "attempts" in str(exc)
+    assert time.monotonic() - started > 2  # it did wait, across Prefect's retries
+
+
+@pytest.mark.parametrize("mcp", [{"broken": {}}, {"broken": {}, "notion": NOTION["notion"]}])
+def test_toolless_run_is_refused_when_an_upstream_fails_to_start(fault_catalog, monkeypatch, mcp):
+    monkeypatch.setenv("NOTION_INTEGRATION_TOKEN", "ntn-test")
+    exc = failure(asyncio.run(agent_session("hi", mcp, return_state=True)))
+    assert isinstance(exc, GatewayUpstreamError)
+    assert "could not start broken" in str(exc)
+
+
+def test_wrong_token_fails_at_once_without_retries():
+    started = time.monotonic()
+    exc = failure(asyncio.run(session_with_fault("wrong-token", ANSWER, return_state=True)))
+    assert isinstance(exc, GatewayAuthError)
+    assert "401" in str(exc)
+    assert "not-the-gateway-token" not in str(exc)
+    assert time.monotonic() - started < 60  # no retry loop until the readiness deadline
+
+
+def test_register_fails_when_the_gateway_is_gone():
+    exc = failure(asyncio.run(session_with_fault("gateway-dies-before-register", ANSWER, return_state=True)))
+    assert isinstance(exc, ClaudeError)
+    assert "cannot connect to the MCP gateway" in str(exc)
+
+
+def test_run_stops_when_claude_starts_without_the_gateway():
+    exc = failure(asyncio.run(session_with_fault("gateway-dies-before-prompt", ANSWER, return_state=True)))
+    assert isinstance(exc, ClaudeError)
+    assert "without the gateway" in str(exc)
+
+
+def test_claude_exiting_non_zero_fails_the_run():
+    script = [{"error": {"status": 500, "message": "model exploded", "should_retry": False}}]
+    exc = failure(asyncio.run(rehearsed_session(script, return_state=True)))
+    assert isinstance(exc, ClaudeError)
+    assert "model exploded" in str(exc) or "exited with code" in str(exc)
+
+
+def test_claude_hanging_past_its_timeout_is_killed(monkeypatch):
+    monkeypatch.setenv("CLAUDE_TIMEOUT_SECONDS", "4")
+    exc = failure(asyncio.run(rehearsed_session([{"hang_seconds": 300}], return_state=True)))
+    assert isinstance(exc, ClaudeError)
+    assert "ran past its 4 s timeout" in str(exc)
+
+
+def test_flow_timeout_tears_the_sandbox_down():
+    timed = rehearsed_session.with_options(timeout_seconds=12)
+    state = asyncio.run(timed([{"hang_seconds": 300}], return_state=True))
+    assert state.name == "TimedOut", state
+
+
+def test_max_turns_fails_the_run():
+    loop = [{"tool": "API-post-search", "input": {"query": ""}}] * 5 + ANSWER
+    exc = failure(asyncio.run(rehearsed_session(loop, return_state=True)))
+    assert isinstance(exc, ClaudeError)
+    assert "turn limit" in str(exc)
+
+
+def test_a_successful_session_also_leaves_nothing():
+    result = asyncio.run(rehearsed_session(ANSWER))
+    assert result.run.result == "done"
+    assert result.run.mcp_servers == {"gateway": "connected"}
+    assert not Path(SANDBOX_ROOT / result.sandbox_id).exists()
