@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = args.prompt if args.prompt is not None else cli.read_text(args.prompt_file, "--prompt-file")
         mcp = _read_mcp(args.mcp)
         settings = load_settings()
+        preflight(settings, mcp, args.backend or settings.backend)  # fail before Prefect starts
         return asyncio.run(
             agent_session.with_options(timeout_seconds=settings.flow_timeout_seconds)(
                 prompt, mcp, args.allowed_tools, args.bypass_permissions, args.backend

@@ -22,15 +22,15 @@ from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.stage import rehearsal_stage
 from agentbox.session import expected_server_tools
 from agentbox.settings import load_settings
-from flows.agent_session import SessionResult, agent_session, run_session, session_metadata, teardown
+from flows.agent_session import agent_session, session_metadata, teardown
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox
 from tests.conftest import SANDBOX_ROOT
+from tests.sessions import NOTION, rehearsed_session
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
-NOTION = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
 ANSWER = [{"text": "done"}]
 
 
@@ -76,15 +76,6 @@ async def session_with_fault(fault: str, script: list[dict]) -> AgentRun:
             return await run_prompt(handle, "hello", ClaudeOptions(max_turns=3), settings.claude_timeout_seconds)
         finally:
             await teardown(handle, "local", metadata)
-
-
-@flow(name="rehearsed-session")
-async def rehearsed_session(script: list[dict], prompt: str = "hello") -> SessionResult:
-    """run_session itself, against stand-ins driven by `script`."""
-    result = SessionResult(backend="local", rehearsal=True)
-    with rehearsal_stage(ModelScript(script)) as stage:
-        await run_session(prompt, NOTION, ClaudeOptions(max_turns=3), result, stage.stand_ins)
-    return result
 
 
 def test_create_fails_without_bubblewrap(fault_catalog, monkeypatch, tmp_path):
