@@ -1,0 +1,131 @@
+"""The local backend: real bubblewrap sandboxes, their isolation, commands, TTL and teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agentbox.errors import SandboxCommandTimeout, SandboxError
+from agentbox.sandboxes.local import LocalSandboxes
+from tests.conftest import PROJECT, SANDBOX_ROOT, sandbox_dirs
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+@pytest.fixture
+def backend(tmp_path):
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"idle": {"command": ["sleep", "600"]}}))
+    return LocalSandboxes(SANDBOX_ROOT, catalog)
+
+
+@pytest.fixture
+def sandbox(backend):
+    handle = asyncio.run(backend.create({"idle": {}}, {"FROM_CREATE": "create-value"}, 120, {"purpose": "test"}))
+    yield handle
+    asyncio.run(backend.kill(handle.id))
+
+
+def run(backend, handle, command, **kwargs):
+    return asyncio.run(backend.run(handle, command, timeout=kwargs.pop("timeout", 30), **kwargs))
+
+
+def test_the_sandbox_is_isolated(backend, sandbox):
+    def out(command: str) -> str:
+        return run(backend, sandbox, command).stdout.strip()
+
+    assert out("id -u") == "1000"  # not root inside, as on E2B
+    assert out("hostname") == "agentbox"
+    assert int(out("echo $$")) < 10  # its own pid namespace
+    assert out("echo $HOME") == "/home/user"
+    assert "Read-only file system" in out("touch /usr/forbidden 2>&1")
+    assert set(out(f"ls -A {PROJECT}").split()) == {".venv", "node_modules", "agentbox"}  # .env and the rest hidden
+    root_home = set(out("ls -A /root").split())  # only what the Python install needs, if it lives there
+    assert root_home <= {".pyenv", ".local"}, root_home
+    assert out(f"ls -A {SANDBOX_ROOT} | wc -l") == "0"  # other sandboxes' state (tokens, configs) is invisible
+    assert out("cat /etc/shadow | wc -c") == "0"
+
+
+def test_files_and_environment(backend, sandbox):
+    asyncio.run(backend.write_file(sandbox, "/home/user/dir/note.txt", "héllo\n"))
+    result = run(backend, sandbox, 'cat ~/dir/note.txt; echo "$FROM_CREATE $FROM_RUN"; echo oops >&2; exit 7',
+                 envs={"FROM_RUN": "run-value"})
+    assert result.exit_code == 7
+    assert result.stdout == "héllo\ncreate-value run-value\n"
+    assert result.stderr == "oops\n"
+    with pytest.raises(SandboxError, match="Write under /home/user or /tmp"):
+        asyncio.run(backend.write_file(sandbox, "/etc/passwd", "x"))
+    with pytest.raises(SandboxError):
+        asyncio.run(backend.write_file(sandbox, "/home/user/../../etc/passwd", "x"))
+
+
+def test_tmp_is_private_to_each_sandbox(backend, sandbox):
+    other = asyncio.run(backend.create({"idle": {}}, {}, 120, {"purpose": "other"}))
+    try:
+        run(backend, sandbox, "echo mine > /tmp/mark")
+        assert run(backend, other, "ls /tmp").stdout == ""
+        assert run(backend, sandbox, "cat /tmp/mark").stdout == "mine\n"
+    finally:
+        asyncio.run(backend.kill(other.id))
+
+
+def test_output_streams_while_the_command_runs(backend, sandbox):
+    seen: list[str] = []
+
+    async def scenario():
+        def on_stdout(chunk: str) -> None:
+            seen.append(chunk)
+            if "waiting" in "".join(seen):
+                (Path(SANDBOX_ROOT) / sandbox.id / "home" / "go").write_text("")
+
+        # The command only finishes once the test has seen its first line: no streaming, no finish.
+        return await backend.run(sandbox, "echo waiting; while [ ! -f ~/go ]; do sleep 0.05; done; echo done",
+                                 timeout=20, on_stdout=on_stdout)
+
+    result = asyncio.run(scenario())
+    assert result.exit_code == 0 and result.stdout == "waiting\ndone\n"
+
+
+def test_multibyte_output_survives_chunking(backend, sandbox):
+    result = run(backend, sandbox, "python3 -c \"import sys; sys.stdout.write('日本語✓' * 50000)\"")
+    assert result.stdout == "日本語✓" * 50000
+
+
+def test_a_command_past_its_timeout_is_killed(backend, sandbox):
+    started = time.monotonic()
+    with pytest.raises(SandboxCommandTimeout, match="ran past its 0.5 s timeout"):
+        run(backend, sandbox, "sleep 300", timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert "sleep 300" not in run(backend, sandbox, "ps -eo args").stdout  # gone (this is a fresh pid namespace)
+
+
+def test_list_by_metadata_and_idempotent_kill(backend, sandbox):
+    other = asyncio.run(backend.create({"idle": {}}, {}, 120, {"purpose": "other", "run": "42"}))
+    assert [s.id for s in asyncio.run(backend.list({"purpose": "test"}))] == [sandbox.id]
+    assert [s.id for s in asyncio.run(backend.list({"run": "42"}))] == [other.id]
+    assert {s.id for s in asyncio.run(backend.list())} == {sandbox.id, other.id}
+    assert asyncio.run(backend.kill(other.id)) is True
+    assert asyncio.run(backend.kill(other.id)) is False
+    assert asyncio.run(backend.kill("local-000000000000")) is False
+    with pytest.raises(SandboxError, match="not running"):
+        run(backend, other, "true")
+
+
+def test_the_ttl_kills_a_sandbox_nobody_asked_to_kill(backend):
+    handle = asyncio.run(backend.create({"idle": {}}, {}, 2, {"purpose": "ttl"}))
+    assert asyncio.run(backend.list({"purpose": "ttl"}))
+    deadline = time.monotonic() + 20
+    while handle.id in sandbox_dirs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert handle.id not in sandbox_dirs()
+    assert asyncio.run(backend.list({"purpose": "ttl"})) == []
+
+
+def test_missing_bubblewrap_is_explained(backend, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SandboxError, match="bubblewrap .* not installed.*apt-get install bubblewrap"):
+        asyncio.run(backend.create({"idle": {}}, {}, 60, {}))
