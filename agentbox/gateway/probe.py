@@ -123,7 +123,7 @@ async def wait_until_ready(
     expected: dict[str, list[str]],
     deadline_seconds: float,
     first_delay: float = 0.02,
-    max_delay: float = 0.1,
+    max_delay: float = 0.05,
 ) -> ProbeResult:
     """Probe with exponential backoff from `first_delay` until ready or the deadline; auth/upstream errors stop at once."""
     start = time.monotonic()

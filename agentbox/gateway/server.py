@@ -16,10 +16,12 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from fastmcp.server import create_proxy
@@ -146,6 +148,48 @@ async def build_gateway(
     return gateway, statuses
 
 
+async def serve_warm(gateway: FastMCP, token: str, host: str, port: int) -> None:
+    """Serve the gateway, opening the public port only once a real MCP client has listed the tools.
+
+    The first tools/list over HTTP costs about half a second (proxy sessions, schema conversion, serializers). That
+    request is made first over a private Unix socket, so when the port opens the gateway answers at full speed and a
+    readiness probe sees it ready at once.
+    """
+    app = gateway.http_app(path="/mcp")
+    with tempfile.TemporaryDirectory(prefix="agentbox-gateway-") as private:
+        socket_path = os.path.join(private, "warmup.sock")
+        warmup = uvicorn.Server(uvicorn.Config(app, uds=socket_path, lifespan="on", log_level="warning"))
+        warmup_task = asyncio.create_task(warmup.serve())
+        while not warmup.started:
+            if warmup_task.done():
+                await warmup_task  # raises why it could not start
+                return
+            await asyncio.sleep(0.005)
+        await _list_tools_over(socket_path, token)
+        public = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="warning", timeout_graceful_shutdown=2)
+        )
+        print(f"gateway: serving on http://{host}:{port}/mcp", file=sys.stderr, flush=True)
+        try:
+            await public.serve()
+        finally:
+            warmup.should_exit = True
+            await warmup_task
+
+
+async def _list_tools_over(socket_path: str, token: str) -> None:
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    transport = httpx2.AsyncHTTPTransport(uds=socket_path)
+    async with httpx2.AsyncClient(transport=transport, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        async with streamable_http_client("http://localhost/mcp", http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                await session.list_tools()
+
+
 def parse_config(value: str) -> dict[str, Any]:
     """`--config` takes JSON, or `@path` to a JSON file (keeps secrets out of the process list)."""
     text = Path(value[1:]).read_text() if value.startswith("@") else value
@@ -178,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
         async def serve() -> None:
             gateway, _ = await build_gateway(config, token, args.catalog, allow, args.prefix)
-            print(f"gateway: serving on http://{args.host}:{args.port}/mcp", file=sys.stderr, flush=True)
-            await gateway.run_http_async(
-                show_banner=False, host=args.host, port=args.port, path="/mcp", log_level="warning"
-            )
+            await serve_warm(gateway, token, args.host, args.port)
 
         asyncio.run(serve())
     except ConfigError as exc:
