@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sys
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def start() -> NotionToGithubResult:
         parse_repo(args.repo)  # fail before Prefect starts
+        if args.rehearsal:
+            from agentbox.rehearsal.netns import enter_private_network_if_needed
+
+            enter_private_network_if_needed("flows.notion_to_github", sys.argv[1:] if argv is None else argv)
         settings = load_settings()
         if not args.rehearsal:
             preflight(settings, MCP, args.backend or settings.backend)
