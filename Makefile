@@ -27,6 +27,7 @@ demo: setup
 	$(UV) run python -m flows.notion_to_github --repo octo-org/demo --rehearsal
 
 test: setup
+	$(UV) run ruff check .
 	$(UV) run pytest
 
 bench: setup

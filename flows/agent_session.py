@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from agentbox.claude import AgentRun, ClaudeOptions
-from agentbox.errors import ConfigError
+from agentbox.gateway.catalog import read_config_argument
 from agentbox.sandboxes import SandboxHandle
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.session import StandIns, expected_server_tools, preflight
@@ -151,18 +150,6 @@ def claude_options(settings: Settings, allowed_tools: list[str] | None, bypass_p
     return options
 
 
-def _read_mcp(value: str) -> dict[str, Any]:
-    try:
-        text = Path(value[1:]).read_text() if value.startswith("@") else value
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the MCP config file {value[1:]} ({exc.strerror}).", "Fix the --mcp path.") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--mcp is not valid JSON ({exc.msg} at line {exc.lineno}).", "Pass a JSON object or @file.") from None
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.agent_session", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -176,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def start() -> SessionResult:
         prompt = args.prompt if args.prompt is not None else cli.read_text(args.prompt_file, "--prompt-file")
-        mcp = _read_mcp(args.mcp)
+        mcp = read_config_argument(args.mcp, "--mcp")
         settings = load_settings()
         preflight(settings, mcp, args.backend or settings.backend)  # fail before Prefect starts
         return asyncio.run(

@@ -15,7 +15,6 @@ import contextlib
 import json
 import re
 import sys
-from typing import Any
 
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field

@@ -91,6 +91,18 @@ def _read_catalog_file(path: Path) -> dict[str, CatalogEntry]:
     return entries
 
 
+def read_config_argument(value: str, option: str) -> Any:
+    """An MCP config given on a command line: JSON, or `@path` to a JSON file (keeps secrets out of `ps`)."""
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the {option} file {value[1:]} ({exc.strerror}).", f"Fix the {option} path.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option} is not valid JSON ({exc.msg} at line {exc.lineno}).", "Pass a JSON object or @file.") from None
+
+
 def validate_config(config: Any, catalog: dict[str, CatalogEntry]) -> None:
     """Refuse, before anything starts, a config with unknown keys or missing fields; names every problem."""
     if not isinstance(config, dict) or not config:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import json
 import logging
 import os
 import sys
@@ -30,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from agentbox.errors import ConfigError
-from agentbox.gateway.catalog import Upstream, load_catalog, upstreams
+from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
 
 log = logging.getLogger("agentbox.gateway")
 DEFAULT_PORT = 50005
@@ -190,16 +189,6 @@ async def _list_tools_over(socket_path: str, token: str) -> None:
                 await session.list_tools()
 
 
-def parse_config(value: str) -> dict[str, Any]:
-    """`--config` takes JSON, or `@path` to a JSON file (keeps secrets out of the process list)."""
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config is not valid JSON ({exc.msg} at column {exc.colno}).", "Pass a JSON object.") from None
-    return config
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentbox.gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON object of catalog keys to server settings, or @file")
@@ -217,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gateway: GATEWAY_ACCESS_TOKEN is not set; refusing to serve without auth.", file=sys.stderr)
         return 2
     try:
-        config = parse_config(args.config)
+        config = read_config_argument(args.config, "--config")
         allow = [t.strip() for t in args.tools.split(",") if t.strip()]
 
         async def serve() -> None:

@@ -82,6 +82,15 @@ def _list(results: list[dict[str, Any]], next_cursor: str | None, kind: str) -> 
     }
 
 
+def _paged_list(items: list[dict[str, Any]], body: dict[str, Any]) -> JSONResponse:
+    """One page of `items` as a Notion list object, honouring start_cursor and page_size."""
+    paged = _paginate(items, body.get("start_cursor"), body.get("page_size"))
+    if isinstance(paged, JSONResponse):
+        return paged
+    page, cursor = paged
+    return JSONResponse(_list(page, cursor, "page_or_database"))
+
+
 def _paginate(items: list[dict[str, Any]], start_cursor: str | None, page_size: Any) -> tuple[list[dict[str, Any]], str | None] | JSONResponse:
     """Notion cursors are opaque; ours are the id of the first item of the next page."""
     try:
@@ -344,11 +353,7 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
         sort = body.get("sort") or {}
         if sort.get("direction") == "ascending":
             results = list(reversed(results))
-        paged = _paginate(results, body.get("start_cursor"), body.get("page_size"))
-        if isinstance(paged, JSONResponse):
-            return paged
-        page, cursor = paged
-        return JSONResponse(_list(page, cursor, "page_or_database"))
+        return _paged_list(results, body)
 
     async def get_database(request: Request, body: dict[str, Any]) -> JSONResponse:
         db_id = request.path_params["id"]
@@ -383,11 +388,7 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
                     "equals, does_not_equal, contains, is_empty, is_not_empty (and/or).",
                 )
             rows = [row for row, keep in zip(rows, verdicts, strict=True) if keep]
-        paged = _paginate(rows, body.get("start_cursor"), body.get("page_size"))
-        if isinstance(paged, JSONResponse):
-            return paged
-        page, cursor = paged
-        return JSONResponse(_list(page, cursor, "page_or_database"))
+        return _paged_list(rows, body)
 
     async def get_page(request: Request, body: dict[str, Any]) -> JSONResponse:
         page_id = request.path_params["id"]
