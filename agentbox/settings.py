@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentbox.errors import ConfigError
@@ -55,13 +55,14 @@ class Settings(BaseSettings):
         2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )
 
-    @model_validator(mode="after")
-    def _ttl_outlives_flow(self) -> Settings:
-        if self.sandbox_ttl_seconds <= self.flow_timeout_seconds:
-            raise ValueError(
-                "SANDBOX_TTL_SECONDS must be larger than FLOW_TIMEOUT_SECONDS so a sandbox never dies mid-run"
-            )
-        return self
+    @field_validator("sandbox_ttl_seconds")
+    @classmethod
+    def _ttl_outlives_flow(cls, ttl: int, info: ValidationInfo) -> int:
+        """A field validator, not a model one, so it is reported together with any other bad field."""
+        flow_timeout = info.data.get("flow_timeout_seconds")
+        if flow_timeout is not None and ttl <= flow_timeout:
+            raise ValueError("must be larger than FLOW_TIMEOUT_SECONDS, so a sandbox never dies mid-run")
+        return ttl
 
     @property
     def backend(self) -> Literal["local", "e2b"]:
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             return str(value) if value is not None and str(value).strip() else None
         value = os.environ.get(name) or dotenv_values(ENV_FILE).get(name)
-        return value or None
+        return value if value and value.strip() else None
 
 
 def load_settings(**overrides: object) -> Settings:

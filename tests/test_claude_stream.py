@@ -343,12 +343,6 @@ def test_prompt_command_with_every_option() -> None:
     assert stdin == "/tmp/dir with space/p's.txt"
 
 
-def test_prompt_command_never_contains_the_prompt_text() -> None:
-    command = prompt_command(ClaudeOptions())
-    assert "-p" in shlex.split(command)
-    assert shlex.split(command).count("<") == 1
-
-
 @pytest.fixture
 def fake_claude(tmp_path: Path) -> Path:
     """A stand-in `claude` executable that records its argv, stdin and the gateway token it sees, as JSON."""

@@ -552,7 +552,13 @@ def test_missing_tools_all_present_bare_or_prefixed() -> None:
     expected = {"notion": ["API-post-search"], "githubOfficial": ["create_issue", "add_issue_comment"]}
     assert missing_tools(["API-post-search", "create_issue", "add_issue_comment", "other"], expected) == {}
     assert missing_tools(["notion_API-post-search", "githubOfficial_create_issue", "githubOfficial_add_issue_comment"], expected) == {}
-    assert missing_tools(["mcp__gateway__API-post-search", "mcp__gateway__create_issue", "add_issue_comment"], expected) == {}
+
+
+
+def test_missing_tools_does_not_take_another_servers_prefix() -> None:
+    # With --prefix, "clash_echo" is the clash server's echo: it proves nothing about the echo server.
+    assert missing_tools(["clash_echo"], {"echo": ["echo"]}) == {"echo": ["echo"]}
+    assert missing_tools(["echo_echo"], {"echo": ["echo"]}) == {}
 
 
 def test_missing_tools_names_each_missing_tool_per_server() -> None:

@@ -28,16 +28,13 @@ class ProbeResult:
     seconds: float
 
 
-def _has_tool(names: list[str], tool: str) -> bool:
-    """Whether `tool` is served, bare (Docker's default) or behind a server prefix."""
-    return any(n == tool or n.endswith(f"_{tool}") or n.endswith(f"__{tool}") for n in names)
-
-
 def missing_tools(names: list[str], expected: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Per server, the expected tools that are not listed; a server with no known tools needs some tool listed."""
+    """Per server, the expected tools that are not listed, bare (Docker's default) or behind that server's own
+    prefix (`--prefix`); a server whose catalog names no tools needs some tool listed."""
+    listed = set(names)
     missing = {}
     for server, tools in expected.items():
-        absent = [t for t in tools if not _has_tool(names, t)] if tools else ([] if names else ["any tool"])
+        absent = [t for t in tools if not {t, f"{server}_{t}"} & listed] if tools else ([] if names else ["any tool"])
         if absent:
             missing[server] = absent
     return missing
@@ -50,7 +47,7 @@ async def list_gateway_tools(url: str, token: str, timeout: float = 10.0) -> lis
     async def record(response: httpx2.Response) -> None:
         statuses.append(response.status_code)
 
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}  # an empty token must earn a 401, not a crash
     try:
         async with httpx2.AsyncClient(
             headers=headers, timeout=httpx2.Timeout(timeout), event_hooks={"response": [record]}
@@ -91,7 +88,7 @@ async def upstream_failures(url: str, token: str) -> dict[str, str]:
     health = url.rsplit("/mcp", 1)[0] + "/health"
     try:
         async with httpx2.AsyncClient(timeout=2.0) as http:
-            response = await http.get(health, headers={"Authorization": f"Bearer {token}"})
+            response = await http.get(health, headers={"Authorization": f"Bearer {token}"} if token else {})
             servers = response.json().get("servers", {})
     except Exception:  # noqa: BLE001 - /health is an optional extra
         return {}

@@ -128,7 +128,10 @@ async def build_gateway(
     gateway = FastMCP("agentbox-gateway", auth=auth)
     for upstream, transport, status in zip(servers, transports, statuses):
         if status.state == "ready":
-            gateway.mount(create_proxy(transport, name=upstream.key), namespace=upstream.key if prefix else None)
+            # mode="legacy": the backend session keeps one protocol era whatever the client speaks; left to mirror
+            # each client, fastmcp restarts the kept-alive server whenever the era changes.
+            proxy = create_proxy(transport, name=upstream.key, mode="legacy")
+            gateway.mount(proxy, namespace=upstream.key if prefix else None)
     if allow_tools:
         gateway.enable(names=set(allow_tools), components={"tool"}, only=True)
 
