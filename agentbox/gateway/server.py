@@ -18,12 +18,14 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 from fastmcp import Client, FastMCP
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
-from fastmcp.server import create_proxy
+from fastmcp.server.providers.proxy import ProxyClient, ProxyProvider
+from fastmcp.tools import Tool
 from fastmcp.server.auth.auth import AccessToken, TokenVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -51,6 +53,16 @@ class BearerToken(TokenVerifier):
     def accepts(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+
+
+class ListedOnceProxy(ProxyProvider):
+    """A proxy that lists its server's tools once, as Docker's gateway does: a tool set is fixed for a sandbox's
+    life, and tools/list then costs no round trip to the server (about 45 ms each for notion + github)."""
+
+    async def _list_tools(self) -> Sequence[Tool]:
+        if self._tools_cache is not None:
+            return self._tools_cache.items
+        return await super()._list_tools()
 
 
 @dataclass
@@ -130,8 +142,8 @@ async def build_gateway(
         if status.state == "ready":
             # mode="legacy": the backend session keeps one protocol era whatever the client speaks; left to mirror
             # each client, fastmcp restarts the kept-alive server whenever the era changes.
-            proxy = create_proxy(transport, name=upstream.key, mode="legacy")
-            gateway.mount(proxy, namespace=upstream.key if prefix else None)
+            backend = ProxyClient(transport, mode="legacy")
+            gateway.add_provider(ListedOnceProxy(backend.new), namespace=upstream.key if prefix else "")
     if allow_tools:
         gateway.enable(names=set(allow_tools), components={"tool"}, only=True)
 
