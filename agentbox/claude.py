@@ -266,7 +266,11 @@ def describe(event: Event) -> str | None:
     if isinstance(event, TextEvent):
         return f"Claude: {_short(event.text, 500)}"
     if isinstance(event, ResultEvent):
-        return f"Claude finished: {event.subtype}, {event.num_turns} turns, ${event.total_cost_usd:.4f}"
+        denied = sorted({d.get("tool_name", "?") for d in event.permission_denials})
+        return (
+            f"Claude finished: {event.subtype}, {event.num_turns} turns, ${event.total_cost_usd:.4f}"
+            + (f"; DENIED tools: {', '.join(denied)}" if denied else "")
+        )
     return None
 
 
