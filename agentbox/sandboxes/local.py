@@ -104,12 +104,12 @@ class LocalSandboxes(SandboxBackend):
         argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/"]
         for path in sorted(self._hidden(), key=lambda p: len(p.parts)):
             argv += ["--tmpfs", str(path)]
-        for path in self._needed():
+        argv += ["--bind", str(state / "home"), HOME, "--bind", str(state / "tmp"), "/tmp"]
+        for path in self._needed():  # after the private /tmp and home, so a checkout under /tmp still shows through
             argv += ["--ro-bind", str(path), str(path)]
         for secret_file in ("/etc/shadow", "/etc/gshadow"):
             if Path(secret_file).exists():
                 argv += ["--ro-bind", "/dev/null", secret_file]
-        argv += ["--bind", str(state / "home"), HOME, "--bind", str(state / "tmp"), "/tmp"]
         argv += ["--dev", "/dev", "--proc", "/proc"]
         argv += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--unshare-pid", "--unshare-ipc"]
         argv += ["--unshare-uts", "--hostname", "agentbox", "--die-with-parent", "--new-session", "--chdir", HOME]
