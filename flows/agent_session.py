@@ -41,7 +41,6 @@ class SessionResult(BaseModel):
     tools: int = 0
     steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
     run: AgentRun = Field(default_factory=AgentRun)
-    error: str = ""
 
 
 def session_metadata() -> dict[str, str]:

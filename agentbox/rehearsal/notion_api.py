@@ -82,6 +82,11 @@ def _list(results: list[dict[str, Any]], next_cursor: str | None, kind: str) -> 
     }
 
 
+def _by_id(objects: dict[str, dict[str, Any]], object_id: str) -> JSONResponse:
+    """The object with that id, or Notion's 404."""
+    return JSONResponse(objects[object_id]) if object_id in objects else _not_found(object_id)
+
+
 def _paged_list(items: list[dict[str, Any]], body: dict[str, Any]) -> JSONResponse:
     """One page of `items` as a Notion list object, honouring start_cursor and page_size."""
     paged = _paginate(items, body.get("start_cursor"), body.get("page_size"))
@@ -356,10 +361,7 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
         return _paged_list(results, body)
 
     async def get_database(request: Request, body: dict[str, Any]) -> JSONResponse:
-        db_id = request.path_params["id"]
-        if db_id not in ws.databases:
-            return _not_found(db_id)
-        return JSONResponse(ws.databases[db_id])
+        return _by_id(ws.databases, request.path_params["id"])
 
     async def get_data_source(request: Request, body: dict[str, Any]) -> JSONResponse:
         ds_id = request.path_params["id"]
@@ -391,10 +393,7 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
         return _paged_list(rows, body)
 
     async def get_page(request: Request, body: dict[str, Any]) -> JSONResponse:
-        page_id = request.path_params["id"]
-        if page_id not in ws.pages:
-            return _not_found(page_id)
-        return JSONResponse(ws.pages[page_id])
+        return _by_id(ws.pages, request.path_params["id"])
 
     async def block_children(request: Request, body: dict[str, Any]) -> JSONResponse:
         block_id = request.path_params["id"]
