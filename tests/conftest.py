@@ -20,31 +20,41 @@ os.environ["LOCAL_SANDBOX_ROOT"] = str(_SESSION_DIR / "sandboxes")
 for _name in ("E2B_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN",
               "SANDBOX_BACKEND", "LOCAL_MCP_CATALOG"):
     os.environ.pop(_name, None)
-os.chdir(_SESSION_DIR)  # no developer's .env leaks into the tests
 
 import pytest  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
+WORKDIR = _SESSION_DIR  # where tests and the CLIs they start run: no developer's .env leaks into the tests
 SANDBOX_ROOT = Path(os.environ["LOCAL_SANDBOX_ROOT"])
-# What runs inside a sandbox: the gateway, the MCP servers, Claude Code, the supervisor.
-SANDBOX_PROCESS_MARKERS = ("agentbox.gateway", "agentbox.sandboxes.supervisor", "notion-mcp-server",
-                           "github-mcp-server", "--output-format stream-json", "claude mcp ", str(SANDBOX_ROOT))
 
 
 def sandbox_processes() -> dict[int, str]:
-    """Pid → command line of every live process that belongs to a sandbox (zombies excluded)."""
-    found = {}
+    """Pid → command line of every live process of this session's sandboxes: a process whose command line, or an
+    ancestor's, names the sandbox root (bubblewrap and the supervisor do; what runs inside descends from them)."""
+    table: dict[int, tuple[int, str]] = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+        if not proc.name.isdigit():
             continue
         try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if state != "Z" and any(marker in cmdline for marker in SANDBOX_PROCESS_MARKERS):
-            found[int(proc.name)] = cmdline[:200]
-    return found
+        if fields[0] != "Z":
+            table[int(proc.name)] = (int(fields[1]), cmdline)
+    marker = str(SANDBOX_ROOT)
+
+    def in_a_sandbox(pid: int) -> bool:
+        for _ in range(64):
+            if pid not in table:
+                return False
+            parent, cmdline = table[pid]
+            if marker in cmdline:
+                return True
+            pid = parent
+        return False
+
+    return {pid: cmd[:200] for pid, (_, cmd) in table.items() if pid != os.getpid() and in_a_sandbox(pid)}
 
 
 def wait_for_no_sandbox_processes(timeout: float = 10.0, ignore: frozenset[int] = frozenset()) -> list[str]:
@@ -59,6 +69,15 @@ def wait_for_no_sandbox_processes(timeout: float = 10.0, ignore: frozenset[int] 
 
 def sandbox_dirs() -> list[str]:
     return sorted(p.name for p in SANDBOX_ROOT.iterdir()) if SANDBOX_ROOT.exists() else []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def away_from_the_checkout():
+    """Settings read `.env` from the working directory: run every test where there is none."""
+    previous = os.getcwd()
+    os.chdir(WORKDIR)
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture(scope="session")

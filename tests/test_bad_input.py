@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT, sandbox_dirs
+from tests.conftest import WORKDIR, sandbox_dirs
 
 CREDENTIALS = {"ANTHROPIC_API_KEY": "sk-x", "NOTION_INTEGRATION_TOKEN": "ntn-x", "GITHUB_TOKEN": "ghp-x"}
 
@@ -18,7 +18,7 @@ def cli(module: str, *args: str, env: dict[str, str] | None = None) -> subproces
     environment = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module, *args], cwd=WORKDIR, env=environment, capture_output=True, text=True, timeout=120
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, RecordedIssue, notion_to_github
-from tests.conftest import PROJECT
+from tests.conftest import WORKDIR
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
@@ -62,7 +62,7 @@ def test_cli_prints_only_the_result_model_with_json():
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.run(
         [sys.executable, "-m", "flows.notion_to_github", "--repo", "octo/cli-demo", "--rehearsal", "--json"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=WORKDIR, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)  # stdout holds the result model and nothing else
@@ -77,7 +77,7 @@ def test_cli_human_output_follows_the_seed():
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.run(
         [sys.executable, "-m", "flows.notion_to_github", "--repo", "octo/human", "--rehearsal", "--title", "Hello"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=WORKDIR, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

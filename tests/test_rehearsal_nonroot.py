@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT
+from tests.conftest import WORKDIR
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -32,7 +32,7 @@ def test_rehearsal_as_a_normal_user():
     proc = subprocess.run(
         [unshare, "--user", "--map-user=1000", "--map-group=1000", "--", sys.executable, "-m", "flows.notion_to_github",
          "--repo", "octo/as-a-user", "--rehearsal", "--json"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=WORKDIR, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
