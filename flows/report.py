@@ -20,13 +20,19 @@ def session_lines(result: SessionResult) -> list[str]:
         f"MCP gateway: {result.gateway_url} ({result.tools} tools)",
         "Claude connected to the gateway",
         f"Tool calls: {', '.join(c.tool + ('' if c.ok else ' (failed)') for c in result.run.tool_calls) or 'none'}",
-        f"Turns: {result.run.num_turns}, cost: ${result.run.cost_usd:.4f}, steps: "
+        f"Turns: {result.run.num_turns}, cost: {_cost(result)}, steps: "
         + ", ".join(f"{k} {v:.2f}s" for k, v in result.steps.items()),
         "",
         "Agent answer:",
         result.run.result,
     ]
     return lines
+
+
+def _cost(result: SessionResult) -> str:
+    if result.rehearsal:
+        return "nothing (a rehearsal: Claude Code's figure comes from the stand-in's token counts)"
+    return f"${result.run.cost_usd:.4f}"
 
 
 def session_markdown(title: str, result: SessionResult, error: str = "", extra: list[str] = ()) -> str:
@@ -36,7 +42,7 @@ def session_markdown(title: str, result: SessionResult, error: str = "", extra: 
     lines += [
         f"- Sandbox: `{result.sandbox_id or '-'}` on `{result.backend}`",
         f"- Gateway tools: {result.tools}",
-        f"- Turns: {result.run.num_turns}, cost: ${result.run.cost_usd:.4f}",
+        f"- Turns: {result.run.num_turns}, cost: {_cost(result)}",
         "",
         "| step | seconds |",
         "|---|---|",
