@@ -9,12 +9,14 @@ from prefect import serve
 
 from flows.agent_session import agent_session
 from flows.notion_to_github import notion_to_github
+from flows.reap_sandboxes import reap_sandboxes
 
 
 def main() -> None:
     serve(
         notion_to_github.to_deployment(name="notion-to-github", parameters={"repo": "octo-org/demo", "rehearsal": True}),
         agent_session.to_deployment(name="agent-session"),
+        reap_sandboxes.to_deployment(name="reap-sandboxes", interval=300),
         limit=4,
     )
 

@@ -24,6 +24,7 @@ from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.session import StandIns, expected_server_tools, preflight
 from agentbox.settings import Settings, load_settings, redact
 from flows import cli, report
+from flows.janitor import kill_sandboxes_hook
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_now, kill_sandbox, kill_sandboxes_of_run
@@ -119,7 +120,12 @@ async def teardown(handle: SandboxHandle | None, backend: str, metadata: dict[st
         get_run_logger().error("Teardown failed (%s: %s); the sandbox's TTL will end it.", type(exc).__name__, exc)
 
 
-@flow(name="agent-session", timeout_seconds=DEFAULT_FLOW_TIMEOUT, log_prints=False)
+@flow(
+    name="agent-session",
+    timeout_seconds=DEFAULT_FLOW_TIMEOUT,
+    on_crashed=[kill_sandboxes_hook],
+    on_cancellation=[kill_sandboxes_hook],
+)
 async def agent_session(
     prompt: str,
     mcp: dict[str, dict[str, str]],

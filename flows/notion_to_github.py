@@ -24,6 +24,7 @@ from agentbox.errors import AgentboxError, ConfigError
 from agentbox.session import preflight
 from agentbox.settings import load_settings, redact
 from flows import cli, report
+from flows.janitor import kill_sandboxes_hook
 from flows.agent_session import DEFAULT_FLOW_TIMEOUT, SessionResult, claude_options, run_session
 
 DEFAULT_TITLE = "Summary of our Notion workspace"
@@ -115,7 +116,13 @@ def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
     )
 
 
-@flow(name="notion-to-github", flow_run_name="notion-to-github {repo}", timeout_seconds=DEFAULT_FLOW_TIMEOUT)
+@flow(
+    name="notion-to-github",
+    flow_run_name="notion-to-github {repo}",
+    timeout_seconds=DEFAULT_FLOW_TIMEOUT,
+    on_crashed=[kill_sandboxes_hook],
+    on_cancellation=[kill_sandboxes_hook],
+)
 async def notion_to_github(
     repo: str,
     title: str = DEFAULT_TITLE,

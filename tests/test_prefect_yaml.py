@@ -13,7 +13,7 @@ def test_every_deployment_loads_and_its_parameters_validate(monkeypatch):
     monkeypatch.chdir(PROJECT)
     model = PrefectYamlModel.model_validate(yaml.safe_load((PROJECT / "prefect.yaml").read_text()))
     names = {d.name for d in model.deployments}
-    assert names == {"notion-to-github", "agent-session"}
+    assert names == {"notion-to-github", "agent-session", "reap-sandboxes"}
     for deployment in model.deployments:
         flow = load_flow_from_entrypoint(deployment.entrypoint)
         if deployment.parameters:

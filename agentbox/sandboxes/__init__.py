@@ -21,4 +21,9 @@ def get_backend(settings: Settings, name: str | None = None, catalog_file: str |
     raise ConfigError(f"Unknown sandbox backend '{name}'.", "Use 'local' or 'e2b'.")
 
 
-__all__ = ["SandboxBackend", "SandboxHandle", "get_backend"]
+def reachable_backends(settings: Settings) -> list[str]:
+    """Backends whose sandboxes this process can list and kill (janitors look in all of them)."""
+    return ["local", "e2b"] if settings.e2b_api_key else ["local"]
+
+
+__all__ = ["SandboxBackend", "SandboxHandle", "get_backend", "reachable_backends"]

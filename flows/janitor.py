@@ -1,0 +1,35 @@
+"""Teardown that does not depend on the flow's own `finally`: hooks that kill a crashed or cancelled run's sandboxes.
+
+Prefect runs `on_crashed` and `on_cancellation` hooks with only `(flow, flow_run, state)`, possibly in another
+process (the runner), so they find the run's sandboxes by the `prefect_flow_run_id` metadata every sandbox carries.
+After a normal cancel both `finally` and the hook run: killing is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agentbox.sandboxes import get_backend, reachable_backends
+from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
+from agentbox.settings import load_settings
+
+log = logging.getLogger("agentbox.janitor")
+
+
+async def kill_run_sandboxes(flow_run_id: str) -> list[str]:
+    """Kill every sandbox of this app labelled with the flow run id, on every backend we can reach."""
+    settings = load_settings()
+    killed = []
+    for name in reachable_backends(settings):
+        sandboxes = get_backend(settings, name)
+        for info in await sandboxes.list({APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": flow_run_id}):
+            if await sandboxes.kill(info.id):
+                killed.append(info.id)
+    return killed
+
+
+async def kill_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
+    """on_crashed / on_cancellation: the run's `finally` may not have run (SIGKILL, OOM): kill what it left."""
+    killed = await kill_run_sandboxes(str(flow_run.id))
+    if killed:
+        log.warning("Run %s ended %s: killed its sandboxes %s", flow_run.id, state.name, ", ".join(killed))
