@@ -26,6 +26,12 @@ class SandboxError(AgentboxError):
     """The sandbox could not be created, reached or used."""
 
 
+class SandboxUnavailable(SandboxError):
+    """The sandbox service is busy, rate-limited or erring (429/5xx/timeouts): worth retrying."""
+
+    retryable = True
+
+
 class SandboxCommandTimeout(SandboxError):
     """A command inside the sandbox ran past its own timeout and was killed."""
 

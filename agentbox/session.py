@@ -50,7 +50,14 @@ def literal_secrets(mcp: dict[str, Any]) -> list[str]:
 
 def preflight(settings: Settings, mcp: dict[str, Any], backend: str, stand_ins: StandIns | None = None) -> None:
     """Every check that needs no sandbox, with one error naming every problem of a kind."""
-    validate_config(mcp, catalog_for(settings, stand_ins))
+    if backend == "e2b":
+        from agentbox.sandboxes import e2b
+
+        if not isinstance(mcp, dict) or not mcp:
+            validate_config(mcp, {})  # the same message for a config that is not an object of servers
+        e2b.validate_config(mcp)
+    else:
+        validate_config(mcp, catalog_for(settings, stand_ins))
     literal = literal_secrets(mcp)
     if literal:
         raise ConfigError(

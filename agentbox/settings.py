@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     sandbox_backend: Literal["local", "e2b"] | None = Field(
         None, description="Where sandboxes run; default: e2b when E2B_API_KEY is set, else local."
     )
+    e2b_mcp_url: str = Field(
+        "https://{port}-{sandbox_id}.{domain}/mcp",
+        description="The gateway URL of an E2B sandbox: a template with {sandbox_id}, {domain} and {port}.",
+    )
+    e2b_template: str | None = Field(None, description="E2B template; unset: E2B's 'mcp-gateway'.")
     local_mcp_catalog: Path | None = Field(None, description="Extra catalog file: adds or overrides MCP servers.")
     local_sandbox_root: Path = Field(
         Path.home() / ".cache" / "agentbox" / "sandboxes", description="Where local sandboxes keep their state."

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.runtime import task_run
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
@@ -36,6 +37,7 @@ async def create_sandbox(
         envs=sandbox_envs(settings, stand_ins),
         ttl_seconds=settings.sandbox_ttl_seconds,
         metadata=metadata,
+        idempotency_key=f"agentbox-{task_run.id}" if task_run.id else None,  # same across this task's retries
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle

@@ -15,9 +15,10 @@ def get_backend(settings: Settings, name: str | None = None, catalog_file: str |
 
         return LocalSandboxes(settings.local_sandbox_root, catalog_file or settings.local_mcp_catalog)
     if name == "e2b":
-        raise ConfigError(
-            "The e2b sandbox backend is not built yet in this version.", "Use --backend local (SANDBOX_BACKEND=local)."
-        )
+        from agentbox.sandboxes.e2b import E2BSandboxes
+
+        settings.require("E2B_API_KEY")
+        return E2BSandboxes(settings.e2b_api_key.get_secret_value(), settings.e2b_mcp_url, settings.e2b_template)
     raise ConfigError(f"Unknown sandbox backend '{name}'.", "Use 'local' or 'e2b'.")
 
 

@@ -55,9 +55,15 @@ class SandboxBackend(abc.ABC):
 
     @abc.abstractmethod
     async def create(
-        self, mcp_config: dict, envs: dict[str, str], ttl_seconds: int, metadata: dict[str, str]
+        self,
+        mcp_config: dict,
+        envs: dict[str, str],
+        ttl_seconds: int,
+        metadata: dict[str, str],
+        idempotency_key: str | None = None,
     ) -> SandboxHandle:
-        """Start a sandbox whose gateway serves `mcp_config`; it dies by itself after `ttl_seconds`."""
+        """Start a sandbox whose gateway serves `mcp_config`; it dies by itself after `ttl_seconds`. A retried call
+        with the same `idempotency_key` must not start a second sandbox."""
 
     @abc.abstractmethod
     async def gateway_token(self, handle: SandboxHandle) -> str:

@@ -132,7 +132,12 @@ class LocalSandboxes(SandboxBackend):
     # -- the port ---------------------------------------------------------------------------------------------
 
     async def create(
-        self, mcp_config: dict, envs: dict[str, str], ttl_seconds: int, metadata: dict[str, str]
+        self,
+        mcp_config: dict,
+        envs: dict[str, str],
+        ttl_seconds: int,
+        metadata: dict[str, str],
+        idempotency_key: str | None = None,  # a local create is not retried behind our back
     ) -> SandboxHandle:
         await self._check_bubblewrap()
         sandbox_id = f"local-{secrets.token_hex(6)}"

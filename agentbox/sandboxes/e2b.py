@@ -1,0 +1,236 @@
+"""The E2B backend: cloud sandboxes through the real `e2b` SDK (`AsyncSandbox`).
+
+E2B runs the Docker MCP Gateway inside the sandbox (`create(mcp=...)`). The SDK's own MCP URL cannot be pointed
+anywhere else, so the URL follows `E2B_MCP_URL`, a template with `{sandbox_id}`, `{domain}` and `{port}` whose
+default is E2B's; that also serves self-hosted E2B-compatible deployments. The control plane and envd addresses
+follow the SDK's settings (`E2B_DOMAIN`, `E2B_API_URL`, `E2B_SANDBOX_URL`). E2B's exceptions become the product's
+errors, each saying what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import re
+from collections.abc import AsyncIterator
+from datetime import timezone
+from typing import get_type_hints
+
+from e2b import (
+    AsyncSandbox,
+    AuthenticationException,
+    CommandExitException,
+    NotFoundException,
+    RateLimitException,
+    SandboxException,
+    SandboxNotFoundException,
+    SandboxNotRunningException,
+    SandboxQuery,
+    SandboxState,
+    ServiceBusyException,
+    TimeoutException,
+)
+
+from e2b.sandbox.mcp import McpServer
+
+from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable
+from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
+
+INTERNAL_MCP_URL = "http://localhost:{port}/mcp"  # the gateway as Claude reaches it from inside the sandbox
+KEY_HINT = "Check E2B_API_KEY (https://e2b.dev/dashboard)."
+
+
+_CUSTOM_SERVER = re.compile(r"^github/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+
+
+def catalog_servers() -> dict[str, frozenset[str]]:
+    """E2B's MCP catalog as the SDK knows it: server key → required config fields (from its generated TypedDicts)."""
+    return {key: getattr(cls, "__required_keys__", frozenset()) for key, cls in get_type_hints(McpServer).items()}
+
+
+def validate_config(config: dict) -> None:
+    """Refuse, before any sandbox exists, keys E2B does not know (naming the nearest) and missing fields."""
+    servers = catalog_servers()
+    problems = []
+    for key, values in config.items():
+        if _CUSTOM_SERVER.match(key):
+            required: frozenset[str] = frozenset({"run_cmd"})
+        elif key in servers:
+            required = servers[key]
+        else:
+            near = difflib.get_close_matches(key, list(servers), n=1)
+            problems.append(f"unknown E2B MCP server '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"server '{key}' needs an object of settings")
+            continue
+        missing = sorted(f for f in required if not values.get(f))
+        if missing:
+            problems.append(f"server '{key}' is missing {', '.join(repr(m) for m in missing)}")
+    if problems:
+        raise ConfigError(
+            f"Invalid MCP config: {'; '.join(problems)}.",
+            "Keys come from E2B's MCP catalog (e2b.sandbox.mcp), or 'github/<owner>/<repo>' with a run_cmd.",
+        )
+
+
+class E2BSandboxes(SandboxBackend):
+    """Sandboxes in E2B's cloud (or an E2B-compatible deployment)."""
+
+    name = "e2b"
+
+    def __init__(self, api_key: str, mcp_url: str, template: str | None = None) -> None:
+        self._api_key = api_key
+        self.mcp_url = mcp_url
+        self.template = template
+        self._open: dict[str, AsyncSandbox] = {}
+
+    def _urls(self, sandbox: AsyncSandbox) -> tuple[str, str]:
+        values = {"sandbox_id": sandbox.sandbox_id, "domain": sandbox.sandbox_domain, "port": AsyncSandbox.mcp_port}
+        try:
+            return self.mcp_url.format(**values), INTERNAL_MCP_URL.format(**values)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SandboxError(
+                f"E2B_MCP_URL '{self.mcp_url}' is not a valid template ({exc}).",
+                "Use the fields {sandbox_id}, {domain} and {port}.",
+            ) from None
+
+    async def create(
+        self,
+        mcp_config: dict,
+        envs: dict[str, str],
+        ttl_seconds: int,
+        metadata: dict[str, str],
+        idempotency_key: str | None = None,
+    ) -> SandboxHandle:
+        async with _translated("create a sandbox"):
+            sandbox = await AsyncSandbox.create(
+                template=self.template,
+                timeout=ttl_seconds,
+                metadata=metadata,
+                envs=envs,
+                mcp=mcp_config,
+                lifecycle={"on_timeout": "kill"},  # an expired sandbox must not linger paused
+                idempotency_key=idempotency_key,
+                api_key=self._api_key,
+            )
+        self._open[sandbox.sandbox_id] = sandbox
+        url, internal = self._urls(sandbox)
+        async with _translated("read the sandbox's details", sandbox.sandbox_id):
+            info = await sandbox.get_info()
+        return SandboxHandle(
+            id=sandbox.sandbox_id,
+            backend="e2b",
+            gateway_url=url,
+            internal_gateway_url=internal,
+            metadata=dict(info.metadata),
+            created_at=info.started_at.astimezone(timezone.utc),
+            expires_at=info.end_at.astimezone(timezone.utc),
+        )
+
+    async def _sandbox(self, sandbox_id: str) -> AsyncSandbox:
+        """The SDK object for a sandbox another task created (tasks share handles, never SDK objects)."""
+        if sandbox_id not in self._open:
+            async with _translated("reach the sandbox", sandbox_id):
+                self._open[sandbox_id] = await AsyncSandbox.connect(sandbox_id, api_key=self._api_key)
+        return self._open[sandbox_id]
+
+    async def gateway_token(self, handle: SandboxHandle) -> str:
+        sandbox = await self._sandbox(handle.id)
+        async with _translated("read the gateway token", handle.id):
+            return await sandbox.get_mcp_token()
+
+    async def run(
+        self,
+        handle: SandboxHandle,
+        command: str,
+        *,
+        envs: dict[str, str] | None = None,
+        timeout: float,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> CommandResult:
+        sandbox = await self._sandbox(handle.id)
+        async with _translated("run a command", handle.id):
+            # Our own deadline, and a server-side one a little later as a net if this process dies: the SDK's
+            # 60 s default would silently kill long commands.
+            process = await sandbox.commands.run(
+                command, background=True, envs=envs, timeout=timeout + 30, on_stdout=on_stdout, on_stderr=on_stderr
+            )
+            try:
+                result = await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await process.kill()
+                raise SandboxCommandTimeout(
+                    f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
+                ) from None
+            except CommandExitException as exc:
+                return CommandResult(exc.exit_code, exc.stdout, exc.stderr)
+        return CommandResult(result.exit_code, result.stdout, result.stderr)
+
+    async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:
+        sandbox = await self._sandbox(handle.id)
+        async with _translated(f"write {path}", handle.id):
+            await sandbox.files.write(path, data)
+
+    async def kill(self, sandbox_id: str) -> bool:
+        self._open.pop(sandbox_id, None)
+        async with _translated("kill the sandbox", sandbox_id):
+            try:
+                return await AsyncSandbox.kill(sandbox_id, api_key=self._api_key)
+            except (SandboxNotFoundException, NotFoundException):
+                return False  # already gone: the goal is reached
+
+    async def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
+        query = SandboxQuery(metadata=metadata or None, state=[SandboxState.RUNNING, SandboxState.PAUSED])
+        found = []
+        async with _translated("list sandboxes"):
+            pages = AsyncSandbox.list(query=query, api_key=self._api_key)
+            while pages.has_next:
+                for item in await pages.next_items():
+                    found.append(
+                        SandboxInfo(
+                            id=item.sandbox_id,
+                            metadata=dict(item.metadata or {}),
+                            created_at=item.started_at.astimezone(timezone.utc),
+                            expires_at=item.end_at.astimezone(timezone.utc),
+                        )
+                    )
+        return found
+
+
+@contextlib.asynccontextmanager
+async def _translated(action: str, sandbox_id: str = "") -> AsyncIterator[None]:
+    """E2B's exceptions as the product's errors: what failed, and what to do."""
+    where = f" {sandbox_id}" if sandbox_id else ""
+    try:
+        yield
+    except (SandboxCommandTimeout, SandboxError):
+        raise
+    except AuthenticationException:
+        raise SandboxError(f"E2B refused the API key while trying to {action}.", KEY_HINT) from None
+    except RateLimitException:
+        raise SandboxUnavailable(f"E2B's rate limit was hit while trying to {action}.", "Retry later or lower concurrency.") from None
+    except ServiceBusyException:
+        raise SandboxUnavailable(f"E2B is busy (503) while trying to {action}.", "Retry later.") from None
+    except (SandboxNotFoundException, SandboxNotRunningException, NotFoundException):
+        raise SandboxError(f"Sandbox{where} is gone (killed or past its timeout) while trying to {action}.", "Create a new sandbox.") from None
+    except TimeoutException as exc:
+        raise SandboxUnavailable(f"E2B timed out while trying to {action}{where}: {_first_line(exc)}.", "Retry; check E2B's status.") from None
+    except SandboxException as exc:
+        message = _first_line(exc)
+        if "Failed to start MCP gateway" in message:
+            raise SandboxError(
+                f"The MCP gateway failed to start in the E2B sandbox: {message}.",
+                "Check the MCP config's values (tokens) and server keys.",
+            ) from None
+        status = getattr(exc, "status_code", None)
+        error = SandboxUnavailable if status and status >= 500 else SandboxError
+        raise error(f"E2B failed to {action}{where}: {message}.", "See E2B's status page if it persists.") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
