@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         "https://{port}-{sandbox_id}.{domain}/mcp",
         description="The gateway URL of an E2B sandbox: a template with {sandbox_id}, {domain} and {port}.",
     )
+    e2b_mcp_internal_url: str = Field(
+        "http://localhost:{port}/mcp",
+        description="The same gateway as Claude reaches it from inside the sandbox (same template fields).",
+    )
     e2b_template: str | None = Field(None, description="E2B template; unset: E2B's 'mcp-gateway'.")
     local_mcp_catalog: Path | None = Field(None, description="Extra catalog file: adds or overrides MCP servers.")
     local_sandbox_root: Path = Field(

@@ -109,7 +109,7 @@ def validate_config(config: Any, catalog: dict[str, CatalogEntry]) -> None:
         raise ConfigError(
             "The MCP config must be a non-empty JSON object of server keys, e.g. "
             '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}.',
-            "Fix the --mcp value.",
+            "Fix the MCP config.",
         )
     problems = []
     for key, values in config.items():

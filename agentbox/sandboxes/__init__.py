@@ -18,7 +18,12 @@ def get_backend(settings: Settings, name: str | None = None, catalog_file: str |
         from agentbox.sandboxes.e2b import E2BSandboxes
 
         settings.require("E2B_API_KEY")
-        return E2BSandboxes(settings.e2b_api_key.get_secret_value(), settings.e2b_mcp_url, settings.e2b_template)
+        return E2BSandboxes(
+            settings.e2b_api_key.get_secret_value(),
+            settings.e2b_mcp_url,
+            settings.e2b_mcp_internal_url,
+            settings.e2b_template,
+        )
     raise ConfigError(f"Unknown sandbox backend '{name}'.", "Use 'local' or 'e2b'.")
 
 

@@ -37,7 +37,6 @@ from e2b.sandbox.mcp import McpServer
 from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable
 from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
 
-INTERNAL_MCP_URL = "http://localhost:{port}/mcp"  # the gateway as Claude reaches it from inside the sandbox
 KEY_HINT = "Check E2B_API_KEY (https://e2b.dev/dashboard)."
 
 
@@ -80,19 +79,19 @@ class E2BSandboxes(SandboxBackend):
 
     name = "e2b"
 
-    def __init__(self, api_key: str, mcp_url: str, template: str | None = None) -> None:
+    def __init__(self, api_key: str, mcp_url: str, internal_mcp_url: str, template: str | None = None) -> None:
         self._api_key = api_key
-        self.mcp_url = mcp_url
+        self.mcp_url, self.internal_mcp_url = mcp_url, internal_mcp_url
         self.template = template
         self._open: dict[str, AsyncSandbox] = {}
 
     def _urls(self, sandbox: AsyncSandbox) -> tuple[str, str]:
         values = {"sandbox_id": sandbox.sandbox_id, "domain": sandbox.sandbox_domain, "port": AsyncSandbox.mcp_port}
         try:
-            return self.mcp_url.format(**values), INTERNAL_MCP_URL.format(**values)
+            return self.mcp_url.format(**values), self.internal_mcp_url.format(**values)
         except (KeyError, IndexError, ValueError) as exc:
             raise SandboxError(
-                f"E2B_MCP_URL '{self.mcp_url}' is not a valid template ({exc}).",
+                f"E2B_MCP_URL or E2B_MCP_INTERNAL_URL is not a valid template ({exc}).",
                 "Use the fields {sandbox_id}, {domain} and {port}.",
             ) from None
 

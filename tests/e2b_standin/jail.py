@@ -1,0 +1,148 @@
+"""Where a stand-in sandbox's processes run: under bubblewrap, exactly as the local backend isolates its sandboxes.
+
+The bwrap argv and the base environment are the local backend's own (`LocalSandboxes._bwrap`, `_base_env`), so the
+stand-in's sandboxes look like the local backend's from inside: /home/user and /tmp private to each sandbox, the
+system read-only, the host's homes and the checkout hidden, a pid namespace of their own, uid 1000 ("user") by
+default. Two differences: `user="root"` runs as uid 0 inside (E2B runs `mcp-gateway` as root), and the gateway also
+sees this checkout's `tests/servers/` (read-only) so test catalogs can point at the stdio servers there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+from agentbox.sandboxes.local import HOME, PROJECT_DIR, LocalSandboxes
+
+TEST_SERVERS = PROJECT_DIR / "tests" / "servers"
+GATEWAY_DIR = "/run/agentbox"  # where the gateway finds its catalog copy, as in the local backend
+TOKEN_DIR = "/etc/mcp-gateway"  # E2B's mcp-gateway keeps its token in /etc/mcp-gateway/.token (root only)
+USERS = {"user": (1000, HOME), "root": (0, "/root")}
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork: the child only calls it
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this process when the thread that started it (the stand-in's loop) ends."""
+    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class PathRefused(Exception):
+    """A files-API path the stand-in does not serve; `status` is the HTTP status envd would answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Jail:
+    """bwrap argv, environment and host paths for sandboxes whose state directories live under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.local = LocalSandboxes(root)  # only its argv builder and environment are used; it hides `root` too
+        self.tools = self._install_tools()
+
+    def _install_tools(self) -> Path:
+        """What E2B's `mcp-gateway` template has on its PATH: the claude CLI and the MCP servers. Commands run under
+        `bash -l`, whose /etc/profile resets PATH, so they are linked into /usr/local/bin as a template image has
+        them (links, so node scripts still find their modules)."""
+        tools = self.root / "usr-local-bin"
+        tools.mkdir(parents=True, exist_ok=True)
+        for name, target in (
+            ("claude", PROJECT_DIR / "node_modules" / ".bin" / "claude"),
+            ("notion-mcp-server", PROJECT_DIR / "node_modules" / ".bin" / "notion-mcp-server"),
+            ("github-mcp-server", Path(sys.executable).parent / "github-mcp-server"),
+        ):
+            if target.exists() and not (tools / name).exists():
+                (tools / name).symlink_to(target.resolve())
+        return tools
+
+    def prepare(self, state: Path) -> None:
+        for sub in ("home", "tmp", "gateway", "mcp-gateway"):
+            (state / sub).mkdir(parents=True, mode=0o700)
+
+    def argv(self, state: Path, user: str, cwd: str | None, command: list[str], extra: list[str] = ()) -> list[str]:
+        uid, home = USERS[user]
+        argv = [*self.local._bwrap(state), "--ro-bind", str(self.tools), "/usr/local/bin"]
+        argv[argv.index("--chdir") + 1] = cwd or home  # bwrap warns on stderr about a second --chdir
+        if uid != 1000:
+            for flag in ("--uid", "--gid"):
+                argv[argv.index(flag) + 1] = str(uid)
+        return [*argv, *extra, "--", *command]
+
+    def gateway_argv(self, state: Path, command: list[str]) -> list[str]:
+        extra = ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR]
+        if TEST_SERVERS.is_dir():
+            extra += ["--ro-bind", str(TEST_SERVERS), str(TEST_SERVERS)]
+        return self.argv(state, "root", "/", command, extra)
+
+    def env(self, user: str, *layers: dict[str, str]) -> dict[str, str]:
+        """envd's order: its defaults for the user, then the sandbox's envVars, then the request's envs."""
+        _, home = USERS[user]
+        env = {**self.local._base_env(), "HOME": home, "USER": user, "LOGNAME": user}
+        for layer in layers:
+            env.update(layer)
+        return env
+
+    def host_path(self, state: Path, path: str, user: str) -> tuple[str, Path]:
+        """(path inside, path on the host) for the files API. Only the sandbox's private directories are served:
+        /home/user, /tmp and /etc/mcp-gateway (root only). Relative paths are relative to the user's home."""
+        _, home = USERS[user]
+        inside = os.path.normpath(path if path.startswith("/") else os.path.join(home, path))
+        for prefix, outside, root_only in ((HOME, state / "home", False), ("/tmp", state / "tmp", False),
+                                           (TOKEN_DIR, state / "mcp-gateway", True)):
+            if inside == prefix or inside.startswith(prefix + "/"):
+                if root_only and user != "root":
+                    raise PathRefused(403, f"permission denied: {inside} is readable by root only")
+                host = (outside / inside[len(prefix):].lstrip("/")).resolve()
+                base = outside.resolve()
+                if host != base and base not in host.parents:  # a symlink pointing out of the sandbox
+                    raise PathRefused(403, f"permission denied: {inside} leaves the sandbox")
+                return inside, host
+        raise PathRefused(400, f"the E2B stand-in serves files under {HOME}, /tmp and {TOKEN_DIR} only, not {inside}")
+
+    async def spawn(self, argv: list[str], env: dict[str, str], *, stdin, stdout, stderr) -> asyncio.subprocess.Process:
+        """Its own session (so killpg takes bwrap and, through --die-with-parent, everything inside) and
+        PR_SET_PDEATHSIG, so nothing outlives the stand-in even if it is killed without a word."""
+        return await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr, cwd="/",
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+
+    def processes(self, marker: Path | None = None) -> dict[int, str]:
+        """Pid -> command line of live processes that belong to these sandboxes: their command line, or an
+        ancestor's, names `marker` (default: the stand-in's root). The outer bwrap and its pid 1 carry state paths
+        in their argv; everything inside descends from them."""
+        return processes_under(str(marker or self.root))
+
+
+def processes_under(marker: str) -> dict[int, str]:
+    table: dict[int, tuple[int, str]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            table[int(proc.name)] = (int(fields[1]), cmdline)
+
+    def belongs(pid: int) -> bool:
+        for _ in range(64):
+            if pid not in table:
+                return False
+            parent, cmdline = table[pid]
+            if marker in cmdline:
+                return True
+            pid = parent
+        return False
+
+    return {pid: cmd[:300] for pid, (_, cmd) in table.items() if pid != os.getpid() and belongs(pid)}

@@ -1,0 +1,150 @@
+"""The E2B backend through the real `e2b` SDK, against a wire-level stand-in of E2B's control plane and envd.
+
+The whole notion_to_github session runs on `--backend e2b`: the SDK creates the sandbox (the stand-in runs this
+project's gateway as its `mcp-gateway`, and commands under bubblewrap), the real claude binary and MCP servers do the
+work, and the Notion, GitHub and Anthropic stand-ins play the remote APIs. Each injected fault must end with a clear
+error and zero sandboxes left in the stand-in's books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from agentbox.errors import ClaudeError, SandboxError, SandboxUnavailable
+from agentbox.rehearsal.github_api import github_app
+from agentbox.rehearsal.model import model_app
+from agentbox.rehearsal.notion_api import notion_app
+from agentbox.rehearsal.seed import default_notion_seed, notion_to_github_script
+from agentbox.rehearsal.servers import BackgroundServer, free_loopback_host_for_port80
+from agentbox.rehearsal.stage import rehearsal_catalog
+from agentbox.sandboxes.e2b import E2BSandboxes
+from agentbox.settings import load_settings
+from flows.notion_to_github import notion_to_github
+from tests.e2b_standin import E2BStandIn
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
+
+CREDENTIALS = {
+    "ANTHROPIC_API_KEY": "sk-ant-e2b-test",
+    "NOTION_INTEGRATION_TOKEN": "ntn_e2b_test",
+    "GITHUB_TOKEN": "ghp_e2b_test",
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The remote services of a run, all on this machine: E2B, Anthropic, Notion, GitHub."""
+    github_host = free_loopback_host_for_port80()
+    catalog = tmp_path_factory.mktemp("e2b") / "catalog.json"
+    with (
+        BackgroundServer(github_app(CREDENTIALS["GITHUB_TOKEN"]), host=github_host, port=80) as github,
+        BackgroundServer(notion_app(CREDENTIALS["NOTION_INTEGRATION_TOKEN"], default_notion_seed())) as notion,
+        BackgroundServer(model_app(notion_to_github_script("octo", "e2b", "T", "B"))) as model,
+    ):
+        catalog.write_text(json.dumps(rehearsal_catalog(notion.url, github_host)))
+        with E2BStandIn(catalog_file=str(catalog)) as e2b:
+            yield SimpleNamespace(e2b=e2b, github=github, model=model)
+
+
+@pytest.fixture
+def e2b(world, monkeypatch):
+    # The stand-in's sandboxes share this host's network: inside, the gateway is where it is from outside.
+    inside = {"E2B_MCP_INTERNAL_URL": world.e2b.env["E2B_MCP_URL"], "ANTHROPIC_BASE_URL": world.model.url}
+    for name, value in {**world.e2b.env, **CREDENTIALS, **inside}.items():
+        monkeypatch.setenv(name, value)
+    world.e2b.clear_faults()
+    yield world.e2b
+    world.e2b.clear_faults()
+    assert world.e2b.alive() == {}, "a sandbox was left running in E2B"
+    assert world.e2b.wait_for_no_processes() == {}
+
+
+def run(**overrides):
+    return asyncio.run(notion_to_github("octo/e2b", title="T", body="B", backend="e2b", return_state=True, **overrides))
+
+
+def failure(state) -> BaseException:
+    assert state.is_failed(), state
+    return state.result(raise_on_failure=False)
+
+
+def test_the_full_session_over_the_real_sdk(world, e2b):
+    before = len(world.github.app.state.issues)
+    state = run()
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    result = state.result()
+    assert result.issue_url == f"https://github.com/octo/e2b/issues/{before + 1}"
+    assert world.github.app.state.issues[-1]["title"] == "T"
+    assert result.session.backend == "e2b"
+    assert [c.tool for c in result.session.run.tool_calls] == ["API-post-search", "create_issue"]
+
+    creates = [r for r in e2b.requests if r.method == "POST" and r.path == "/v2/sandboxes"]
+    body = creates[-1].json
+    assert body["templateID"] == "mcp-gateway"
+    assert body["timeout"] == load_settings().sandbox_ttl_seconds
+    assert body["autoPause"] is False  # lifecycle on_timeout=kill
+    assert set(body["mcp"]) == {"notion", "githubOfficial"}
+    assert body["metadata"]["app"] == "agentbox"
+    assert body["metadata"]["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    assert {"ANTHROPIC_API_KEY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"} <= set(body["envVars"])
+    assert creates[-1].headers.get("idempotency-key", "").startswith("agentbox-")
+    record = e2b.sandboxes()[result.session.sandbox_id]
+    assert record.state == "killed"  # deleted by the flow, not by its TTL
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        ({"kind": "create_error", "status": 401, "count": None}, SandboxError, "E2B refused the API key"),
+        ({"kind": "create_error", "status": 500, "count": None}, SandboxUnavailable, "E2B failed to create a sandbox"),
+        ({"kind": "create_error", "status": 429, "count": None}, SandboxUnavailable, "rate limit"),
+        ({"kind": "gateway_error", "message": "docker: image pull failed"}, SandboxError, "MCP gateway failed to start"),
+        ({"kind": "vanish", "match": "claude -p"}, SandboxError, "is gone"),
+    ],
+    ids=["create-401", "create-500", "create-429", "gateway-start", "vanished-mid-run"],
+)
+def test_each_fault_ends_with_a_clear_error_and_no_sandbox(e2b, fault, error, message):
+    e2b.inject(**fault)
+    exc = failure(run())
+    assert isinstance(exc, error), exc
+    assert message in str(exc)
+
+
+def test_a_transient_create_error_is_retried_without_a_second_sandbox(e2b):
+    e2b.inject("create_error", status=503, count=1)
+    state = run()
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    created = [r for r in e2b.requests if r.method == "POST" and r.path == "/v2/sandboxes"]
+    assert created[-1].headers["idempotency-key"] == created[-2].headers["idempotency-key"]
+
+
+def test_a_hanging_claude_is_killed_at_its_timeout(e2b, monkeypatch):
+    monkeypatch.setenv("CLAUDE_TIMEOUT_SECONDS", "5")
+    e2b.inject("hang", match="claude -p")
+    exc = failure(run())
+    assert isinstance(exc, ClaudeError)
+    assert "ran past its 5 s timeout" in str(exc)
+
+
+def test_list_reads_every_page(e2b):
+    e2b.inject("list_pages", page_size=1)
+    backend = E2BSandboxes(e2b.env["E2B_API_KEY"], e2b.env["E2B_MCP_URL"], e2b.env["E2B_MCP_URL"])
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        made = [
+            await backend.create({"notion": {"internalIntegrationToken": "x"}}, {}, 120, {"batch": "pages"})
+            for _ in range(3)
+        ]
+        try:
+            listed = {s.id for s in await backend.list({"batch": "pages"})}
+        finally:
+            for handle in made:
+                await backend.kill(handle.id)
+        return {h.id for h in made}, listed
+
+    made, listed = asyncio.run(scenario())
+    assert listed == made
