@@ -57,6 +57,10 @@ async def until(predicate, timeout: float = 10.0, interval: float = 0.05):
         await asyncio.sleep(interval)
 
 
+async def no_commands(sbx: AsyncSandbox) -> bool:
+    return await sbx.commands.list() == []
+
+
 def gateway_url(e2b: E2BStandIn, sbx: AsyncSandbox) -> str:
     """What the product's E2B backend does: format E2B_MCP_URL with the SDK's view of the sandbox."""
     return e2b.env["E2B_MCP_URL"].format(sandbox_id=sbx.sandbox_id, domain=sbx.sandbox_domain, port=AsyncSandbox.mcp_port)
@@ -197,7 +201,7 @@ def test_commands_stream_report_exit_codes_and_time_out(e2b):
                 await sbx.commands.run("echo started; exec sleep 30", timeout=1)
             assert time.monotonic() - started < 10
             await until(lambda: not e2b.processes())  # envd killed it at the deadline (no gateway here)
-            assert await sbx.commands.list() == []
+            await until(lambda: no_commands(sbx))
 
             handle = await sbx.commands.run("sleep 30", background=True, timeout=0)
             assert await sbx.commands.kill(handle.pid) is True

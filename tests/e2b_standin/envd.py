@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.e2b_standin.gateway import gateway_command, run_mcp_gateway
-from tests.e2b_standin.jail import USERS, PathRefused
+from tests.e2b_standin.jail import USERS, PathRefused, exited, reap
 from tests.e2b_standin.state import GONE, CommandRecord, Proc, Sandbox, State
 
 CHUNK = 32 << 10  # envd reads stdout/stderr in 32 KiB chunks
@@ -111,7 +111,7 @@ class ProcessService:
         proc = Proc(pid=popen.pid, config=cfg, tag=req.tag if req.has_field("tag") else None, popen=popen)
         if not sbx.alive:  # killed while bwrap was starting: nobody else will reap this one
             proc.signal(signal.SIGKILL)
-            await popen.wait()
+            await reap(sbx.dir)
             raise connection_lost(sbx)
         proc.vanish_after_start = self.state.take_fault("vanish", " ".join([cfg.cmd, *cfg.args])) is not None
         sbx.procs[proc.pid] = proc
@@ -122,7 +122,7 @@ class ProcessService:
 
         async def waiter() -> None:
             pumps = [asyncio.create_task(pump(popen.stdout, "stdout")), asyncio.create_task(pump(popen.stderr, "stderr"))]
-            rc = await popen.wait()
+            rc = await exited(popen)
             # like Go's cmd.Wait: stop reading once the process is gone, even if a grandchild holds the pipes
             _, pending = await asyncio.wait(pumps, timeout=0.2)
             for t in pending:

@@ -24,7 +24,7 @@ import time
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from tests.e2b_standin.jail import GATEWAY_DIR
+from tests.e2b_standin.jail import GATEWAY_DIR, reap
 from tests.e2b_standin.state import MCP_PORT, Sandbox, State
 
 READY_WITHIN = 50.0  # under the SDK's 60 s default command timeout
@@ -50,10 +50,16 @@ async def stop_gateway(state: State, sbx: Sandbox) -> None:
     if gw.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(gw.pid, signal.SIGKILL)
-        await gw.wait()
+    await reap(sbx.dir / "gateway")  # only the gateway's bwrap names <state>/gateway
     deadline = time.monotonic() + 10
-    while state.jail.processes(sbx.dir / "gateway") and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    while listening(sbx.domain) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # a process killed with its namespace may hold the socket a moment longer
+
+
+def listening(host: str) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, MCP_PORT)) == 0
 
 
 async def run_mcp_gateway(state: State, sbx: Sandbox, argv: list[str], envs: dict[str, str]) -> tuple[int, bytes]:
@@ -95,10 +101,8 @@ async def run_mcp_gateway(state: State, sbx: Sandbox, argv: list[str], envs: dic
         if gateway.returncode is not None:
             tail = log_path.read_bytes()[-2000:]
             return 1, b"mcp-gateway: the gateway exited: " + tail
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((sbx.domain, MCP_PORT)) == 0:
-                return 0, b""
+        if listening(sbx.domain):  # the address is this sandbox's alone, and the old gateway is gone: it is ours
+            return 0, b""
         await asyncio.sleep(0.05)
     await stop_gateway(state, sbx)
     return 1, f"mcp-gateway: the gateway did not open port {MCP_PORT} within {READY_WITHIN:g} s\n".encode()

@@ -10,9 +10,11 @@ sees this checkout's `tests/servers/` (read-only) so test catalogs can point at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
+import time
 import sys
 from pathlib import Path
 
@@ -108,8 +110,9 @@ class Jail:
         raise PathRefused(400, f"the E2B stand-in serves files under {HOME}, /tmp and {TOKEN_DIR} only, not {inside}")
 
     async def spawn(self, argv: list[str], env: dict[str, str], *, stdin, stdout, stderr) -> asyncio.subprocess.Process:
-        """Its own session (so killpg takes bwrap and, through --die-with-parent, everything inside) and
-        PR_SET_PDEATHSIG, so nothing outlives the stand-in even if it is killed without a word."""
+        """Its own session (so killpg takes the outer bwrap) and PR_SET_PDEATHSIG (so it dies with the stand-in).
+        bwrap's pid 1 follows through --die-with-parent, except when the outer bwrap dies while the inside is still
+        being set up: `reap` catches those."""
         return await asyncio.create_subprocess_exec(
             *argv, env=env, stdin=stdin, stdout=stdout, stderr=stderr, cwd="/",
             start_new_session=True, preexec_fn=_die_with_parent,
@@ -120,6 +123,40 @@ class Jail:
         ancestor's, names `marker` (default: the stand-in's root). The outer bwrap and its pid 1 carry state paths
         in their argv; everything inside descends from them."""
         return processes_under(str(marker or self.root))
+
+
+async def exited(popen: asyncio.subprocess.Process, poll: float = 0.02) -> int:
+    """The exit status once the process has exited. Not `popen.wait()`: on Python 3.11 that also waits until every
+    pipe is closed, which never happens while an orphan from inside the sandbox still holds one."""
+    while popen.returncode is None:
+        await asyncio.sleep(poll)
+    return popen.returncode
+
+
+def kill_under(marker: str | Path) -> dict[int, str]:
+    """SIGKILL every process under `marker` (see `processes_under`); the ones found. Killing an orphaned bwrap
+    pid 1 takes its whole pid namespace with it."""
+    found = processes_under(str(marker))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+async def reap(marker: str | Path, timeout: float = 10.0) -> dict[int, str]:
+    """Kill under `marker` until nothing is left; what still ran after `timeout` (empty is the good answer)."""
+    deadline = time.monotonic() + timeout
+    while (left := kill_under(marker)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return left
+
+
+def reap_now(marker: str | Path, timeout: float = 10.0) -> dict[int, str]:
+    """`reap` for callers outside an event loop."""
+    deadline = time.monotonic() + timeout
+    while (left := kill_under(marker)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
 
 
 def processes_under(marker: str) -> dict[int, str]:

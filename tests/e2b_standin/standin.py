@@ -9,6 +9,10 @@ killed, reaches its TTL, or when the stand-in stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -21,9 +25,12 @@ import uvicorn
 
 from tests.e2b_standin.control import ControlPlane
 from tests.e2b_standin.envd import envd_app
+from tests.e2b_standin.jail import reap_now
 from tests.e2b_standin.state import CommandRecord, Fault, RecordedRequest, SandboxRecord, State
 
 API_KEY = "e2b_standin_test_key"
+BASE_PREFIX = "e2b-standin-tests-"
+OWNER_LOCKS = Path(tempfile.gettempdir()) / ".e2b-standin-owners"
 MCP_URL_TEMPLATE = "http://{domain}:{port}/mcp"
 
 _REQUIRED = object()
@@ -43,6 +50,47 @@ FAULT_KINDS: dict[str, dict[str, Any]] = {
     # GET /v2/sandboxes answers at most `page_size` items a page (until clear_faults)
     "list_pages": {"page_size": _REQUIRED},
 }
+
+
+def claim_base() -> tuple[Path, int]:
+    """A fresh state directory, /tmp/e2b-standin-tests-<hex>, owned through a lock held while this stand-in lives
+    (taken before the directory exists, so a directory whose lock is free belongs to nobody)."""
+    OWNER_LOCKS.mkdir(mode=0o700, exist_ok=True)
+    while True:
+        name = f"{BASE_PREFIX}{secrets.token_hex(4)}"
+        fd = os.open(OWNER_LOCKS / name, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        base = Path(tempfile.gettempdir()) / name
+        try:
+            base.mkdir(mode=0o700)
+        except FileExistsError:
+            os.close(fd)
+            continue
+        return base, fd
+
+
+def release_base(base: Path, fd: int | None) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (OWNER_LOCKS / base.name).unlink()
+    if fd is not None:
+        os.close(fd)
+
+
+def sweep_stale() -> None:
+    """Clean up after stand-ins whose process died without stopping (SIGKILL, a crashed test run): PR_SET_PDEATHSIG
+    takes the outer bwraps with them, but a sandbox killed while bwrap was still setting it up can leave bwrap's
+    pid 1 running; kill what is left under their directories and remove them."""
+    for base in Path(tempfile.gettempdir()).glob(f"{BASE_PREFIX}*"):
+        OWNER_LOCKS.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(OWNER_LOCKS / base.name, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # its stand-in is alive
+            continue
+        reap_now(base)
+        shutil.rmtree(base, ignore_errors=True)
+        release_base(base, fd)
 
 
 class E2BStandIn:
@@ -65,13 +113,15 @@ class E2BStandIn:
         self._ports: tuple[int, int] | None = None
         self._error: BaseException | None = None
         self._base: Path | None = None
+        self._owner_lock: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> E2BStandIn:
         if self._thread is not None:
             raise RuntimeError("the E2B stand-in is already started")
-        self._base = Path(tempfile.mkdtemp(prefix="e2b-standin-"))
+        sweep_stale()
+        self._base, self._owner_lock = claim_base()
         self._state = State(API_KEY, self._base, self.page_size, self.catalog_file)
         sockets = []
         for _ in range(2):
@@ -105,6 +155,8 @@ class E2BStandIn:
         self._thread = None
         if self._base is not None:
             shutil.rmtree(self._base, ignore_errors=True)
+            release_base(self._base, self._owner_lock)
+            self._owner_lock = None
 
     def __enter__(self) -> E2BStandIn:
         return self.start()

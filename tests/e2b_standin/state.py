@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -13,7 +14,7 @@ import shutil
 import signal
 import socket
 import string
-import time
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 from e2b.envd.process import process_pb as pb
 
-from tests.e2b_standin.jail import Jail
+from tests.e2b_standin.jail import Jail, reap
 
 log = logging.getLogger("e2b_standin")
 
 MCP_PORT = 50005  # AsyncSandbox.mcp_port: where E2B's mcp-gateway listens
 ENVD_VERSION = "0.6.4"  # >= 0.4.0: the SDK sends no implicit user; >= 0.5.7: octet-stream uploads allowed
+ADDRESS_LOCKS = Path(tempfile.gettempdir()) / ".e2b-standin-addresses"  # shared by every stand-in on this host
 GONE = object()  # put on a stream's queue when its sandbox dies: the stream ends as E2B's does (UNAVAILABLE)
 
 
@@ -194,7 +196,7 @@ class State:
         self.faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
         self.commands: list[CommandRecord] = []
-        self.used_hosts: set[str] = set()
+        self.used_hosts: dict[str, int] = {}  # address -> fd of its lock file
         self._fake_pids = iter(range(10_000_000, 20_000_000))
 
     def live(self, sandbox_id: str | None) -> Sandbox | None:
@@ -217,19 +219,30 @@ class State:
     # -- sandboxes ---------------------------------------------------------------------------------------------
 
     def alloc_host(self) -> str:
-        """A loopback address of its own for each sandbox, so every gateway can listen on port 50005."""
+        """A loopback address of its own for each sandbox, so every gateway can listen on port 50005. An address is
+        held with a lock file (released when the sandbox ends, or with the process) so that stand-ins in other
+        processes never hand out the same one before its gateway listens; free means port 50005 binds there too."""
+        ADDRESS_LOCKS.mkdir(mode=0o700, exist_ok=True)
         for n in range(2, 65534):
             host = f"127.77.{n // 256}.{n % 256}"
             if host in self.used_hosts or n % 256 in (0, 255):
                 continue
-            with socket.socket() as s:
-                try:
+            fd = os.open(ADDRESS_LOCKS / host, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                with socket.socket() as s:
                     s.bind((host, MCP_PORT))
-                except OSError:
-                    continue
-            self.used_hosts.add(host)
+            except OSError:
+                os.close(fd)
+                continue
+            self.used_hosts[host] = fd
             return host
         raise RuntimeError("no free loopback address in 127.77.0.0/16")
+
+    def release_host(self, host: str) -> None:
+        fd = self.used_hosts.pop(host, None)
+        if fd is not None:
+            os.close(fd)
 
     def create(self, body: dict, idempotency_key: str | None) -> Sandbox:
         timeout = int(body.get("timeout", 300))
@@ -251,7 +264,11 @@ class State:
             end_at=created + timedelta(seconds=timeout),
             dir=self.base_dir / sbx_id,
         )
-        self.jail.prepare(sbx.dir)
+        try:
+            self.jail.prepare(sbx.dir)
+        except BaseException:
+            self.release_host(sbx.domain)
+            raise
         self.sandboxes[sbx_id] = sbx
         if idempotency_key:
             self.idempotency[idempotency_key] = sbx_id
@@ -278,21 +295,17 @@ class State:
         sbx.gone.set()
         if sbx.ttl_task and sbx.ttl_task is not asyncio.current_task():
             sbx.ttl_task.cancel()
-        popens = [p.popen for p in sbx.procs.values()]
         for proc in list(sbx.procs.values()):
             proc.broadcast(GONE)  # streams in flight end first, as when E2B's proxy drops the connection
             proc.signal(signal.SIGKILL)
         gateway, sbx.gateway = sbx.gateway, None
         if gateway is not None:
-            popens.append(gateway)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(gateway.pid, signal.SIGKILL)
-        for popen in popens:
-            await popen.wait()
-        deadline = time.monotonic() + 10
-        while self.jail.processes(sbx.dir) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # bwrap's pid-1 and what ran under it die a moment after the outer bwrap
-        self.used_hosts.discard(sbx.domain)
+        left = await reap(sbx.dir)  # bwrap's pid 1 and all inside die a moment after the outer bwrap, or are killed
+        if left:
+            log.error("sandbox %s: processes survived SIGKILL: %s", sbx.id, left)
+        self.release_host(sbx.domain)
         log_path = sbx.dir / "gateway.log"
         sbx.final_gateway_log = log_path.read_text(errors="replace") if log_path.exists() else ""
         shutil.rmtree(sbx.dir, ignore_errors=True)
