@@ -29,32 +29,11 @@ SANDBOX_ROOT = Path(os.environ["LOCAL_SANDBOX_ROOT"])
 
 
 def sandbox_processes() -> dict[int, str]:
-    """Pid → command line of every live process of this session's sandboxes: a process whose command line, or an
-    ancestor's, names the sandbox root (bubblewrap and the supervisor do; what runs inside descends from them)."""
-    table: dict[int, tuple[int, str]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(proc.name)] = (int(fields[1]), cmdline)
-    marker = str(SANDBOX_ROOT)
+    """Pid → command line of every live process of this session's local sandboxes: bubblewrap and the supervisor
+    name the sandbox root in their command line, and everything inside descends from them."""
+    from tests.e2b_standin.jail import processes_under
 
-    def in_a_sandbox(pid: int) -> bool:
-        for _ in range(64):
-            if pid not in table:
-                return False
-            parent, cmdline = table[pid]
-            if marker in cmdline:
-                return True
-            pid = parent
-        return False
-
-    return {pid: cmd[:200] for pid, (_, cmd) in table.items() if pid != os.getpid() and in_a_sandbox(pid)}
+    return processes_under(str(SANDBOX_ROOT))
 
 
 def wait_for_no_sandbox_processes(timeout: float = 10.0, ignore: frozenset[int] = frozenset()) -> list[str]:
