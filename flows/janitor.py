@@ -13,7 +13,7 @@ from agentbox.sandboxes import get_backend, reachable_backends
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import load_settings
 
-log = logging.getLogger("agentbox.janitor")
+log = logging.getLogger("prefect.agentbox.janitor")  # under "prefect", so a runner's console shows it
 
 
 async def kill_run_sandboxes(flow_run_id: str) -> list[str]:

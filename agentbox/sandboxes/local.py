@@ -32,6 +32,7 @@ from agentbox.errors import SandboxCommandTimeout, SandboxError
 from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
 
 HOME = "/home/user"
+STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor running
 GATEWAY_DIR = "/run/agentbox"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 INSTALL_HINT = (
@@ -296,7 +297,7 @@ class LocalSandboxes(SandboxBackend):
             return found
         for state in sorted(self.root.iterdir()):
             info = _read_info(state)
-            if not info or not process_alive(_read_pid(state / "supervisor.pid"), str(state)):
+            if not info or not (process_alive(_read_pid(state / "supervisor.pid"), str(state)) or _starting(state, info)):
                 continue
             if all(info["metadata"].get(k) == v for k, v in (metadata or {}).items()):
                 found.append(
@@ -308,6 +309,13 @@ class LocalSandboxes(SandboxBackend):
                     )
                 )
         return found
+
+
+def _starting(state: Path, info: dict) -> bool:
+    """A sandbox whose supervisor has not written its pid yet, created moments ago: its creator may have died in
+    between (a SIGKILLed flow), so janitors must see it; killing it removes the state and the supervisor gives up."""
+    age = (_now() - datetime.fromisoformat(info["created_at"])).total_seconds()
+    return not (state / "supervisor.pid").exists() and age < STARTING_GRACE_SECONDS
 
 
 def _read_pid(path: Path) -> int | None:

@@ -1,0 +1,129 @@
+"""Teardown when the flow's own `finally` cannot run: a served deployment's flow process killed with SIGKILL, and a
+cancelled deployment run. A real runner (`flow.serve`) against the test's Prefect API runs the real flow."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.states import Cancelling
+
+from tests.conftest import SANDBOX_ROOT, WORKDIR, sandbox_dirs
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
+
+SERVE = "from flows.notion_to_github import notion_to_github; notion_to_github.serve(name='hooks-test')"
+
+
+@pytest.fixture(scope="module")
+def runner(prefect_api):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE], cwd=WORKDIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    yield SimpleNamespace(deployment=asyncio.run(_deployment_id(proc)), pid=proc.pid)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def _deployment_id(proc: subprocess.Popen) -> str:
+    deadline = time.monotonic() + 120
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the runner died"
+            try:
+                return str((await client.read_deployment_by_name("notion-to-github/hooks-test")).id)
+            except Exception:  # noqa: BLE001 - not registered yet
+                await asyncio.sleep(0.2)
+    raise TimeoutError("the served deployment never appeared")
+
+
+async def trigger(deployment_id: str, repo: str) -> str:
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"repo": repo, "rehearsal": True}
+        )
+    return str(run.id)
+
+
+def sandbox_of(run_id: str, timeout: float = 120) -> str:
+    """The id of the run's sandbox, once it exists (its metadata names the run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name in sandbox_dirs():
+            info = SANDBOX_ROOT / name / "sandbox.json"
+            if info.exists() and run_id in info.read_text():
+                return name
+        time.sleep(0.02)
+    raise TimeoutError("the run never created its sandbox")
+
+
+def flow_process(runner_pid: int) -> int:
+    """The runner's child process executing the (only) flow run in progress: the runner starts each run in a
+    multiprocessing spawn child (its other child is multiprocessing's resource tracker)."""
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[-1].split()
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(fields[1]) == runner_pid and fields[0] != "Z" and b"spawn_main" in cmdline:
+                children.append(int(proc.name))
+    assert len(children) == 1, f"expected one flow process under the runner, found {children}"
+    return children[0]
+
+
+async def final_state(run_id: str, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            state = (await client.read_flow_run(run_id)).state
+            if state and state.is_final():
+                return state
+            await asyncio.sleep(0.2)
+    raise TimeoutError("the run never reached a final state")
+
+
+def wait_gone(sandbox_id: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while sandbox_id in sandbox_dirs() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return sandbox_id not in sandbox_dirs()
+
+
+def test_a_flow_process_killed_with_sigkill_leaves_no_sandbox(runner):
+    run_id = asyncio.run(trigger(runner.deployment, "octo/sigkill"))
+    sandbox = sandbox_of(run_id)
+    os.kill(flow_process(runner.pid), signal.SIGKILL)  # no `finally` runs in that process
+    state = asyncio.run(final_state(run_id))
+    assert state.is_crashed(), state
+    assert wait_gone(sandbox), "the crash hook did not kill the sandbox"
+
+
+def test_a_cancelled_deployment_run_leaves_no_sandbox(runner):
+    run_id = asyncio.run(trigger(runner.deployment, "octo/cancel"))
+    sandbox = sandbox_of(run_id)
+
+    async def cancel() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(run_id, Cancelling(), force=True)
+
+    asyncio.run(cancel())
+    state = asyncio.run(final_state(run_id))
+    assert state.is_cancelled(), state
+    assert wait_gone(sandbox)
