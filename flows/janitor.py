@@ -19,13 +19,8 @@ log = logging.getLogger("prefect.agentbox.janitor")  # under "prefect", so a run
 async def kill_run_sandboxes(flow_run_id: str) -> list[str]:
     """Kill every sandbox of this app labelled with the flow run id, on every backend we can reach."""
     settings = load_settings()
-    killed = []
-    for name in reachable_backends(settings):
-        sandboxes = get_backend(settings, name)
-        for info in await sandboxes.list({APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": flow_run_id}):
-            if await sandboxes.kill(info.id):
-                killed.append(info.id)
-    return killed
+    labels = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": flow_run_id}
+    return [i for name in reachable_backends(settings) for i in await get_backend(settings, name).kill_matching(labels)]
 
 
 async def kill_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature

@@ -57,9 +57,4 @@ async def kill_now(handle: SandboxHandle) -> bool:
 @task(name="kill-run-sandboxes", retries=2, retry_delay_seconds=1, timeout_seconds=120, cache_policy=NO_CACHE)
 async def kill_sandboxes_of_run(backend: str, metadata: dict[str, str]) -> list[str]:
     """Kill every sandbox whose metadata matches (the run's id): cleans up after a create that died half-way."""
-    sandboxes = get_backend(load_settings(), backend)
-    killed = []
-    for info in await sandboxes.list(metadata):
-        if await sandboxes.kill(info.id):
-            killed.append(info.id)
-    return killed
+    return await get_backend(load_settings(), backend).kill_matching(metadata)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,12 @@ def read_config_argument(value: str, option: str) -> Any:
         raise ConfigError(f"{option} is not valid JSON ({exc.msg} at line {exc.lineno}).", "Pass a JSON object or @file.") from None
 
 
+def unknown_server(key: str, known: Iterable[str], label: str = "MCP server") -> str:
+    """'unknown MCP server 'x'', with the nearest known key when there is one (a typo is the usual cause)."""
+    near = difflib.get_close_matches(key, list(known), n=1)
+    return f"unknown {label} '{key}'" + (f" (did you mean '{near[0]}'?)" if near else "")
+
+
 def validate_config(config: Any, catalog: dict[str, CatalogEntry]) -> None:
     """Refuse, before anything starts, a config with unknown keys or missing fields; names every problem."""
     if not isinstance(config, dict) or not config:
@@ -114,8 +121,7 @@ def validate_config(config: Any, catalog: dict[str, CatalogEntry]) -> None:
     problems = []
     for key, values in config.items():
         if key not in catalog:
-            near = difflib.get_close_matches(key, list(catalog), n=1)
-            problems.append(f"unknown MCP server '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            problems.append(unknown_server(key, catalog))
             continue
         if not isinstance(values, dict):
             problems.append(f"server '{key}' needs an object of settings, got {type(values).__name__}")

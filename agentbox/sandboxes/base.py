@@ -94,3 +94,7 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     async def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
         """Running sandboxes whose metadata contains every given key/value."""
+
+    async def kill_matching(self, metadata: dict[str, str]) -> list[str]:
+        """Kill every running sandbox whose metadata contains `metadata`; the ids that were running."""
+        return [info.id for info in await self.list(metadata) if await self.kill(info.id)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import re
 from collections.abc import AsyncIterator
 from datetime import timezone
@@ -35,6 +34,7 @@ from e2b import (
 from e2b.sandbox.mcp import McpServer
 
 from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable
+from agentbox.gateway.catalog import unknown_server
 from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
 
 KEY_HINT = "Check E2B_API_KEY (https://e2b.dev/dashboard)."
@@ -58,8 +58,7 @@ def validate_config(config: dict) -> None:
         elif key in servers:
             required = servers[key]
         else:
-            near = difflib.get_close_matches(key, list(servers), n=1)
-            problems.append(f"unknown E2B MCP server '{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+            problems.append(unknown_server(key, servers, "E2B MCP server"))
             continue
         if not isinstance(values, dict):
             problems.append(f"server '{key}' needs an object of settings")
