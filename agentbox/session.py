@@ -28,6 +28,16 @@ class StandIns(BaseModel):
     values: dict[str, str]  # dummy values for ${NAME} references
 
 
+def rehearsal_backend(backend: str | None) -> str:
+    """A rehearsal's stand-ins live on this machine, where only a local sandbox can reach them."""
+    if backend not in (None, "local"):
+        raise ConfigError(
+            f"A rehearsal runs on the local backend, not '{backend}': its stand-ins live on this machine.",
+            "Drop --backend (or pass --backend local) for a rehearsal.",
+        )
+    return "local"
+
+
 def catalog_for(settings: Settings, stand_ins: StandIns | None) -> dict[str, CatalogEntry]:
     return load_catalog(stand_ins.catalog_file if stand_ins else settings.local_mcp_catalog)
 

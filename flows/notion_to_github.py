@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, ConfigError
-from agentbox.session import preflight
+from agentbox.session import preflight, rehearsal_backend
 from agentbox.settings import load_settings, redact
 from flows import cli, report
 from flows.janitor import kill_sandboxes_hook
@@ -133,7 +133,8 @@ async def notion_to_github(
     """Search Notion and open a GitHub issue on `repo` (owner/name) with Claude Code in a sandbox."""
     owner, name = parse_repo(repo)
     settings = load_settings()
-    result = SessionResult(backend=backend or settings.backend, rehearsal=rehearsal)
+    backend = rehearsal_backend(backend) if rehearsal else backend or settings.backend
+    result = SessionResult(backend=backend, rehearsal=rehearsal)
     options = claude_options(settings, None, False)
     prompt = build_prompt(owner, name, title, body)
     recorded: list[RecordedIssue] = []
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rehearsal:
             from agentbox.rehearsal.netns import enter_private_network_if_needed
 
+            rehearsal_backend(args.backend)
             enter_private_network_if_needed("flows.notion_to_github", sys.argv[1:] if argv is None else argv)
         settings = load_settings()
         if not args.rehearsal:

@@ -77,5 +77,43 @@ def no_leftovers():
     assert sandbox_dirs() == []
 
 
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    """GitHub and Notion stand-ins for the whole session (see tests/worlds.py)."""
+    from contextlib import ExitStack
+
+    from tests.worlds import Services
+
+    with ExitStack() as stack:
+        yield Services.start(stack, tmp_path_factory.mktemp("services"))
+
+
+@pytest.fixture(scope="session")
+def e2b_standin(services):
+    """One offline E2B for the session, started by the first test that needs it."""
+    from tests.e2b_standin import E2BStandIn
+
+    with E2BStandIn(catalog_file=str(services.catalog)) as e2b:
+        yield e2b
+
+
+@pytest.fixture(params=["local", "e2b"])
+def world(request, services, monkeypatch, no_leftovers):
+    """A production run's remote services on this machine, once per backend; no sandbox may outlive the test."""
+    from tests.worlds import World
+
+    e2b = request.getfixturevalue("e2b_standin") if request.param == "e2b" else None
+    if e2b:
+        e2b.clear_faults()
+    world = World(request.param, services, e2b, monkeypatch.setenv)
+    try:
+        yield world
+    finally:
+        world.close()
+    if e2b:
+        e2b.clear_faults()
+    assert world.leftovers() == [], f"left running on {world.backend}"
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -95,3 +95,10 @@ def test_a_missing_prompt_file_is_refused(tmp_path):
         cli("flows.agent_session", "--prompt-file", str(tmp_path / "nope.txt"), "--mcp", mcp, env=CREDENTIALS),
         "Cannot read --prompt-file",
     )
+
+
+def test_a_rehearsal_on_e2b_is_refused():
+    assert_one_line_error(
+        cli("flows.notion_to_github", "--repo", "octo/demo", "--rehearsal", "--backend", "e2b"),
+        "A rehearsal runs on the local backend", "Drop --backend",
+    )
