@@ -9,58 +9,23 @@ error and zero sandboxes left in the stand-in's books.
 from __future__ import annotations
 
 import asyncio
-import json
-from types import SimpleNamespace
 
 import pytest
 
 from agentbox.errors import ClaudeError, SandboxError, SandboxUnavailable
-from agentbox.rehearsal.github_api import github_app
-from agentbox.rehearsal.model import model_app
-from agentbox.rehearsal.notion_api import notion_app
-from agentbox.rehearsal.seed import default_notion_seed, notion_to_github_script
-from agentbox.rehearsal.servers import BackgroundServer, free_loopback_host_for_port80
-from agentbox.rehearsal.stage import rehearsal_catalog
+from agentbox.rehearsal.seed import notion_to_github_script
 from agentbox.sandboxes.e2b import E2BSandboxes
 from agentbox.settings import load_settings
 from flows.notion_to_github import notion_to_github
-from tests.e2b_standin import E2BStandIn
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
-
-CREDENTIALS = {
-    "ANTHROPIC_API_KEY": "sk-ant-e2b-test",
-    "NOTION_INTEGRATION_TOKEN": "ntn_e2b_test",
-    "GITHUB_TOKEN": "ghp_e2b_test",
-}
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The remote services of a run, all on this machine: E2B, Anthropic, Notion, GitHub."""
-    github_host = free_loopback_host_for_port80()
-    catalog = tmp_path_factory.mktemp("e2b") / "catalog.json"
-    with (
-        BackgroundServer(github_app(CREDENTIALS["GITHUB_TOKEN"]), host=github_host, port=80) as github,
-        BackgroundServer(notion_app(CREDENTIALS["NOTION_INTEGRATION_TOKEN"], default_notion_seed())) as notion,
-        BackgroundServer(model_app(notion_to_github_script("octo", "e2b", "T", "B"))) as model,
-    ):
-        catalog.write_text(json.dumps(rehearsal_catalog(notion.url, github_host)))
-        with E2BStandIn(catalog_file=str(catalog)) as e2b:
-            yield SimpleNamespace(e2b=e2b, github=github, model=model)
+# The shared world (tests/worlds.py), on the e2b backend only: these are E2B's own wire details and faults.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.parametrize("world", ["e2b"], indirect=True)]
 
 
 @pytest.fixture
-def e2b(world, monkeypatch):
-    # The stand-in's sandboxes share this host's network: inside, the gateway is where it is from outside.
-    inside = {"E2B_MCP_INTERNAL_URL": world.e2b.env["E2B_MCP_URL"], "ANTHROPIC_BASE_URL": world.model.url}
-    for name, value in {**world.e2b.env, **CREDENTIALS, **inside}.items():
-        monkeypatch.setenv(name, value)
-    world.e2b.clear_faults()
-    yield world.e2b
-    world.e2b.clear_faults()
-    assert world.e2b.alive() == {}, "a sandbox was left running in E2B"
-    assert world.e2b.wait_for_no_processes() == {}
+def e2b(world):
+    world.play(notion_to_github_script("octo", "e2b", "T", "B"))
+    return world.e2b
 
 
 def run(**overrides):
@@ -73,12 +38,12 @@ def failure(state) -> BaseException:
 
 
 def test_the_full_session_over_the_real_sdk(world, e2b):
-    before = len(world.github.app.state.issues)
+    before = len(world.issues("octo/e2b"))
     state = run()
     assert state.is_completed(), state.result(raise_on_failure=False)
     result = state.result()
     assert result.issue_url == f"https://github.com/octo/e2b/issues/{before + 1}"
-    assert world.github.app.state.issues[-1]["title"] == "T"
+    assert world.issues("octo/e2b")[-1]["title"] == "T"
     assert result.session.backend == "e2b"
     assert [c.tool for c in result.session.run.tool_calls] == ["API-post-search", "create_issue"]
 
@@ -90,7 +55,7 @@ def test_the_full_session_over_the_real_sdk(world, e2b):
     assert set(body["mcp"]) == {"notion", "githubOfficial"}
     assert body["metadata"]["app"] == "agentbox"
     assert body["metadata"]["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
-    assert {"ANTHROPIC_API_KEY", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"} <= set(body["envVars"])
+    assert {"ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"} <= set(body["envVars"])
     assert creates[-1].headers.get("idempotency-key", "").startswith("agentbox-")
     record = e2b.sandboxes()[result.session.sandbox_id]
     assert record.state == "killed"  # deleted by the flow, not by its TTL

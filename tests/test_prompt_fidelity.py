@@ -1,4 +1,5 @@
-"""A prompt reaches the model byte for byte, whatever it holds: it travels as a file on stdin, never in a shell string."""
+"""A prompt reaches the model byte for byte, whatever it holds: it travels as a file on stdin, never in a shell string.
+On each backend, since each has its own way of writing files and starting commands in the sandbox."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import asyncio
 import pytest
 
 from agentbox.rehearsal.model import user_texts
-from tests.sessions import rehearsed_session_with_model_requests
+from flows.agent_session import agent_session
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 NASTY = (
     "Quotes ' \" and `backticks`, $(touch /tmp/pwned) ${HOME} $HOME; rm -rf ~ && echo \\n \\\\\n"
@@ -18,12 +19,14 @@ NASTY = (
 )
 
 
-def test_a_hostile_20_kb_prompt_reaches_the_model_byte_for_byte():
+def test_a_hostile_20_kb_prompt_reaches_the_model_byte_for_byte(world):
+    model = world.play([{"text": "received"}])
     prompt = (NASTY * (20_000 // len(NASTY) + 1))[:20_000] + "\nThe end. ✓"
     assert len(prompt.encode()) > 20_000
-    result, requests = asyncio.run(rehearsed_session_with_model_requests([{"text": "received"}], prompt))
+
+    result = asyncio.run(agent_session(prompt, {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}))
+
     assert result.run.result == "received"
-    conversations = [r for r in requests if r.get("tools")]  # the agent's turn, not a side request
+    conversations = [r for r in model.app.state.requests if r.get("tools")]  # the agent's turn, not a side request
     assert conversations, "the model stand-in saw no agent request"
-    texts = user_texts(conversations[0])
-    assert prompt in texts, "the prompt was altered on its way to the model"
+    assert prompt in user_texts(conversations[0]), "the prompt was altered on its way to the model"

@@ -17,40 +17,13 @@ from prefect.client.orchestration import get_client
 from prefect.logging.handlers import APILogHandler
 
 from agentbox.errors import AgentboxError
-from agentbox.rehearsal.github_api import github_app
-from agentbox.rehearsal.model import model_app
-from agentbox.rehearsal.notion_api import notion_app
-from agentbox.rehearsal.seed import default_notion_seed, notion_to_github_script
-from agentbox.rehearsal.servers import BackgroundServer, free_loopback_host_for_port80
-from agentbox.rehearsal.stage import rehearsal_catalog
+from agentbox.rehearsal.seed import notion_to_github_script
 from flows.notion_to_github import notion_to_github
+from tests.worlds import CREDENTIALS as SECRETS
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
-SECRETS = {
-    "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETanthropicVALUE0123456789",
-    "NOTION_INTEGRATION_TOKEN": "ntn_SECRETnotionVALUE0123456789",
-    "GITHUB_TOKEN": "ghp_SECRETgithubVALUE0123456789abcdef",
-}
 WRONG_GITHUB_TOKEN = "ghp_SECRETwrongVALUE9876543210fedcba"
-
-
-@pytest.fixture
-def real_services_on_this_machine(tmp_path, monkeypatch):
-    """Stand-ins that accept only the real-looking secrets, wired in through ordinary settings."""
-    github_host = free_loopback_host_for_port80()
-    with (
-        BackgroundServer(github_app(SECRETS["GITHUB_TOKEN"]), host=github_host, port=80) as github,
-        BackgroundServer(notion_app(SECRETS["NOTION_INTEGRATION_TOKEN"], default_notion_seed())) as notion,
-        BackgroundServer(model_app(notion_to_github_script("octo", "secret", "T", "B"))) as model,
-    ):
-        catalog = tmp_path / "catalog.json"
-        catalog.write_text(json.dumps(rehearsal_catalog(notion.url, github_host)))
-        for name, value in SECRETS.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", model.url)
-        monkeypatch.setenv("LOCAL_MCP_CATALOG", str(catalog))
-        yield github
 
 
 async def everything_prefect_stored() -> str:
@@ -71,19 +44,21 @@ async def everything_prefect_stored() -> str:
     return api_view + "\n".join(rows)
 
 
-def assert_no_secret(text: str, where: str) -> None:
-    for value in [*SECRETS.values(), WRONG_GITHUB_TOKEN]:
+def assert_no_secret(text: str, where: str, world) -> None:  # noqa: ANN001
+    e2b_key = [world.e2b.env["E2B_API_KEY"]] if world.e2b else []
+    for value in [*SECRETS.values(), WRONG_GITHUB_TOKEN, *e2b_key]:
         assert value not in text, f"a secret appeared in {where}"
 
 
-def test_no_secret_anywhere_after_a_success_and_a_failure(real_services_on_this_machine, monkeypatch, capfd, caplog):
-    github = real_services_on_this_machine
+def test_no_secret_anywhere_after_a_success_and_a_failure(world, monkeypatch, capfd, caplog):
+    """On each backend: the stand-ins accept only the real values, so the success proves they went all the way."""
+    world.play(notion_to_github_script("octo", "secret", "T", "B"))
     caplog.set_level("INFO")
+    before = len(world.issues("octo/secret"))
 
     result = asyncio.run(notion_to_github("octo/secret", title="T", body="B"))
-    assert result.rehearsal is False
-    assert result.issue_url == "https://github.com/octo/secret/issues/1"
-    assert len(github.app.state.issues) == 1  # the real secrets went through settings, gateway and MCP servers
+    assert result.rehearsal is False and result.session.backend == world.backend
+    assert len(world.issues("octo/secret")) == before + 1  # the secrets went through settings, gateway and servers
 
     monkeypatch.setenv("GITHUB_TOKEN", WRONG_GITHUB_TOKEN)
     state = asyncio.run(notion_to_github("octo/secret", title="T", body="B", return_state=True))
@@ -93,11 +68,11 @@ def test_no_secret_anywhere_after_a_success_and_a_failure(real_services_on_this_
     assert "GitHub refused" in str(error)
 
     out, err = capfd.readouterr()
-    assert_no_secret(out + err, "stdout/stderr")
-    assert "Sandbox local-" in caplog.text and "GitHub refused" in caplog.text  # the check below means something
-    assert_no_secret(caplog.text, "log records and their tracebacks")
-    assert_no_secret(result.model_dump_json(), "the result")
-    assert_no_secret(str(error), "the error")
+    assert_no_secret(out + err, "stdout/stderr", world)
+    assert f"Sandbox {result.session.sandbox_id}" in caplog.text and "GitHub refused" in caplog.text  # the check below means something
+    assert_no_secret(caplog.text, "log records and their tracebacks", world)
+    assert_no_secret(result.model_dump_json(), "the result", world)
+    assert_no_secret(str(error), "the error", world)
     stored = asyncio.run(everything_prefect_stored())
     assert "notion-to-github octo/secret" in stored and "Outcome" in stored  # runs and artifacts are in the dump
-    assert_no_secret(stored, "Prefect's database")
+    assert_no_secret(stored, "Prefect's database", world)

@@ -2,7 +2,8 @@
 
 Faults are real: a missing bubblewrap, an unusable state directory, an MCP server that never answers or dies at
 start, a token the gateway refuses, a gateway killed mid-session, a model API that errors or hangs, a flow timeout.
-"""
+The faults of Claude and the model run on both backends; those that reach into a local sandbox's gateway run on
+local (E2B's own faults are in test_e2b_backend.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from prefect import flow
@@ -27,11 +27,11 @@ from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox
 from tests.conftest import SANDBOX_ROOT
-from tests.sessions import NOTION, rehearsed_session
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
 ANSWER = [{"text": "done"}]
+NOTION = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
 
 
 @pytest.fixture
@@ -134,35 +134,35 @@ def test_run_stops_when_claude_starts_without_the_gateway():
     assert "without the gateway" in str(exc)
 
 
-def test_claude_exiting_non_zero_fails_the_run():
-    script = [{"error": {"status": 500, "message": "model exploded", "should_retry": False}}]
-    exc = failure(asyncio.run(rehearsed_session(script, return_state=True)))
+# Faults of Claude and the model: the same on both backends.
+
+
+def session(world, script: list[dict], **options):  # noqa: ANN001
+    world.play(script)
+    return asyncio.run(agent_session.with_options(**options)("hello", NOTION, return_state=True))
+
+
+def test_claude_exiting_non_zero_fails_the_run(world):
+    exc = failure(session(world, [{"error": {"status": 500, "message": "model exploded", "should_retry": False}}]))
     assert isinstance(exc, ClaudeError)
     assert "model exploded" in str(exc) or "exited with code" in str(exc)
 
 
-def test_claude_hanging_past_its_timeout_is_killed(monkeypatch):
+def test_claude_hanging_past_its_timeout_is_killed(world, monkeypatch):
     monkeypatch.setenv("CLAUDE_TIMEOUT_SECONDS", "4")
-    exc = failure(asyncio.run(rehearsed_session([{"hang_seconds": 300}], return_state=True)))
+    exc = failure(session(world, [{"hang_seconds": 300}]))
     assert isinstance(exc, ClaudeError)
     assert "ran past its 4 s timeout" in str(exc)
 
 
-def test_flow_timeout_tears_the_sandbox_down():
-    timed = rehearsed_session.with_options(timeout_seconds=12)
-    state = asyncio.run(timed([{"hang_seconds": 300}], return_state=True))
+def test_flow_timeout_tears_the_sandbox_down(world):
+    state = session(world, [{"hang_seconds": 300}], timeout_seconds=12)
     assert state.name == "TimedOut", state
 
 
-def test_max_turns_fails_the_run():
+def test_max_turns_fails_the_run(world, monkeypatch):
+    monkeypatch.setenv("CLAUDE_MAX_TURNS", "3")
     loop = [{"tool": "API-post-search", "input": {"query": ""}}] * 5 + ANSWER
-    exc = failure(asyncio.run(rehearsed_session(loop, return_state=True)))
+    exc = failure(session(world, loop))
     assert isinstance(exc, ClaudeError)
     assert "turn limit" in str(exc)
-
-
-def test_a_successful_session_also_leaves_nothing():
-    result = asyncio.run(rehearsed_session(ANSWER))
-    assert result.run.result == "done"
-    assert result.run.mcp_servers == {"gateway": "connected"}
-    assert not Path(SANDBOX_ROOT / result.sandbox_id).exists()
