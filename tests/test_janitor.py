@@ -1,10 +1,9 @@
 """The janitors: the crash/cancel hook kills a run's sandboxes by metadata; the reaper kills only this app's
-sandboxes whose run is over or unknown (or that are too old), and keeps those of live runs."""
+sandboxes whose run is over or unknown (or that are too old), and keeps those of live runs. On both backends."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from types import SimpleNamespace
 
@@ -13,11 +12,12 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.states import Completed, Running
 
+from agentbox.sandboxes import SandboxBackend, get_backend
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
-from agentbox.sandboxes.local import LocalSandboxes
+from agentbox.settings import load_settings
 from flows.janitor import kill_sandboxes_hook
 from flows.reap_sandboxes import reap_sandboxes
-from tests.conftest import SANDBOX_ROOT
+from tests.worlds import CREDENTIALS
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
@@ -28,18 +28,19 @@ def placeholder() -> None:
 
 
 @pytest.fixture
-def sandboxes(tmp_path):
-    catalog = tmp_path / "catalog.json"
-    catalog.write_text(json.dumps({"idle": {"command": ["sleep", "600"]}}))
-    backend = LocalSandboxes(SANDBOX_ROOT, catalog)
+def sandboxes(world):
+    """Sandboxes made directly on the world's backend, labelled as a flow run's would be."""
+    world.play([{"text": "unused"}])
+    backend = get_backend(load_settings())
+    mcp = {"notion": {"internalIntegrationToken": CREDENTIALS["NOTION_INTEGRATION_TOKEN"]}}
     made: list[str] = []
 
     def make(run_id: str, app: str = APP_LABEL) -> str:
-        handle = asyncio.run(backend.create({"idle": {}}, {}, 300, {APP_LABEL_KEY: app, "prefect_flow_run_id": run_id}))
+        handle = asyncio.run(backend.create(mcp, {}, 300, {APP_LABEL_KEY: app, "prefect_flow_run_id": run_id}))
         made.append(handle.id)
         return handle.id
 
-    yield SimpleNamespace(make=make, backend=backend)
+    yield SimpleNamespace(make=make, backend=backend, name=world.backend)
     for sandbox_id in made:
         asyncio.run(backend.kill(sandbox_id))
 
@@ -50,7 +51,7 @@ async def flow_run_in(state) -> str:
     return str(run.id)
 
 
-def alive(backend: LocalSandboxes) -> set[str]:
+def alive(backend: SandboxBackend) -> set[str]:
     return {s.id for s in asyncio.run(backend.list())}
 
 
@@ -77,7 +78,7 @@ def test_the_reaper_kills_finished_and_unknown_runs_sandboxes_only(sandboxes):
         finished: "its flow run is Completed",
         unknown: "its flow run is unknown",
     }
-    assert all(v.killed for v in report.reaped)
+    assert all(v.killed and v.backend == sandboxes.name for v in report.reaped)
     assert [v.sandbox_id for v in report.kept] == [live]
     assert alive(sandboxes.backend) == {live, foreign}
 

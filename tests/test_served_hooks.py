@@ -1,5 +1,6 @@
 """Teardown when the flow's own `finally` cannot run: a served deployment's flow process killed with SIGKILL, and a
-cancelled deployment run. A real runner (`flow.serve`) against the test's Prefect API runs the real flow."""
+cancelled deployment run. A real runner (`flow.serve`) against the test's Prefect API runs the real flow, as a
+production run on each backend (tests/worlds.py) whose model never answers, so the run is mid-prompt when it ends."""
 
 from __future__ import annotations
 
@@ -16,36 +17,46 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
-from tests.conftest import SANDBOX_ROOT, WORKDIR, sandbox_dirs
+from tests.conftest import WORKDIR
+from tests.worlds import BACKENDS, World
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
-SERVE = "from flows.notion_to_github import notion_to_github; notion_to_github.serve(name='hooks-test')"
+SERVE = "from flows.notion_to_github import notion_to_github; notion_to_github.serve(name='hooks-{backend}')"
 
 
-@pytest.fixture(scope="module")
-def runner(prefect_api):
+@pytest.fixture(scope="module", params=BACKENDS)
+def runner(request, prefect_api, services):
+    """A served deployment whose runs use this backend (its environment is a production run's)."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE], cwd=WORKDIR, env=env,
+    e2b = request.getfixturevalue("e2b_standin") if request.param == "e2b" else None
+    world = World(request.param, services, e2b)
+    model = world.model([{"hang_seconds": 600}])
+    env = {**os.environ, **world.environment(model), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE.format(backend=world.backend)], cwd=WORKDIR, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    yield SimpleNamespace(deployment=asyncio.run(_deployment_id(proc)), pid=proc.pid)
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        deployment = asyncio.run(_deployment_id(proc, f"notion-to-github/hooks-{world.backend}"))
+        yield SimpleNamespace(deployment=deployment, pid=proc.pid, world=world)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        world.close()
 
 
-async def _deployment_id(proc: subprocess.Popen) -> str:
+async def _deployment_id(proc: subprocess.Popen, name: str) -> str:
     deadline = time.monotonic() + 120
     async with get_client() as client:
         while time.monotonic() < deadline:
             assert proc.poll() is None, "the runner died"
             try:
-                return str((await client.read_deployment_by_name("notion-to-github/hooks-test")).id)
+                return str((await client.read_deployment_by_name(name)).id)
             except Exception:  # noqa: BLE001 - not registered yet
                 await asyncio.sleep(0.2)
     raise TimeoutError("the served deployment never appeared")
@@ -53,20 +64,17 @@ async def _deployment_id(proc: subprocess.Popen) -> str:
 
 async def trigger(deployment_id: str, repo: str) -> str:
     async with get_client() as client:
-        run = await client.create_flow_run_from_deployment(
-            deployment_id, parameters={"repo": repo, "rehearsal": True}
-        )
+        run = await client.create_flow_run_from_deployment(deployment_id, parameters={"repo": repo})
     return str(run.id)
 
 
-def sandbox_of(run_id: str, timeout: float = 120) -> str:
+def sandbox_of(world: World, run_id: str, timeout: float = 120) -> str:
     """The id of the run's sandbox, once it exists (its metadata names the run)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for name in sandbox_dirs():
-            info = SANDBOX_ROOT / name / "sandbox.json"
-            if info.exists() and run_id in info.read_text():
-                return name
+        found = world.sandbox_of(run_id)
+        if found:
+            return found
         time.sleep(0.02)
     raise TimeoutError("the run never created its sandbox")
 
@@ -99,25 +107,25 @@ async def final_state(run_id: str, timeout: float = 120):
     raise TimeoutError("the run never reached a final state")
 
 
-def wait_gone(sandbox_id: str, timeout: float = 60) -> bool:
+def wait_gone(world: World, sandbox_id: str, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
-    while sandbox_id in sandbox_dirs() and time.monotonic() < deadline:
+    while sandbox_id in world.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
-    return sandbox_id not in sandbox_dirs()
+    return sandbox_id not in world.alive() and world.leftovers() == []
 
 
 def test_a_flow_process_killed_with_sigkill_leaves_no_sandbox(runner):
     run_id = asyncio.run(trigger(runner.deployment, "octo/sigkill"))
-    sandbox = sandbox_of(run_id)
+    sandbox = sandbox_of(runner.world, run_id)
     os.kill(flow_process(runner.pid), signal.SIGKILL)  # no `finally` runs in that process
     state = asyncio.run(final_state(run_id))
     assert state.is_crashed(), state
-    assert wait_gone(sandbox), "the crash hook did not kill the sandbox"
+    assert wait_gone(runner.world, sandbox), "the crash hook did not kill the sandbox"
 
 
 def test_a_cancelled_deployment_run_leaves_no_sandbox(runner):
     run_id = asyncio.run(trigger(runner.deployment, "octo/cancel"))
-    sandbox = sandbox_of(run_id)
+    sandbox = sandbox_of(runner.world, run_id)
 
     async def cancel() -> None:
         async with get_client() as client:
@@ -126,4 +134,4 @@ def test_a_cancelled_deployment_run_leaves_no_sandbox(runner):
     asyncio.run(cancel())
     state = asyncio.run(final_state(run_id))
     assert state.is_cancelled(), state
-    assert wait_gone(sandbox)
+    assert wait_gone(runner.world, sandbox)
