@@ -62,12 +62,14 @@ def test_notion_to_github_opens_the_issue(world):
     assert f"(https://github.com/octo/both/issues/{number})" in markdown
 
 
-def test_agent_session_runs_any_prompt_with_the_servers_it_is_given(world):
+def test_agent_session_runs_any_prompt_with_the_servers_it_is_given(world, caplog):
+    caplog.set_level("INFO")
     world.play([{"tool": "API-post-search", "input": {"query": "roadmap"}}, {"text": "Found the roadmap."}])
 
     result = asyncio.run(agent_session("Find our roadmap in Notion.", NOTION_ONLY))
 
     assert result.backend == world.backend
+    assert f"Backend: {world.backend}" in caplog.text  # the choice is logged
     assert result.run.result == "Found the roadmap."
     assert [(c.tool, c.ok) for c in result.run.tool_calls] == [("API-post-search", True)]
     assert "Product Roadmap" in result.run.tool_calls[0].output  # the Notion stand-in answered, with the real token
