@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     mcp_timeout_ms: int = Field(30_000, ge=1000, description="Claude's wait for MCP servers at start.")
     gateway_ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for the gateway to list its tools.")
     flow_timeout_seconds: float = Field(1800, gt=0)
+    sandbox_concurrency_limit: str = Field(
+        "agentbox-sandboxes",
+        description="Prefect global concurrency limit each session holds a slot of (deployments.bootstrap creates "
+        "it); empty runs sessions without a limit.",
+    )
     sandbox_ttl_seconds: int = Field(
         2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )

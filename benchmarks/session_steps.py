@@ -70,11 +70,11 @@ async def readiness_latency(probes: int) -> list[tuple[float, float]]:
 
 
 def sessions(runs: int) -> list[dict[str, float]]:
-    from flows.notion_to_github import notion_to_github
+    from flows.notion_to_github import IssueRequest, notion_to_github
 
     steps = []
     for i in range(runs):
-        result = asyncio.run(notion_to_github(f"octo/bench-{i}", rehearsal=True))
+        result = asyncio.run(notion_to_github(IssueRequest(repo=f"octo/bench-{i}"), rehearsal=True))
         steps.append(result.session.steps)
     return steps
 

@@ -2,20 +2,23 @@
 
     python -m flows.agent_session --prompt "..." --mcp '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
 
-Secrets in the MCP config are `${NAME}` references, resolved inside the create task, so Prefect stores only names.
+From Python or the Prefect API: `agent_session(SessionRequest(prompt=..., mcp=...))`, parameters
+`{"request": {"prompt": "...", "mcp": {...}}}`. Secrets in the MCP config are `${NAME}` references, resolved inside the
+create task, so Prefect stores only names.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
+# parameter models' annotations to validate a deployment run's parameters.
 
 import argparse
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.claude import AgentRun, ClaudeOptions
 from agentbox.gateway.catalog import read_config_argument
@@ -27,9 +30,26 @@ from flows import cli, report
 from flows.janitor import kill_sandboxes_hook
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
-from tasks.sandbox import create_sandbox, kill_now, kill_sandbox, kill_sandboxes_of_run
+from tasks.sandbox import create_sandbox, kill_now, kill_sandbox, kill_sandboxes_of_run, sandbox_slot
 
 DEFAULT_FLOW_TIMEOUT = Settings.model_fields["flow_timeout_seconds"].default
+Backend = Literal["local", "e2b"]
+EXAMPLE_MCP = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
+
+
+class SessionRequest(BaseModel):
+    """What to run and with which tools: the form the Prefect UI shows for a run. No secrets: `${NAME}` references."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="What Claude Code should do.")
+    mcp: dict[str, dict[str, str]] = Field(
+        description="MCP servers the gateway serves: catalog key -> its settings, secrets as ${NAME} references "
+        "to the worker's environment.",
+        examples=[EXAMPLE_MCP],
+    )
+    allowed_tools: list[str] | None = Field(None, description="Tools Claude may use (default: all the gateway's).")
+    bypass_permissions: bool = Field(False, description="Let Claude use every tool without asking.")
 
 
 class SessionResult(BaseModel):
@@ -61,7 +81,8 @@ async def run_session(
     result: SessionResult,
     stand_ins: StandIns | None = None,
 ) -> SessionResult:
-    """Create → wait for the gateway → register Claude → run the prompt, and kill the sandbox on every path.
+    """Create → wait for the gateway → register Claude → run the prompt, and kill the sandbox on every path; all
+    under one slot of the global sandbox limit.
 
     `result` is filled as the session goes, so a failure still reports the steps that ran."""
     settings = load_settings()
@@ -77,23 +98,24 @@ async def run_session(
         result.steps[label] = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
 
-    failed = True
-    try:
-        handle = await create_sandbox(mcp, metadata, name, stand_ins)
-        result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
-        step("create")
-        result.tools = len(await wait_for_gateway(handle, expected_server_tools(settings, mcp, stand_ins)))
-        step("gateway_ready")
-        await register_claude(handle)
-        step("register")
-        result.run = await run_prompt(handle, prompt, options, settings.claude_timeout_seconds)
-        step("prompt")
-        failed = False
-    finally:
-        clock = time.monotonic()
-        # When the session failed, its own error is the one to report: a teardown failure is only logged.
-        await teardown(handle, name, metadata, raise_errors=not failed)
-        step("kill")
+    async with sandbox_slot(settings):  # held until the sandbox is gone
+        failed = True
+        try:
+            handle = await create_sandbox(mcp, metadata, name, stand_ins)
+            result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
+            step("create")
+            result.tools = len(await wait_for_gateway(handle, expected_server_tools(settings, mcp, stand_ins)))
+            step("gateway_ready")
+            await register_claude(handle)
+            step("register")
+            result.run = await run_prompt(handle, prompt, options, settings.claude_timeout_seconds)
+            step("prompt")
+            failed = False
+        finally:
+            clock = time.monotonic()
+            # When the session failed, its own error is the one to report: a teardown failure is only logged.
+            await teardown(handle, name, metadata, raise_errors=not failed)
+            step("kill")
     return result
 
 
@@ -120,25 +142,32 @@ async def teardown(handle: SandboxHandle | None, backend: str, metadata: dict[st
         get_run_logger().error("Teardown failed (%s: %s); the sandbox's TTL will end it.", type(exc).__name__, exc)
 
 
+def run_name() -> str:
+    """`agent-session notion+githubOfficial`: the run list says which servers each session had."""
+    request = flow_run.parameters.get("request")
+    mcp = request.mcp if isinstance(request, SessionRequest) else (request or {}).get("mcp") or {}
+    return f"agent-session {'+'.join(mcp) or 'no servers'}"
+
+
 @flow(
     name="agent-session",
+    flow_run_name=run_name,
     timeout_seconds=DEFAULT_FLOW_TIMEOUT,
     on_crashed=[kill_sandboxes_hook],
     on_cancellation=[kill_sandboxes_hook],
 )
-async def agent_session(
-    prompt: str,
-    mcp: dict[str, dict[str, str]],
-    allowed_tools: list[str] | None = None,
-    bypass_permissions: bool = False,
-    backend: str | None = None,
-) -> SessionResult:
-    """Run `prompt` with Claude Code in a sandbox whose gateway serves the `mcp` catalog servers."""
+async def agent_session(request: SessionRequest, backend: Backend | None = None) -> SessionResult:
+    """Run a prompt with Claude Code in a sandbox whose gateway serves the requested MCP servers.
+
+    Args:
+        request: The prompt, the MCP servers and Claude's permissions.
+        backend: Where the sandbox runs: e2b or local (default: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set).
+    """
     settings = load_settings()
-    options = claude_options(settings, allowed_tools, bypass_permissions)
+    options = claude_options(settings, request.allowed_tools, request.bypass_permissions)
     result = SessionResult(backend=backend or settings.backend)
     try:
-        await run_session(prompt, mcp, options, result)
+        await run_session(request.prompt, request.mcp, options, result)
     except BaseException as exc:
         await report.session_artifact("agent-session", result, error=redact(str(exc), settings.secret_values()))
         raise
@@ -171,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         mcp = read_config_argument(args.mcp, "--mcp")
         settings = load_settings()
         preflight(settings, mcp, args.backend or settings.backend)  # fail before Prefect starts
-        return asyncio.run(
-            agent_session.with_options(timeout_seconds=settings.flow_timeout_seconds)(
-                prompt, mcp, args.allowed_tools, args.bypass_permissions, args.backend
-            )
-        )
+        request = cli.build(SessionRequest, prompt=prompt, mcp=mcp, allowed_tools=args.allowed_tools,
+                            bypass_permissions=args.bypass_permissions)
+        run = agent_session.with_options(timeout_seconds=settings.flow_timeout_seconds)
+        return cli.run_flow(run(request, args.backend))
 
     return cli.run(start, args, human=report.session_lines)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agentbox.errors import AgentboxError, ConfigError
 
@@ -26,6 +28,31 @@ def read_text(path: Path, option: str) -> str:
         return path.read_text()
     except OSError as exc:
         raise ConfigError(f"Cannot read {option} {path} ({exc.strerror}).", f"Fix the {option} path.") from None
+
+
+def build(model: type[BaseModel], **values: object) -> BaseModel:
+    """A flow's parameter model from command-line values; a bad value is one ConfigError naming its option."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"Invalid option ({problems}).", "See --help.") from None
+
+
+def run_flow(flow_call: Coroutine[Any, Any, BaseModel]) -> BaseModel:
+    """Run a flow from the command line. With no PREFECT_API_URL it runs on Prefect's temporary server, which
+    nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from agentbox.settings import load_settings
+    from tasks.sandbox import ensure_sandbox_limit
+
+    async def main() -> BaseModel:
+        if not PREFECT_API_URL.value():
+            await ensure_sandbox_limit(load_settings())
+        return await flow_call
+
+    return asyncio.run(main())
 
 
 def describe_failure(exc: BaseException) -> str:

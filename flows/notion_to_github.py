@@ -2,22 +2,26 @@
 
     python -m flows.notion_to_github --repo OWNER/NAME [--title T] [--body B] [--rehearsal] [--json]
 
+From Python or the Prefect API: `notion_to_github(IssueRequest(repo="owner/name"), rehearsal=True)`, parameters
+`{"issue": {"repo": "owner/name"}, "rehearsal": true}`.
+
 The run is only a success when the agent's own tool calls show a Notion search and a GitHub `create_issue` on that
 repository that both succeeded; the result names the issue. `--rehearsal` replaces Anthropic, Notion and GitHub by
 local stand-ins, so the whole pipeline runs on this machine and nothing is sent anywhere.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
+# parameter models' annotations to validate a deployment run's parameters.
 
 import argparse
-import asyncio
 import contextlib
 import json
 import re
 import sys
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, ConfigError
@@ -25,7 +29,7 @@ from agentbox.session import preflight, rehearsal_backend
 from agentbox.settings import load_settings, redact
 from flows import cli, report
 from flows.janitor import kill_sandboxes_hook
-from flows.agent_session import DEFAULT_FLOW_TIMEOUT, SessionResult, claude_options, run_session
+from flows.agent_session import DEFAULT_FLOW_TIMEOUT, Backend, SessionResult, claude_options, run_session
 
 DEFAULT_TITLE = "Summary of our Notion workspace"
 DEFAULT_BODY = "Opened by an AI agent from a sandbox: the databases found in our Notion workspace."
@@ -34,6 +38,20 @@ MCP = {
     "githubOfficial": {"githubPersonalAccessToken": "${GITHUB_TOKEN}"},
 }
 _REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+
+
+class IssueRequest(BaseModel):
+    """The issue to open: the form the Prefect UI shows for a run (it is checked again before anything starts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(
+        description="GitHub repository to open the issue on, as owner/name.",
+        examples=["octocat/hello-world"],
+        json_schema_extra={"pattern": _REPO.pattern},
+    )
+    title: str = Field(DEFAULT_TITLE, min_length=1, max_length=256, description="The issue's title.")
+    body: str = Field(DEFAULT_BODY, description="The issue's body; the agent adds the Notion databases it found.")
 
 
 class RecordedIssue(BaseModel):
@@ -116,22 +134,34 @@ def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
     )
 
 
+def run_name() -> str:
+    """`notion-to-github owner/name`: the run list says which repository each run was for."""
+    issue = flow_run.parameters.get("issue")
+    repo = issue.repo if isinstance(issue, IssueRequest) else (issue or {}).get("repo", "?")
+    return f"notion-to-github {repo}"
+
+
 @flow(
     name="notion-to-github",
-    flow_run_name="notion-to-github {repo}",
+    flow_run_name=run_name,
     timeout_seconds=DEFAULT_FLOW_TIMEOUT,
     on_crashed=[kill_sandboxes_hook],
     on_cancellation=[kill_sandboxes_hook],
 )
 async def notion_to_github(
-    repo: str,
-    title: str = DEFAULT_TITLE,
-    body: str = DEFAULT_BODY,
-    backend: str | None = None,
+    issue: IssueRequest,
     rehearsal: bool = False,
+    backend: Backend | None = None,
 ) -> NotionToGithubResult:
-    """Search Notion and open a GitHub issue on `repo` (owner/name) with Claude Code in a sandbox."""
-    owner, name = parse_repo(repo)
+    """Search Notion and open a GitHub issue with Claude Code in a sandbox.
+
+    Args:
+        issue: The repository, title and body of the issue to open.
+        rehearsal: Replace Anthropic, Notion and GitHub by local stand-ins: nothing leaves the machine, nothing is paid.
+        backend: Where the sandbox runs: e2b or local (default: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set).
+    """
+    owner, name = parse_repo(issue.repo)
+    title, body = issue.title, issue.body
     settings = load_settings()
     backend = rehearsal_backend(backend) if rehearsal else backend or settings.backend
     result = SessionResult(backend=backend, rehearsal=rehearsal)
@@ -206,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.rehearsal:
             preflight(settings, MCP, args.backend or settings.backend)
         run = notion_to_github.with_options(timeout_seconds=settings.flow_timeout_seconds)
-        return asyncio.run(run(args.repo, args.title, args.body, args.backend, args.rehearsal))
+        issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
+        return cli.run_flow(run(issue, args.rehearsal, args.backend))
 
     return cli.run(start, args, human=human_lines)
 

@@ -1,18 +1,28 @@
-"""Tasks that create and destroy sandboxes."""
+"""Tasks that create and destroy sandboxes, and the global limit on how many run at once."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import task_run
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from agentbox.errors import ConfigError
 from agentbox.sandboxes import SandboxHandle, get_backend
 from agentbox.session import StandIns, catalog_file_for, preflight, resolve_config, sandbox_envs
-from agentbox.settings import load_settings
+from agentbox.settings import Settings, load_settings
 from tasks.retry import retry_if_retryable
+
+DEFAULT_SANDBOX_SLOTS = 5  # sandboxes at once, when nobody said otherwise (deployments.bootstrap --sandboxes N)
 
 
 @task(
@@ -58,3 +68,42 @@ async def kill_now(handle: SandboxHandle) -> bool:
 async def kill_sandboxes_of_run(backend: str, metadata: dict[str, str]) -> list[str]:
     """Kill every sandbox whose metadata matches (the run's id): cleans up after a create that died half-way."""
     return await get_backend(load_settings(), backend).kill_matching(metadata)
+
+
+@asynccontextmanager
+async def sandbox_slot(settings: Settings) -> AsyncIterator[None]:
+    """Hold one slot of the global sandbox limit for a whole session, so no more sandboxes run at once than E2B
+    (or the machine) allows, across every worker. Strict: a missing limit is an error, never "unlimited"."""
+    name = settings.sandbox_concurrency_limit
+    if not name:
+        yield
+        return
+    started = time.monotonic()
+    slot = concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False)
+    try:
+        await slot.__aenter__()
+    except ConcurrencySlotAcquisitionError:
+        raise ConfigError(
+            f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
+            "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without one.",
+        ) from None
+    waited = time.monotonic() - started
+    if waited > 1:
+        get_run_logger().info("Waited %.1f s for a sandbox slot of limit '%s'", waited, name)
+    try:
+        yield
+    finally:
+        await slot.__aexit__(None, None, None)
+
+
+async def ensure_sandbox_limit(settings: Settings, slots: int = DEFAULT_SANDBOX_SLOTS) -> None:
+    """Create the sandbox limit with `slots` when it is missing (for Prefect's temporary server, which nobody
+    bootstraps; deployments.bootstrap sets the size on a real one)."""
+    name = settings.sandbox_concurrency_limit
+    if not name:
+        return
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))

@@ -64,7 +64,15 @@ def prefect_api():
     """One Prefect test harness (a real API server on a temporary database) for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
+    import asyncio
+
+    from agentbox.settings import load_settings
+    from tasks.sandbox import ensure_sandbox_limit
+
     with prefect_test_harness(server_startup_timeout=120):
+        # Sessions hold a slot of the sandbox limit; a flow process killed on purpose keeps its slot until its lease
+        # ends (5 minutes), so the tests' limit is roomy. test_deployments.py checks the limit itself.
+        asyncio.run(ensure_sandbox_limit(load_settings(), slots=50))
         yield
 
 

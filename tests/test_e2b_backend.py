@@ -16,7 +16,7 @@ from agentbox.errors import ClaudeError, SandboxError, SandboxUnavailable
 from agentbox.rehearsal.seed import notion_to_github_script
 from agentbox.sandboxes.e2b import E2BSandboxes
 from agentbox.settings import load_settings
-from flows.notion_to_github import notion_to_github
+from flows.notion_to_github import IssueRequest, notion_to_github
 
 # The shared world (tests/worlds.py), on the e2b backend only: these are E2B's own wire details and faults.
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.parametrize("world", ["e2b"], indirect=True)]
@@ -29,7 +29,7 @@ def e2b(world):
 
 
 def run(**overrides):
-    return asyncio.run(notion_to_github("octo/e2b", title="T", body="B", backend="e2b", return_state=True, **overrides))
+    return asyncio.run(notion_to_github(IssueRequest(repo="octo/e2b", title="T", body="B"), backend="e2b", return_state=True, **overrides))
 
 
 def failure(state) -> BaseException:

@@ -15,7 +15,7 @@ import sys
 import pytest
 from prefect.client.orchestration import get_client
 
-from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, RecordedIssue, notion_to_github
+from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest, RecordedIssue, notion_to_github
 from tests.conftest import WORKDIR
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
@@ -30,7 +30,7 @@ async def latest_artifact(key: str) -> str:
 
 
 def test_notion_to_github_rehearsal_opens_the_issue_in_the_github_stand_in():
-    result = asyncio.run(notion_to_github("octo-org/demo-repo", rehearsal=True))
+    result = asyncio.run(notion_to_github(IssueRequest(repo="octo-org/demo-repo"), rehearsal=True))
 
     assert result.rehearsal is True
     assert result.rehearsal_issues == [

@@ -15,8 +15,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from agentbox.rehearsal.seed import notion_to_github_script
-from flows.agent_session import agent_session
-from flows.notion_to_github import notion_to_github
+from flows.agent_session import SessionRequest, agent_session
+from flows.notion_to_github import IssueRequest, notion_to_github
 from tests.conftest import WORKDIR
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -37,7 +37,7 @@ def test_notion_to_github_opens_the_issue(world):
     world.play(notion_to_github_script("octo", "both", "Weekly summary", "From the agent."))
     before = len(world.issues("octo/both"))
 
-    result = asyncio.run(notion_to_github("octo/both", title="Weekly summary", body="From the agent."))
+    result = asyncio.run(notion_to_github(IssueRequest(repo="octo/both", title="Weekly summary", body="From the agent.")))
 
     assert result.session.backend == world.backend  # chosen by the settings: E2B_API_KEY set or not
     assert result.rehearsal is False and result.rehearsal_issues == []
@@ -66,7 +66,7 @@ def test_agent_session_runs_any_prompt_with_the_servers_it_is_given(world, caplo
     caplog.set_level("INFO")
     world.play([{"tool": "API-post-search", "input": {"query": "roadmap"}}, {"text": "Found the roadmap."}])
 
-    result = asyncio.run(agent_session("Find our roadmap in Notion.", NOTION_ONLY))
+    result = asyncio.run(agent_session(SessionRequest(prompt="Find our roadmap in Notion.", mcp=NOTION_ONLY)))
 
     assert result.backend == world.backend
     assert f"Backend: {world.backend}" in caplog.text  # the choice is logged

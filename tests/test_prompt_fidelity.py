@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from agentbox.rehearsal.model import user_texts
-from flows.agent_session import agent_session
+from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -24,7 +24,7 @@ def test_a_hostile_20_kb_prompt_reaches_the_model_byte_for_byte(world):
     prompt = (NASTY * (20_000 // len(NASTY) + 1))[:20_000] + "\nThe end. ✓"
     assert len(prompt.encode()) > 20_000
 
-    result = asyncio.run(agent_session(prompt, {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}))
+    result = asyncio.run(agent_session(SessionRequest(prompt=prompt, mcp=EXAMPLE_MCP)))
 
     assert result.run.result == "received"
     conversations = [r for r in model.app.state.requests if r.get("tools")]  # the agent's turn, not a side request

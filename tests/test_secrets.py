@@ -18,12 +18,13 @@ from prefect.logging.handlers import APILogHandler
 
 from agentbox.errors import AgentboxError
 from agentbox.rehearsal.seed import notion_to_github_script
-from flows.notion_to_github import notion_to_github
+from flows.notion_to_github import IssueRequest, notion_to_github
 from tests.worlds import CREDENTIALS as SECRETS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 WRONG_GITHUB_TOKEN = "ghp_SECRETwrongVALUE9876543210fedcba"
+ISSUE = IssueRequest(repo="octo/secret", title="T", body="B")
 
 
 async def everything_prefect_stored() -> str:
@@ -56,12 +57,12 @@ def test_no_secret_anywhere_after_a_success_and_a_failure(world, monkeypatch, ca
     caplog.set_level("INFO")
     before = len(world.issues("octo/secret"))
 
-    result = asyncio.run(notion_to_github("octo/secret", title="T", body="B"))
+    result = asyncio.run(notion_to_github(ISSUE))
     assert result.rehearsal is False and result.session.backend == world.backend
     assert len(world.issues("octo/secret")) == before + 1  # the secrets went through settings, gateway and servers
 
     monkeypatch.setenv("GITHUB_TOKEN", WRONG_GITHUB_TOKEN)
-    state = asyncio.run(notion_to_github("octo/secret", title="T", body="B", return_state=True))
+    state = asyncio.run(notion_to_github(ISSUE, return_state=True))
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, AgentboxError)

@@ -64,7 +64,7 @@ async def _deployment_id(proc: subprocess.Popen, name: str) -> str:
 
 async def trigger(deployment_id: str, repo: str) -> str:
     async with get_client() as client:
-        run = await client.create_flow_run_from_deployment(deployment_id, parameters={"repo": repo})
+        run = await client.create_flow_run_from_deployment(deployment_id, parameters={"issue": {"repo": repo}})
     return str(run.id)
 
 

@@ -22,7 +22,7 @@ from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.stage import rehearsal_stage
 from agentbox.session import expected_server_tools
 from agentbox.settings import load_settings
-from flows.agent_session import agent_session, session_metadata, teardown
+from flows.agent_session import SessionRequest, agent_session, session_metadata, teardown
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox
@@ -80,7 +80,7 @@ async def session_with_fault(fault: str, script: list[dict]) -> AgentRun:
 
 def test_create_fails_without_bubblewrap(fault_catalog, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # nowhere to find bwrap
-    state = asyncio.run(agent_session("hi", {"never": {}}, return_state=True))
+    state = asyncio.run(agent_session(SessionRequest(prompt="hi", mcp={"never": {}}), return_state=True))
     exc = failure(state)
     assert isinstance(exc, SandboxError)
     assert "bubblewrap (bwrap) is not installed" in str(exc) and "apt-get install bubblewrap" in str(exc)
@@ -90,7 +90,7 @@ def test_create_fails_on_an_unusable_state_directory(fault_catalog, monkeypatch,
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     monkeypatch.setenv("LOCAL_SANDBOX_ROOT", str(blocker))
-    exc = failure(asyncio.run(agent_session("hi", {"never": {}}, return_state=True)))
+    exc = failure(asyncio.run(agent_session(SessionRequest(prompt="hi", mcp={"never": {}}), return_state=True)))
     assert isinstance(exc, SandboxError)
     assert "Cannot create a local sandbox" in str(exc)
     assert blocker.is_file()
@@ -99,7 +99,7 @@ def test_create_fails_on_an_unusable_state_directory(fault_catalog, monkeypatch,
 def test_gateway_never_ready_fails_after_retries(fault_catalog, monkeypatch):
     monkeypatch.setenv("GATEWAY_READY_TIMEOUT_SECONDS", "2")
     started = time.monotonic()
-    exc = failure(asyncio.run(agent_session("hi", {"never": {}}, return_state=True)))
+    exc = failure(asyncio.run(agent_session(SessionRequest(prompt="hi", mcp={"never": {}}), return_state=True)))
     assert isinstance(exc, GatewayNotReady)
     assert "attempts" in str(exc)
     assert time.monotonic() - started > 2  # it did wait, across Prefect's retries
@@ -108,7 +108,7 @@ def test_gateway_never_ready_fails_after_retries(fault_catalog, monkeypatch):
 @pytest.mark.parametrize("mcp", [{"broken": {}}, {"broken": {}, "notion": NOTION["notion"]}])
 def test_toolless_run_is_refused_when_an_upstream_fails_to_start(fault_catalog, monkeypatch, mcp):
     monkeypatch.setenv("NOTION_INTEGRATION_TOKEN", "ntn-test")
-    exc = failure(asyncio.run(agent_session("hi", mcp, return_state=True)))
+    exc = failure(asyncio.run(agent_session(SessionRequest(prompt="hi", mcp=mcp), return_state=True)))
     assert isinstance(exc, GatewayUpstreamError)
     assert "could not start broken" in str(exc)
 
@@ -139,7 +139,7 @@ def test_run_stops_when_claude_starts_without_the_gateway():
 
 def session(world, script: list[dict], **options):  # noqa: ANN001
     world.play(script)
-    return asyncio.run(agent_session.with_options(**options)("hello", NOTION, return_state=True))
+    return asyncio.run(agent_session.with_options(**options)(SessionRequest(prompt="hello", mcp=NOTION), return_state=True))
 
 
 def test_claude_exiting_non_zero_fails_the_run(world):
