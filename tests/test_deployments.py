@@ -7,6 +7,7 @@ a served schedule fires on its own. Sessions run on the local backend against th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -206,6 +207,26 @@ def test_a_served_schedule_fires_on_its_own(server, tmp_path):
         assert [s.schedule.interval.total_seconds() for s in reaper.schedules] == [5]
     finally:
         stop(proc)
+
+
+def test_before_the_bootstrap_a_session_refuses_to_run_without_its_limit(server, services):
+    """The limit is strict: on a server that lacks it, a session says so instead of running unlimited."""
+    world = World("local", services)
+    try:
+        env = {**server.env, **world.environment(world.model([{"text": "unused"}]))}
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.agent_session", "--prompt", "hi", "--mcp", json.dumps(SESSION["request"]["mcp"])],
+            cwd=WORKDIR, env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        world.close()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr  # the flow's log lines, then one line saying what to do
+    assert proc.stderr.strip().splitlines()[-1:] == [
+        "error: The Prefect concurrency limit 'agentbox-sandboxes' does not exist, so sessions cannot be counted. "
+        "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without one."
+    ]
+    assert sandbox_dirs() == []
 
 
 def test_bootstrap_and_deploy_all_create_the_deployments_with_their_schedules(server, deployed):
