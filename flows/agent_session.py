@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         request = cli.build(SessionRequest, prompt=prompt, mcp=mcp, allowed_tools=args.allowed_tools,
                             bypass_permissions=args.bypass_permissions)
         run = agent_session.with_options(timeout_seconds=settings.flow_timeout_seconds)
-        return cli.run_flow(run(request, args.backend))
+        return cli.run_flow(lambda: run(request, args.backend))
 
     return cli.run(start, args, human=report.session_lines)
 

@@ -39,7 +39,7 @@ def build(model: type[BaseModel], **values: object) -> BaseModel:
         raise ConfigError(f"Invalid option ({problems}).", "See --help.") from None
 
 
-def run_flow(flow_call: Coroutine[Any, Any, BaseModel]) -> BaseModel:
+def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]]) -> BaseModel:
     """Run a flow from the command line. With no PREFECT_API_URL it runs on Prefect's temporary server, which
     nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap)."""
     from prefect.settings import PREFECT_API_URL
@@ -50,7 +50,7 @@ def run_flow(flow_call: Coroutine[Any, Any, BaseModel]) -> BaseModel:
     async def main() -> BaseModel:
         if not PREFECT_API_URL.value():
             await ensure_sandbox_limit(load_settings())
-        return await flow_call
+        return await flow_call()
 
     return asyncio.run(main())
 

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight(settings, MCP, args.backend or settings.backend)
         run = notion_to_github.with_options(timeout_seconds=settings.flow_timeout_seconds)
         issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
-        return cli.run_flow(run(issue, args.rehearsal, args.backend))
+        return cli.run_flow(lambda: run(issue, args.rehearsal, args.backend))
 
     return cli.run(start, args, human=human_lines)
 

@@ -60,7 +60,12 @@ async def reason_to_reap(client, info: SandboxInfo, max_age_minutes: float) -> s
 
 @flow(name="reap-sandboxes", timeout_seconds=600)
 async def reap_sandboxes(max_age_minutes: float = 120, dry_run: bool = False) -> ReapReport:
-    """Kill this app's sandboxes whose flow run is finished or unknown, or that are older than `max_age_minutes`."""
+    """Kill this app's sandboxes whose flow run is finished or unknown, or that are older than `max_age_minutes`.
+
+    Args:
+        max_age_minutes: Kill any sandbox of this app older than this, whatever its run's state.
+        dry_run: Only report what would be killed.
+    """
     settings = load_settings()
     logger = get_run_logger()
     report = ReapReport(dry_run=dry_run, reaped=[], kept=[])

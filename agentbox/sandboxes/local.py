@@ -95,11 +95,14 @@ class LocalSandboxes(SandboxBackend):
         """Read-only paths the sandbox needs even when they sit under a hidden directory."""
         needed = [
             Path(sys.base_prefix).resolve(),
+            Path(sys.prefix),  # the running environment, wherever it is (a worker's, say)
             PROJECT_DIR / ".venv",
             PROJECT_DIR / "node_modules",
             PROJECT_DIR / "agentbox",
         ]
-        return [p for p in needed if p.exists()]
+        needed += [p.resolve() for p in needed if p.is_symlink()]  # a linked .venv must resolve inside too
+        unique = {p: None for p in needed if p.exists()}
+        return sorted(unique, key=lambda p: len(p.parts))  # parents first, so a nested bind is not covered
 
     def _bwrap(self, state: Path, extra: list[str] = ()) -> list[str]:
         argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/"]
