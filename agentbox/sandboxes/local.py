@@ -122,7 +122,9 @@ class LocalSandboxes(SandboxBackend):
     def _base_env(self) -> dict[str, str]:
         path = [str(PROJECT_DIR / "node_modules" / ".bin"), str(Path(sys.executable).parent)]
         path += ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-        return {"HOME": HOME, "USER": "user", "PATH": ":".join(path), "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+        # PYTHONPATH: the gateway imports the very agentbox this process runs, whichever checkout the venv points at.
+        return {"HOME": HOME, "USER": "user", "PATH": ":".join(path), "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+                "PYTHONPATH": str(PROJECT_DIR)}
 
     def _host_path(self, state: Path, path: str) -> Path:
         """Where a path inside the sandbox lives on the host (only the private home and /tmp are writable)."""
