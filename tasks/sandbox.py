@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -79,21 +79,20 @@ async def sandbox_slot(settings: Settings) -> AsyncIterator[None]:
         yield
         return
     started = time.monotonic()
-    slot = concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False)
-    try:
-        await slot.__aenter__()
-    except ConcurrencySlotAcquisitionError:
-        raise ConfigError(
-            f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
-            "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without one.",
-        ) from None
-    waited = time.monotonic() - started
-    if waited > 1:
-        get_run_logger().info("Waited %.1f s for a sandbox slot of limit '%s'", waited, name)
-    try:
+    async with AsyncExitStack() as held:
+        try:
+            await held.enter_async_context(
+                concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False)
+            )
+        except ConcurrencySlotAcquisitionError:
+            raise ConfigError(
+                f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
+                "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without one.",
+            ) from None
+        waited = time.monotonic() - started
+        if waited > 1:
+            get_run_logger().info("Waited %.1f s for a sandbox slot of limit '%s'", waited, name)
         yield
-    finally:
-        await slot.__aexit__(None, None, None)
 
 
 async def ensure_sandbox_limit(settings: Settings, slots: int = DEFAULT_SANDBOX_SLOTS) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +46,28 @@ def wait_for_no_sandbox_processes(timeout: float = 10.0, ignore: frozenset[int] 
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a server, runner or worker started with `start_new_session=True`, then SIGKILL after 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def latest_artifact(key: str) -> str:
+    """The markdown of the newest artifact with this key, on the test harness's API."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        artifacts = await client.read_latest_artifacts()
+    matching = [a for a in artifacts if a.key == key]
+    assert matching, f"no artifact {key}"
+    return str(matching[0].data)
 
 
 def sandbox_dirs() -> list[str]:

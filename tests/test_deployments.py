@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling
 
-from tests.conftest import PROJECT, WORKDIR, sandbox_dirs
+from flows.agent_session import EXAMPLE_MCP
+from tests.conftest import PROJECT, WORKDIR, sandbox_dirs, stop_process_group
 from tests.worlds import World
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -39,7 +39,7 @@ FAST = {  # the same services, polled more often than production needs, so the t
     "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "1",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
 }
-SESSION = {"request": {"prompt": "Wait for the model.", "mcp": {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}}}
+SESSION = {"request": {"prompt": "Wait for the model.", "mcp": EXAMPLE_MCP}}
 
 
 def free_port() -> int:
@@ -51,16 +51,6 @@ def free_port() -> int:
 def start(command: list[str], env: dict[str, str], log: Path, cwd: Path = WORKDIR) -> subprocess.Popen:
     with log.open("ab") as out:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +79,7 @@ def server(tmp_path_factory, services):
     try:
         yield SimpleNamespace(url=url, env=env, home=home, logs=[log])
     finally:
-        stop(proc)
+        stop_process_group(proc)
 
 
 def call(server, coroutine_fn):
@@ -136,7 +126,7 @@ def worker(server, deployed, services):
     try:
         yield SimpleNamespace(proc=proc, world=world, never=never)
     finally:
-        stop(proc)
+        stop_process_group(proc)
         world.close()
 
 
@@ -206,7 +196,7 @@ def test_a_served_schedule_fires_on_its_own(server, tmp_path):
         assert reaper.work_pool_name is None  # served by the process, not a worker
         assert [s.schedule.interval.total_seconds() for s in reaper.schedules] == [5]
     finally:
-        stop(proc)
+        stop_process_group(proc)
 
 
 def test_before_the_bootstrap_a_session_refuses_to_run_without_its_limit(server, services):
@@ -285,10 +275,7 @@ def test_a_triggered_rehearsal_completes_and_reports_in_an_artifact(server, work
 
 def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server, worker):
     run_id = trigger(server, "agent-session/agent-session", SESSION, env={"ANTHROPIC_BASE_URL": worker.never.url})
-    deadline = time.monotonic() + 120
-    while (sandbox := worker.world.sandbox_of(run_id)) is None:
-        assert time.monotonic() < deadline, "the run never created its sandbox"
-        time.sleep(0.05)
+    sandbox = worker.world.wait_for_sandbox_of(run_id)
 
     async def cancel(client: PrefectClient):
         await client.set_flow_run_state(run_id, Cancelling(), force=True)
@@ -296,10 +283,7 @@ def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server,
     call(server, cancel)
     run = final_state(server, run_id)
     assert run.state.is_cancelled(), run.state
-    deadline = time.monotonic() + 60
-    while sandbox in sandbox_dirs() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert sandbox not in sandbox_dirs()
+    assert worker.world.wait_gone(sandbox)
 
 
 def test_five_sessions_never_hold_more_than_two_sandboxes(server, worker):

@@ -13,20 +13,11 @@ import subprocess
 import sys
 
 import pytest
-from prefect.client.orchestration import get_client
 
 from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest, RecordedIssue, notion_to_github
-from tests.conftest import WORKDIR
+from tests.conftest import WORKDIR, latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
-
-
-async def latest_artifact(key: str) -> str:
-    async with get_client() as client:
-        artifacts = await client.read_latest_artifacts()
-    matching = [a for a in artifacts if a.key == key]
-    assert matching, f"no artifact {key}"
-    return str(matching[0].data)
 
 
 def test_notion_to_github_rehearsal_opens_the_issue_in_the_github_stand_in():

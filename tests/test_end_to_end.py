@@ -12,25 +12,15 @@ import subprocess
 import sys
 
 import pytest
-from prefect.client.orchestration import get_client
 
 from agentbox.rehearsal.seed import notion_to_github_script
-from flows.agent_session import SessionRequest, agent_session
+from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
 from flows.notion_to_github import IssueRequest, notion_to_github
-from tests.conftest import WORKDIR
+from tests.conftest import WORKDIR, latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 DATABASES = ["Product Roadmap", "Bug Tracker", "Meeting Notes"]
-NOTION_ONLY = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
-
-
-async def latest_artifact(key: str) -> str:
-    async with get_client() as client:
-        artifacts = await client.read_latest_artifacts()
-    matching = [a for a in artifacts if a.key == key]
-    assert matching, f"no artifact {key}"
-    return str(matching[0].data)
 
 
 def test_notion_to_github_opens_the_issue(world):
@@ -66,7 +56,7 @@ def test_agent_session_runs_any_prompt_with_the_servers_it_is_given(world, caplo
     caplog.set_level("INFO")
     world.play([{"tool": "API-post-search", "input": {"query": "roadmap"}}, {"text": "Found the roadmap."}])
 
-    result = asyncio.run(agent_session(SessionRequest(prompt="Find our roadmap in Notion.", mcp=NOTION_ONLY)))
+    result = asyncio.run(agent_session(SessionRequest(prompt="Find our roadmap in Notion.", mcp=EXAMPLE_MCP)))
 
     assert result.backend == world.backend
     assert f"Backend: {world.backend}" in caplog.text  # the choice is logged

@@ -17,7 +17,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
-from tests.conftest import WORKDIR
+from tests.conftest import WORKDIR, stop_process_group
 from tests.worlds import BACKENDS, World
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
@@ -41,12 +41,7 @@ def runner(request, prefect_api, services):
         deployment = asyncio.run(_deployment_id(proc, f"notion-to-github/hooks-{world.backend}"))
         yield SimpleNamespace(deployment=deployment, pid=proc.pid, world=world)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         world.close()
 
 
@@ -66,17 +61,6 @@ async def trigger(deployment_id: str, repo: str) -> str:
     async with get_client() as client:
         run = await client.create_flow_run_from_deployment(deployment_id, parameters={"issue": {"repo": repo}})
     return str(run.id)
-
-
-def sandbox_of(world: World, run_id: str, timeout: float = 120) -> str:
-    """The id of the run's sandbox, once it exists (its metadata names the run)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = world.sandbox_of(run_id)
-        if found:
-            return found
-        time.sleep(0.02)
-    raise TimeoutError("the run never created its sandbox")
 
 
 def flow_process(runner_pid: int) -> int:
@@ -107,25 +91,18 @@ async def final_state(run_id: str, timeout: float = 120):
     raise TimeoutError("the run never reached a final state")
 
 
-def wait_gone(world: World, sandbox_id: str, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while sandbox_id in world.alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return sandbox_id not in world.alive() and world.leftovers() == []
-
-
 def test_a_flow_process_killed_with_sigkill_leaves_no_sandbox(runner):
     run_id = asyncio.run(trigger(runner.deployment, "octo/sigkill"))
-    sandbox = sandbox_of(runner.world, run_id)
+    sandbox = runner.world.wait_for_sandbox_of(run_id)
     os.kill(flow_process(runner.pid), signal.SIGKILL)  # no `finally` runs in that process
     state = asyncio.run(final_state(run_id))
     assert state.is_crashed(), state
-    assert wait_gone(runner.world, sandbox), "the crash hook did not kill the sandbox"
+    assert runner.world.wait_gone(sandbox), "the crash hook did not kill the sandbox"
 
 
 def test_a_cancelled_deployment_run_leaves_no_sandbox(runner):
     run_id = asyncio.run(trigger(runner.deployment, "octo/cancel"))
-    sandbox = sandbox_of(runner.world, run_id)
+    sandbox = runner.world.wait_for_sandbox_of(run_id)
 
     async def cancel() -> None:
         async with get_client() as client:
@@ -134,4 +111,4 @@ def test_a_cancelled_deployment_run_leaves_no_sandbox(runner):
     asyncio.run(cancel())
     state = asyncio.run(final_state(run_id))
     assert state.is_cancelled(), state
-    assert wait_gone(runner.world, sandbox)
+    assert runner.world.wait_gone(sandbox)

@@ -22,7 +22,7 @@ from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.stage import rehearsal_stage
 from agentbox.session import expected_server_tools
 from agentbox.settings import load_settings
-from flows.agent_session import SessionRequest, agent_session, session_metadata, teardown
+from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session, session_metadata, teardown
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox
@@ -31,7 +31,7 @@ from tests.conftest import SANDBOX_ROOT
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
 ANSWER = [{"text": "done"}]
-NOTION = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
+NOTION = EXAMPLE_MCP
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ backend with the same assertions: that is the end-to-end suite both backends mus
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -109,6 +110,22 @@ class World:
             except OSError:  # not written yet, or just removed
                 continue
         return None
+
+    def wait_for_sandbox_of(self, run_id: str, timeout: float = 120) -> str:
+        """The id of the run's sandbox, once it exists."""
+        deadline = time.monotonic() + timeout
+        while (found := self.sandbox_of(run_id)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the run never created its sandbox")
+            time.sleep(0.02)
+        return found
+
+    def wait_gone(self, sandbox_id: str, timeout: float = 60) -> bool:
+        """Whether the sandbox is gone within `timeout`, with nothing of this backend left running."""
+        deadline = time.monotonic() + timeout
+        while sandbox_id in self.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return sandbox_id not in self.alive() and self.leftovers() == []
 
     def leftovers(self) -> list[str]:
         """What this world's backend still runs after a test: empty is the good answer (local is checked by
