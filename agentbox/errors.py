@@ -1,16 +1,31 @@
 """The product's own errors: one line that says what failed and what to do.
 
 Every error carries `hint` (the next step for the user) and never a secret value, so the CLIs can print
-`str(error)` as-is and Prefect can store it.
+`str(error)` as-is and Prefect can store it. Each class says whether a retry can help and which exit code a command
+line ends with.
 """
 
 from __future__ import annotations
+
+MAX_DETAIL = 300  # characters of a foreign error's text quoted in ours
+
+
+def one_line(text: object, *, last: bool = False, limit: int = MAX_DETAIL, empty: str = "no detail") -> str:
+    """The first (or `last`) non-blank line of `text` (an exception's message, a log), cut to `limit` characters.
+
+    An exception without a message gives its type name: "TimeoutError" says more than nothing."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return type(text).__name__ if isinstance(text, BaseException) else empty
+    line = lines[-1] if last else lines[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 class AgentboxError(Exception):
     """Base class: `message` says what failed, `hint` what to do about it."""
 
     retryable = False
+    exit_code = 1
 
     def __init__(self, message: str, hint: str = "") -> None:
         self.message = message
@@ -20,6 +35,19 @@ class AgentboxError(Exception):
 
 class ConfigError(AgentboxError):
     """Settings, parameters or the MCP config are wrong; nothing was started."""
+
+    exit_code = 2
+
+
+class RunTimedOut(AgentboxError):
+    """The flow run passed its timeout and was stopped (its sandbox is torn down as on any failure)."""
+
+    @classmethod
+    def after(cls, seconds: float) -> RunTimedOut:
+        return cls(
+            f"The run took longer than its flow timeout ({seconds:g} s) and was stopped; its sandbox was torn down.",
+            "Raise FLOW_TIMEOUT_SECONDS if it needs more time (and SANDBOX_TTL_SECONDS above it).",
+        )
 
 
 class SandboxError(AgentboxError):
@@ -36,17 +64,25 @@ class SandboxCommandTimeout(SandboxError):
     """A command inside the sandbox ran past its own timeout and was killed."""
 
 
-class GatewayAuthError(AgentboxError):
+class SandboxExpired(SandboxError):
+    """The sandbox reached its TTL and was destroyed, taking a running command with it."""
+
+
+class GatewayError(AgentboxError):
+    """The sandbox's MCP gateway does not serve what the session needs."""
+
+
+class GatewayAuthError(GatewayError):
     """The gateway refused our token (401/403): retrying cannot help."""
 
 
-class GatewayNotReady(AgentboxError):
+class GatewayNotReady(GatewayError):
     """The gateway did not answer yet, or not with every expected tool: worth retrying until a deadline."""
 
     retryable = True
 
 
-class GatewayUpstreamError(AgentboxError):
+class GatewayUpstreamError(GatewayError):
     """The gateway says one of its MCP servers failed to start: retrying cannot help."""
 
 

@@ -130,6 +130,16 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"Invalid settings: {'; '.join(problems)}.", f"Fix {'them' if len(problems) > 1 else 'it'} in {WHERE}.") from None
 
 
+def configured_flow_timeout() -> float:
+    """FLOW_TIMEOUT_SECONDS for the flow decorators, read when their module is imported: by the CLI, a runner, or a
+    worker's flow-run process (with that worker's environment), so every path applies the configured timeout. Bad
+    settings fall back to the default here; the run's plan reports them before anything starts."""
+    try:
+        return load_settings().flow_timeout_seconds
+    except ConfigError:
+        return Settings.model_fields["flow_timeout_seconds"].default
+
+
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -24,12 +24,12 @@ from urllib.parse import urlparse
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from agentbox.gateway.probe import wait_until_ready  # noqa: E402
+from agentbox.missions.notion_to_github import MCP  # noqa: E402
+from agentbox.plan import plan_session  # noqa: E402
 from agentbox.rehearsal.model import ModelScript  # noqa: E402
 from agentbox.rehearsal.stage import rehearsal_stage  # noqa: E402
-from agentbox.session import expected_server_tools, resolve_config  # noqa: E402
 from agentbox.settings import load_settings  # noqa: E402
 from agentbox.sandboxes.local import LocalSandboxes  # noqa: E402
-from flows.notion_to_github import MCP  # noqa: E402
 
 
 async def first_accept(host: str, port: int, deadline: float) -> float:
@@ -48,19 +48,19 @@ async def first_accept(host: str, port: int, deadline: float) -> float:
 
 async def readiness_latency(probes: int) -> list[tuple[float, float]]:
     """(seconds from create to listening, detection latency in seconds) per gateway start."""
-    settings = load_settings()
     figures = []
     with tempfile.TemporaryDirectory() as root, rehearsal_stage(ModelScript([{"text": "ok"}])) as stage:
-        sandboxes = LocalSandboxes(Path(root), stage.stand_ins.catalog_file)
-        expected = expected_server_tools(settings, MCP, stage.stand_ins)
+        plan = plan_session(load_settings(), "benchmark", MCP, backend="local", stand_ins=stage.stand_ins)
+        settings = plan.read_settings()
+        sandboxes = LocalSandboxes(Path(root), plan.backend_options["catalog_file"])
         for _ in range(probes):
             started = time.monotonic()
-            handle = await sandboxes.create(resolve_config(settings, MCP, stage.stand_ins), {}, 300, {})
+            handle = await sandboxes.create(plan.resolved_mcp(settings), {}, 300, {})
             try:
                 url = urlparse(handle.gateway_url)
                 token = await sandboxes.gateway_token(handle)
                 witness = asyncio.create_task(first_accept(url.hostname, url.port, time.monotonic() + 120))
-                await wait_until_ready(handle.gateway_url, token, expected, deadline_seconds=120)
+                await wait_until_ready(handle.gateway_url, token, plan.expected_tools, deadline_seconds=120)
                 ready = time.monotonic()
                 listening = await witness
                 figures.append((listening - started, ready - listening))

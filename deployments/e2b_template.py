@@ -20,7 +20,7 @@ from agentbox.gateway.catalog import unknown_server
 from agentbox.sandboxes.e2b import catalog_servers
 from agentbox.settings import load_settings
 from flows import cli
-from flows.notion_to_github import MCP
+from agentbox.missions.notion_to_github import MCP
 
 BASE = "mcp-gateway"
 DEFAULT_SERVERS = list(MCP)  # the scheduled flow's servers

@@ -14,20 +14,34 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agentbox.errors import AgentboxError, ConfigError
+from agentbox.errors import AgentboxError, ConfigError, RunTimedOut, one_line
+from agentbox.sandboxes import BACKENDS
+
+MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=["local", "e2b"], default=None, help="sandbox backend (default: SANDBOX_BACKEND)")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default=None,
+                        help="sandbox backend (default: SANDBOX_BACKEND)")
     parser.add_argument("--json", action="store_true", help="print only the result as JSON on stdout")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
 
 
 def read_text(path: Path, option: str) -> str:
+    """A text file named on the command line, as UTF-8; anything else is one ConfigError naming the option."""
     try:
-        return path.read_text()
+        with path.open("rb") as file:
+            data = file.read(MAX_PROMPT_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"Cannot read {option} {path} ({exc.strerror}).", f"Fix the {option} path.") from None
+    if len(data) > MAX_PROMPT_FILE_BYTES:
+        raise ConfigError(f"{option} {path} is over {MAX_PROMPT_FILE_BYTES:,} bytes.", "Pass a shorter text file.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{option} {path} is not UTF-8 text (byte {exc.start} is not valid UTF-8).", "Pass a UTF-8 text file."
+        ) from None
 
 
 def build(model: type[BaseModel], **values: object) -> BaseModel:
@@ -39,9 +53,11 @@ def build(model: type[BaseModel], **values: object) -> BaseModel:
         raise ConfigError(f"Invalid option ({problems}).", "See --help.") from None
 
 
-def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]]) -> BaseModel:
+def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_seconds: float | None) -> BaseModel:
     """Run a flow from the command line. With no PREFECT_API_URL it runs on Prefect's temporary server, which
-    nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap)."""
+    nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap).
+    Prefect's flow timeout becomes our own error here, at the boundary, saying which timeout it was."""
+    from prefect.flow_engine import FlowRunTimeoutError
     from prefect.settings import PREFECT_API_URL
 
     from agentbox.settings import load_settings
@@ -50,7 +66,10 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]]) -> BaseMod
     async def main() -> BaseModel:
         if not PREFECT_API_URL.value():
             await ensure_sandbox_limit(load_settings())
-        return await flow_call()
+        try:
+            return await flow_call()
+        except FlowRunTimeoutError:
+            raise RunTimedOut.after(timeout_seconds or 0) from None
 
     return asyncio.run(main())
 
@@ -59,11 +78,7 @@ def describe_failure(exc: BaseException) -> str:
     """One line saying what failed and what to do."""
     if isinstance(exc, AgentboxError):
         return str(exc)
-    name = type(exc).__name__
-    if "Timeout" in name or isinstance(exc, TimeoutError):
-        return f"The run took longer than its timeout and was stopped ({exc or name}). Raise FLOW_TIMEOUT_SECONDS if it needs more time."
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-    return f"Unexpected failure: {name}: {first}. Run again with --debug for the traceback."
+    return f"Unexpected failure: {type(exc).__name__}: {one_line(exc)}. Run again with --debug for the traceback."
 
 
 class _WithoutTraceback(logging.Formatter):
@@ -104,7 +119,7 @@ def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callabl
         if args.debug:
             traceback.print_exc()
         print(f"error: {describe_failure(exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+        return exc.exit_code if isinstance(exc, AgentboxError) else 1
     if args.json:
         print(result.model_dump_json(indent=2))
     else:

@@ -1,8 +1,8 @@
-"""Teardown that does not depend on the flow's own `finally`: hooks that kill a crashed or cancelled run's sandboxes.
+"""Teardown that does not depend on the flow's own `finally`: a hook that kills a crashed or cancelled run's sandboxes.
 
 Prefect runs `on_crashed` and `on_cancellation` hooks with only `(flow, flow_run, state)`, possibly in another
-process (the runner), so they find the run's sandboxes by the `prefect_flow_run_id` metadata every sandbox carries.
-After a normal cancel both `finally` and the hook run: killing is idempotent.
+process (the runner), so the hook finds the run's sandboxes by the `prefect_flow_run_id` label every sandbox carries,
+on every backend this process can reach. After a normal cancel both `finally` and the hook run: killing is idempotent.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from agentbox.settings import load_settings
 log = logging.getLogger("prefect.agentbox.janitor")  # under "prefect", so a runner's console shows it
 
 
-async def kill_run_sandboxes(flow_run_id: str) -> list[str]:
-    """Kill every sandbox of this app labelled with the flow run id, on every backend we can reach."""
-    settings = load_settings()
-    labels = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": flow_run_id}
-    return [i for name in reachable_backends(settings) for i in await get_backend(settings, name).kill_matching(labels)]
-
-
-async def kill_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
+async def kill_run_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
     """on_crashed / on_cancellation: the run's `finally` may not have run (SIGKILL, OOM): kill what it left."""
-    killed = await kill_run_sandboxes(str(flow_run.id))
+    settings = load_settings()
+    labels = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": str(flow_run.id)}
+    killed = [i for name in reachable_backends(settings) for i in await get_backend(settings, name).kill_matching(labels)]
     if killed:
         log.warning("Run %s ended %s: killed its sandboxes %s", flow_run.id, state.name, ", ".join(killed))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from agentbox.claude import (
     GATEWAY_NAME,
@@ -21,35 +20,39 @@ from agentbox.claude import (
     mcp_get_status,
     prompt_command,
 )
-from agentbox.errors import ClaudeError, SandboxCommandTimeout
-from agentbox.sandboxes import SandboxHandle, get_backend
-from agentbox.settings import load_settings, redact
-from tasks.retry import retry_if_retryable
+from agentbox.errors import ClaudeError, SandboxCommandTimeout, one_line
+from agentbox.plan import SessionPlan, Timeouts
+from agentbox.sandboxes import SandboxHandle
+from agentbox.settings import redact
+from tasks.defaults import session_task
 
-REGISTER_TIMEOUT = 90.0
+# Two `claude mcp` commands of at most `Timeouts.registration` each, and a margin.
+REGISTER_TASK_TIMEOUT = 2 * Timeouts.model_fields["registration"].default + 30
 
 
-@task(
-    name="register-claude",
+@session_task(
+    "register-claude",
+    task_run_name="register-claude {handle.id}",
     retries=1,
     retry_delay_seconds=2,
-    retry_condition_fn=retry_if_retryable,
-    timeout_seconds=2 * REGISTER_TIMEOUT + 30,
-    cache_policy=NO_CACHE,
+    timeout_seconds=REGISTER_TASK_TIMEOUT,
 )
-async def register_claude(handle: SandboxHandle) -> str:
+async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     """`claude mcp add --transport http --scope user ...`, then `claude mcp get` must say Connected."""
-    settings = load_settings()
-    sandboxes = get_backend(settings, handle.backend)
+    settings = plan.read_settings()
+    sandboxes = plan.sandboxes(settings)
     token = await sandboxes.gateway_token(handle)
     secrets = [*settings.secret_values(), token]
-    added = await sandboxes.run(
-        handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: token}, timeout=REGISTER_TIMEOUT
-    )
+    timeout = plan.timeouts.registration
+    added = await sandboxes.run(handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: token},
+                                timeout=timeout)
     if added.exit_code != 0:
-        why = redact(_last_line(added.stderr or added.stdout), secrets)
-        raise ClaudeError(f"`claude mcp add` failed with exit code {added.exit_code}: {why}.", "Check the Claude Code install in the sandbox.")
-    got = await sandboxes.run(handle, mcp_get_command(), timeout=REGISTER_TIMEOUT)
+        why = redact(one_line(added.stderr or added.stdout, last=True, empty="no output"), secrets)
+        raise ClaudeError(
+            f"`claude mcp add` failed with exit code {added.exit_code}: {why}.",
+            "Check the Claude Code install in the sandbox.",
+        )
+    got = await sandboxes.run(handle, mcp_get_command(), timeout=timeout)
     connected, status = mcp_get_status(redact(got.stdout + "\n" + got.stderr, secrets))
     if not connected:
         raise ClaudeError(
@@ -59,12 +62,14 @@ async def register_claude(handle: SandboxHandle) -> str:
     return status
 
 
-@task(name="run-prompt", retries=0, cache_policy=NO_CACHE)  # never retried: the agent's actions are not idempotent
-async def run_prompt(handle: SandboxHandle, prompt: str, options: ClaudeOptions, timeout_seconds: float) -> AgentRun:
-    """Run `claude -p` on the prompt (a file on stdin), logging events as they arrive; fail on any sign that the
-    run went wrong: gateway not connected, an error result, max turns, permission denials, timeout."""
-    settings = load_settings()
-    sandboxes = get_backend(settings, handle.backend)
+# Never retried: the agent's actions are not idempotent. Its timeout is the plan's, on the command.
+@session_task("run-prompt", task_run_name="run-prompt {handle.id}", retries=0)
+async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
+    """Run `claude -p` on the plan's prompt (a file on stdin), logging events as they arrive; fail on any sign that
+    the run went wrong: gateway not connected, an error result, max turns, permission denials, timeout."""
+    settings = plan.read_settings()
+    sandboxes = plan.sandboxes(settings)
+    options, timeout_seconds = plan.claude, plan.timeouts.claude
     secrets = [*settings.secret_values(), await sandboxes.gateway_token(handle)]
     logger = get_run_logger()
     run, parser = AgentRun(), StreamParser()
@@ -78,7 +83,7 @@ async def run_prompt(handle: SandboxHandle, prompt: str, options: ClaudeOptions,
             if isinstance(event, InitEvent) and event.mcp_servers.get(GATEWAY_NAME) != "connected":
                 disconnected.set()
 
-    await sandboxes.write_file(handle, PROMPT_PATH, prompt)
+    await sandboxes.write_file(handle, PROMPT_PATH, plan.prompt)
     command = asyncio.create_task(
         sandboxes.run(handle, prompt_command(options), timeout=timeout_seconds, on_stdout=on_stdout)
     )
@@ -95,7 +100,8 @@ async def run_prompt(handle: SandboxHandle, prompt: str, options: ClaudeOptions,
         result = await command
     except SandboxCommandTimeout:
         raise ClaudeError(
-            f"Claude Code ran past its {timeout_seconds:g} s timeout and was killed.", "Raise CLAUDE_TIMEOUT_SECONDS or simplify the prompt."
+            f"Claude Code ran past its {timeout_seconds:g} s timeout and was killed.",
+            "Raise CLAUDE_TIMEOUT_SECONDS or simplify the prompt.",
         ) from None
     finally:
         watcher.cancel()
@@ -112,10 +118,14 @@ async def run_prompt(handle: SandboxHandle, prompt: str, options: ClaudeOptions,
 def check_run(run: AgentRun, stderr: str, options: ClaudeOptions) -> None:
     """Raise a ClaudeError saying what went wrong, if anything did."""
     if run.subtype == "error_max_turns":
-        raise ClaudeError(f"Claude Code hit the turn limit ({options.max_turns}) before finishing.", "Raise CLAUDE_MAX_TURNS.")
+        raise ClaudeError(
+            f"Claude Code hit the turn limit ({options.max_turns}) before finishing.", "Raise CLAUDE_MAX_TURNS."
+        )
     if not run.finished:
         raise ClaudeError(
-            f"Claude Code exited with code {run.exit_code} without a result: {_last_line(stderr)}.", "See the run's logs."
+            f"Claude Code exited with code {run.exit_code} without a result: "
+            f"{one_line(stderr, last=True, empty='no output')}.",
+            "See the run's logs.",
         )
     if run.is_error or run.exit_code:
         raise ClaudeError(f"Claude Code reported an error ({run.subtype}): {run.result[:300]}.", "See the run's logs.")
@@ -124,8 +134,3 @@ def check_run(run: AgentRun, stderr: str, options: ClaudeOptions) -> None:
     if run.permission_denials:
         denied = ", ".join(sorted(set(run.permission_denials)))
         raise ClaudeError(f"Claude Code was denied tools: {denied}.", "Allow them with --allowed-tools if they are wanted.")
-
-
-def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1][:300] if lines else "no output"

@@ -1,80 +1,71 @@
-"""Tasks that create and destroy sandboxes, and the global limit on how many run at once."""
+"""Tasks that create and destroy a session's sandbox, and the global limit on how many run at once."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import task_run
-from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from agentbox.errors import ConfigError
-from agentbox.sandboxes import SandboxHandle, get_backend
-from agentbox.session import StandIns, catalog_file_for, preflight, resolve_config, sandbox_envs
-from agentbox.settings import Settings, load_settings
-from tasks.retry import retry_if_retryable
+from agentbox.plan import SessionPlan
+from agentbox.sandboxes import SandboxHandle
+from agentbox.settings import Settings
+from tasks.defaults import session_task
 
 DEFAULT_SANDBOX_SLOTS = 5  # sandboxes at once, when nobody said otherwise (deployments.bootstrap --sandboxes N)
 
 
-@task(
-    name="create-sandbox",
+@session_task(
+    "create-sandbox",
+    task_run_name="create-sandbox {plan.backend}",
     retries=2,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.3,
-    retry_condition_fn=retry_if_retryable,
     timeout_seconds=300,
-    cache_policy=NO_CACHE,
 )
-async def create_sandbox(
-    mcp: dict[str, Any], metadata: dict[str, str], backend: str | None = None, stand_ins: StandIns | None = None
-) -> SandboxHandle:
-    """Start a sandbox whose gateway serves `mcp` (references resolved here, so Prefect never sees a secret)."""
-    settings = load_settings()
-    name = backend or settings.backend
-    preflight(settings, mcp, name, stand_ins)
-    sandboxes = get_backend(settings, name, catalog_file_for(settings, stand_ins))
-    handle = await sandboxes.create(
-        mcp_config=resolve_config(settings, mcp, stand_ins),
-        envs=sandbox_envs(settings, stand_ins),
-        ttl_seconds=settings.sandbox_ttl_seconds,
-        metadata=metadata,
+async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
+    """Start a sandbox whose gateway serves the plan's MCP servers (references resolved here, so Prefect never sees
+    a secret)."""
+    settings = plan.read_settings()
+    handle = await plan.sandboxes(settings).create(
+        mcp_config=plan.resolved_mcp(settings),
+        envs=plan.sandbox_envs(settings),
+        ttl_seconds=plan.ttl_seconds,
+        metadata=plan.metadata,
         idempotency_key=f"agentbox-{task_run.id}" if task_run.id else None,  # same across this task's retries
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle
 
 
-@task(name="kill-sandbox", retries=2, retry_delay_seconds=1, timeout_seconds=60, cache_policy=NO_CACHE)
-async def kill_sandbox(handle: SandboxHandle) -> bool:
-    """Destroy the sandbox; killing one already gone is a success."""
-    return await kill_now(handle)
+@session_task("kill-sandbox", task_run_name="kill-sandbox {handle.id}", retries=2, retry_delay_seconds=1,
+              timeout_seconds=60)
+async def kill_sandbox(plan: SessionPlan, handle: SandboxHandle) -> bool:
+    """Destroy the sandbox; killing one already gone is a success. `kill_sandbox.fn` is the same kill without the
+    task machinery, for when that machinery itself is failing."""
+    return await plan.sandboxes(plan.read_settings()).kill(handle.id)
 
 
-async def kill_now(handle: SandboxHandle) -> bool:
-    """The plain kill, also used when the task machinery itself is failing."""
-    return await get_backend(load_settings(), handle.backend).kill(handle.id)
-
-
-@task(name="kill-run-sandboxes", retries=2, retry_delay_seconds=1, timeout_seconds=120, cache_policy=NO_CACHE)
-async def kill_sandboxes_of_run(backend: str, metadata: dict[str, str]) -> list[str]:
-    """Kill every sandbox whose metadata matches (the run's id): cleans up after a create that died half-way."""
-    return await get_backend(load_settings(), backend).kill_matching(metadata)
+@session_task("kill-run-sandboxes", task_run_name="kill-run-sandboxes {plan.backend}", retries=2,
+              retry_delay_seconds=1, timeout_seconds=120)
+async def kill_run_sandboxes(plan: SessionPlan) -> list[str]:
+    """Kill every sandbox labelled with this run: cleans up after a create that died half-way."""
+    return await plan.sandboxes(plan.read_settings()).kill_matching(plan.metadata)
 
 
 @asynccontextmanager
-async def sandbox_slot(settings: Settings) -> AsyncIterator[None]:
+async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[None]:
     """Hold one slot of the global sandbox limit for a whole session, so no more sandboxes run at once than E2B
     (or the machine) allows, across every worker. Strict: a missing limit is an error, never "unlimited"."""
-    name = settings.sandbox_concurrency_limit
+    name = plan.concurrency_limit
     if not name:
         yield
         return

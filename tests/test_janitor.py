@@ -15,7 +15,7 @@ from prefect.states import Completed, Running
 from agentbox.sandboxes import SandboxBackend, get_backend
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import load_settings
-from flows.janitor import kill_sandboxes_hook
+from flows.janitor import kill_run_sandboxes_hook
 from flows.reap_sandboxes import reap_sandboxes
 from tests.worlds import CREDENTIALS
 
@@ -58,7 +58,7 @@ def alive(backend: SandboxBackend) -> set[str]:
 def test_the_hook_kills_only_the_runs_sandboxes(sandboxes):
     mine, other = str(uuid.uuid4()), str(uuid.uuid4())
     doomed, spared = sandboxes.make(mine), sandboxes.make(other)
-    asyncio.run(kill_sandboxes_hook(None, SimpleNamespace(id=mine), SimpleNamespace(name="Crashed")))
+    asyncio.run(kill_run_sandboxes_hook(None, SimpleNamespace(id=mine), SimpleNamespace(name="Crashed")))
     assert alive(sandboxes.backend) == {spared}
     assert doomed not in alive(sandboxes.backend)
 

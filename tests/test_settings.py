@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from agentbox.errors import ConfigError
-from agentbox.session import preflight
+from agentbox.plan import plan_session
 from agentbox.settings import Settings, load_settings, redact, references_in, resolve_references
 
 SECRET_FIELDS = ("E2B_API_KEY", "ANTHROPIC_API_KEY", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN")
@@ -323,7 +323,11 @@ def test_redact_leaves_text_without_secrets_alone() -> None:
     assert redact("", ["s3cr3t-value"]) == ""
 
 
-# --------------------------------------------------------------------------- session preflight
+# --------------------------------------------------------------------------- session preflight (the plan's checks)
+
+
+def preflight(settings: Settings, mcp: dict, backend: str) -> None:
+    plan_session(settings, "Say hello.", mcp, backend=backend)
 
 
 NOTION_BY_REFERENCE = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}

@@ -16,13 +16,13 @@ import time
 import pytest
 from prefect import flow
 
-from agentbox.claude import AgentRun, ClaudeOptions
+from agentbox.claude import AgentRun
 from agentbox.errors import ClaudeError, GatewayAuthError, GatewayNotReady, GatewayUpstreamError, SandboxError
 from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.stage import rehearsal_stage
-from agentbox.session import expected_server_tools
 from agentbox.settings import load_settings
-from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session, session_metadata, teardown
+from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
+from flows.session import plan_this_run, teardown
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox
@@ -59,23 +59,23 @@ def gateway_pid(handle_id: str) -> int:
 @flow(name="fault-injection")
 async def session_with_fault(fault: str, script: list[dict]) -> AgentRun:
     """The session's steps, with a fault injected between two of them; teardown as in run_session."""
-    settings = load_settings()
-    metadata = session_metadata()
     with rehearsal_stage(ModelScript(script)) as stage:
+        plan = plan_this_run(load_settings(), "hello", NOTION, backend="local", stand_ins=stage.stand_ins)
+        plan = plan.model_copy(update={"claude": plan.claude.model_copy(update={"max_turns": 3})})
         handle = None
         try:
-            handle = await create_sandbox(NOTION, metadata, "local", stage.stand_ins)
+            handle = await create_sandbox(plan)
             if fault == "wrong-token":
                 (SANDBOX_ROOT / handle.id / "token").write_text("not-the-gateway-token")
-            await wait_for_gateway(handle, expected_server_tools(settings, NOTION, stage.stand_ins))
+            await wait_for_gateway(plan, handle)
             if fault == "gateway-dies-before-register":
                 os.kill(gateway_pid(handle.id), signal.SIGKILL)
-            await register_claude(handle)
+            await register_claude(plan, handle)
             if fault == "gateway-dies-before-prompt":
                 os.kill(gateway_pid(handle.id), signal.SIGKILL)
-            return await run_prompt(handle, "hello", ClaudeOptions(max_turns=3), settings.claude_timeout_seconds)
+            return await run_prompt(plan, handle)
         finally:
-            await teardown(handle, "local", metadata)
+            await teardown(plan, handle)
 
 
 def test_create_fails_without_bubblewrap(fault_catalog, monkeypatch, tmp_path):

@@ -110,25 +110,55 @@ def unknown_server(key: str, known: Iterable[str], label: str = "MCP server") ->
     return f"unknown {label} '{key}'" + (f" (did you mean '{near[0]}'?)" if near else "")
 
 
-def validate_config(config: Any, catalog: dict[str, CatalogEntry]) -> None:
-    """Refuse, before anything starts, a config with unknown keys or missing fields; names every problem."""
+MAX_CONFIG_BYTES = 32_768  # an MCP config is a few keys and references: far larger is a mistake (or an attack)
+EXAMPLE_CONFIG = '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
+
+
+def check_config_shape(config: Any) -> None:
+    """A non-empty JSON object of server keys, of bounded size: the checks every backend shares."""
     if not isinstance(config, dict) or not config:
         raise ConfigError(
-            "The MCP config must be a non-empty JSON object of server keys, e.g. "
-            '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}.',
+            f"The MCP config must be a non-empty JSON object of server keys, e.g. {EXAMPLE_CONFIG}.",
             "Fix the MCP config.",
         )
+    size = len(json.dumps(config, ensure_ascii=False).encode())
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"The MCP config is {size:,} bytes; at most {MAX_CONFIG_BYTES:,} are accepted.",
+            "Keep server settings short; pass secrets as ${NAME} references.",
+        )
+
+
+def field_problems(key: str, values: Any, required: Iterable[str], known: Iterable[str] | None) -> list[str]:
+    """What is wrong with one server's settings: not an object, required fields missing, and, unless `known` is
+    None, fields it does not have."""
+    if not isinstance(values, dict):
+        return [f"server '{key}' needs an object of settings, got {type(values).__name__}"]
+    problems = []
+    missing = [f for f in required if not values.get(f)]
+    if missing:
+        problems.append(f"server '{key}' is missing {', '.join(repr(m) for m in missing)}")
+    known = list(values if known is None else known)
+    unknown = [f for f in values if f not in known]
+    if unknown:
+        has = f"it has {', '.join(repr(k) for k in known)}" if known else "it takes none"
+        problems.append(f"server '{key}' has no field {', '.join(repr(u[:40]) for u in unknown)} ({has})")
+    return problems
+
+
+def validate_config(config: Any, catalog: dict[str, CatalogEntry], allow_unknown_fields: bool = True) -> None:
+    """Refuse, before anything starts, a config with unknown keys or missing fields; names every problem.
+
+    The gateway ignores fields no template uses, as Docker's does; a session's plan refuses them
+    (`allow_unknown_fields=False`), since there they are a typo or junk that Prefect would store."""
+    check_config_shape(config)
     problems = []
     for key, values in config.items():
         if key not in catalog:
             problems.append(unknown_server(key, catalog))
             continue
-        if not isinstance(values, dict):
-            problems.append(f"server '{key}' needs an object of settings, got {type(values).__name__}")
-            continue
-        missing = [f for f in catalog[key].required_fields() if not values.get(f)]
-        if missing:
-            problems.append(f"server '{key}' is missing {', '.join(repr(m) for m in missing)}")
+        fields = catalog[key].required_fields()
+        problems += field_problems(key, values, fields, None if allow_unknown_fields else fields)
     if problems:
         known = ", ".join(sorted(catalog))
         raise ConfigError(f"Invalid MCP config: {'; '.join(problems)}.", f"Known servers: {known}.")

@@ -136,16 +136,6 @@ async def accepts_connections(url: str, timeout: float) -> bool:
     return True
 
 
-async def list_gateway_tools(url: str, token: str, timeout: float = 10.0) -> list[str]:
-    async with GatewayProbe(url, token) as gateway:
-        return await gateway.list_tools(timeout)
-
-
-async def upstream_failures(url: str, token: str) -> dict[str, str]:
-    async with GatewayProbe(url, token) as gateway:
-        return await gateway.upstream_failures()
-
-
 async def probe(url: str, token: str, expected: dict[str, list[str]], timeout: float = 10.0) -> list[str]:
     async with GatewayProbe(url, token) as gateway:
         return await gateway.check(expected, timeout)

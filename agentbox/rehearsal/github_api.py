@@ -1,17 +1,11 @@
-"""A local stand-in for GitHub's REST API, as github-mcp-server calls it.
+"""A local stand-in for GitHub's API, answering what github-mcp-server calls, so a rehearsal files issues nowhere.
 
-github-mcp-server treats ``--gh-host http://127.0.0.X`` as a GitHub
-Enterprise Server and calls ``http://127.0.0.X/api/v3/...`` (REST) and
-``http://127.0.0.X/api/graphql``; it drops any port from the host, so serve
-this app on port 80 of a free loopback address
-(:func:`agentbox.rehearsal.servers.free_loopback_host_for_port80`).
-
-Observed with github-mcp-server 0.12.1: nothing is requested at startup;
-``create_issue`` is a single ``POST /api/v3/repos/{owner}/{repo}/issues``
-with ``{"title","body","labels","assignees"[,"type","milestone"]}``;
-``get_issue`` is ``GET .../issues/{n}``; ``get_me`` is ``GET /api/v3/user``;
-``search_issues`` is ``GET /api/v3/search/issues``; ``list_issues`` is a
-GraphQL query on ``repository.issues``.
+github-mcp-server takes `--gh-host http://127.0.0.X` for a GitHub Enterprise Server and calls `/api/v3/...` (REST) and
+`/api/graphql` there, dropping any port: serve this app on port 80 of a free loopback address
+(`servers.free_loopback_host_for_port80`). Seen with github-mcp-server 0.12.1: nothing at startup; `create_issue` is
+one `POST /api/v3/repos/{owner}/{repo}/issues` of `{"title","body","labels","assignees"[,"type","milestone"]}`;
+`get_issue`, `get_me` and `search_issues` are `GET .../issues/{n}`, `/api/v3/user` and `/api/v3/search/issues`;
+`list_issues` is a GraphQL query on `repository.issues`.
 """
 
 from __future__ import annotations
@@ -29,12 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-__all__ = ["github_app"]
-
 _DOCS = "https://docs.github.com/rest"
 _LABEL_COLORS = ["d73a4a", "a2eeef", "7057ff", "008672", "e4e669", "d876e3", "0075ca"]
-# The exact selection github-mcp-server 0.12.1 sends for list_issues; githubv4
-# decodes strictly, so we only answer queries asking for exactly these fields.
+# The exact selection github-mcp-server 0.12.1 sends for list_issues: githubv4 decodes strictly, so only a query
+# asking for exactly these fields gets an answer.
 _GRAPHQL_ISSUES_PREFIX = "repository(owner: $owner, name: $repo){issues("
 _GRAPHQL_ISSUE_NODES = (
     "nodes{number,title,body,state,databaseId,author{login},createdAt,updatedAt,"
@@ -47,7 +39,7 @@ def _now() -> str:
 
 
 def _num_id(*parts: str) -> int:
-    """Stable positive numeric ids, like GitHub's database ids."""
+    """A positive numeric id, like GitHub's database ids, that is the same in every run for the same parts."""
     return zlib.crc32("/".join(parts).encode()) % 900_000_000 + 100_000_000
 
 
@@ -78,19 +70,15 @@ def _user(login: str) -> dict[str, Any]:
 
 
 def _not_found() -> JSONResponse:
-    return JSONResponse(
-        {"message": "Not Found", "documentation_url": _DOCS, "status": "404"}, status_code=404
-    )
+    return JSONResponse({"message": "Not Found", "documentation_url": _DOCS, "status": "404"}, status_code=404)
 
 
 def github_app(token: str, repos: set[str] | None = None, login: str = "rehearsal-bot") -> Starlette:
-    """Build the GitHub stand-in.
+    """The GitHub stand-in: it accepts only `token`, and `repos` limits which `owner/repo` exist (None: all do).
 
-    ``repos`` limits which ``owner/repo`` exist (None: every repo exists).
-    State for tests and the flow: ``app.state.issues`` (created issue dicts,
-    each with ``owner`` and ``repo`` keys added), ``app.state.requests``
-    (``(method, path_with_query, json_or_None)``) and ``app.state.unmatched``
-    (requests no route knew — what a newer server would need).
+    What it got stays on the app for tests and the flow: `app.state.issues` (the created issues, each with `owner` and
+    `repo` keys added), `app.state.requests` (`(method, path_with_query, json_or_None)`) and `app.state.unmatched`
+    (requests no route knew — what a newer github-mcp-server would need).
     """
     issues: list[dict[str, Any]] = []
     requests_log: list[tuple[str, str, Any]] = []
@@ -122,9 +110,7 @@ def github_app(token: str, repos: set[str] | None = None, login: str = "rehearsa
                 return JSONResponse(
                     {
                         "message": "Bad credentials",
-                        "documentation_url": "https://docs.github.com/graphql"
-                        if graphql
-                        else _DOCS,
+                        "documentation_url": "https://docs.github.com/graphql" if graphql else _DOCS,
                         "status": "401",
                     },
                     status_code=401,
@@ -141,9 +127,7 @@ def github_app(token: str, repos: set[str] | None = None, login: str = "rehearsa
     def repo_json(request: Request, owner: str, repo: str) -> dict[str, Any]:
         rid = _num_id("repo", owner.lower(), repo.lower())
         api = api_base(request)
-        open_count = sum(
-            1 for i in issues if (i["owner"], i["repo"]) == (owner, repo) and i["state"] == "open"
-        )
+        open_count = sum(1 for i in issues if (i["owner"], i["repo"]) == (owner, repo) and i["state"] == "open")
         return {
             "id": rid,
             "node_id": _node_id("R", rid),
@@ -292,7 +276,7 @@ def github_app(token: str, repos: set[str] | None = None, login: str = "rehearsa
         )
 
     async def search_issues(request: Request, body: dict[str, Any]) -> JSONResponse:
-        """Supports repo:, is:/state:, label: qualifiers and free words (AND)."""
+        """Understands the `repo:`, `is:`/`state:` and `label:` qualifiers and free words (all must match)."""
         q = request.query_params.get("q", "")
         words, repo_filter, state, labels, kind = [], None, None, set(), "issue"
         for term in re.findall(r'"[^"]*"|\S+', q):
@@ -412,11 +396,7 @@ def github_app(token: str, repos: set[str] | None = None, login: str = "rehearsa
         Route("/api/v3/user", endpoint(get_user), methods=["GET"]),
         Route("/api/v3/search/issues", endpoint(search_issues), methods=["GET"]),
         Route("/api/graphql", endpoint(graphql, graphql=True), methods=["POST"]),
-        Route(
-            "/{path:path}",
-            endpoint(unknown),
-            methods=["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD"],
-        ),
+        Route("/{path:path}", endpoint(unknown), methods=["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD"]),
     ]
     app = Starlette(routes=routes)
     app.state.issues = issues

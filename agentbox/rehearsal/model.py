@@ -1,12 +1,9 @@
-"""A scripted stand-in for the Anthropic Messages API.
+"""A scripted stand-in for the Anthropic Messages API, so a rehearsal needs no model and no API key.
 
-Point the claude CLI at it with ``ANTHROPIC_BASE_URL``. The replies come
-from a :class:`ModelScript`, so a rehearsal exercises the real CLI, the real
-MCP servers and the gateway without a real model.
-
-The stand-in is stateless: the CLI resends the whole conversation on every
-turn, so the number of ``tool_result`` blocks so far says which step is next.
-That keeps parallel or retried requests deterministic.
+`claude` reaches it through `ANTHROPIC_BASE_URL` and gets the turns of a `ModelScript`: tool calls the real MCP
+servers answer through the gateway, then a final text. It keeps no state: `claude` resends the whole conversation
+every turn, so the number of `tool_result` blocks so far says which step is next, and a retried or parallel request
+gets the same answer.
 """
 
 from __future__ import annotations
@@ -14,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 from starlette.applications import Starlette
@@ -22,19 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-__all__ = [
-    "ErrorSpec",
-    "Step",
-    "ModelScript",
-    "model_app",
-    "user_texts",
-    "count_tool_results",
-    "resolve_tool_name",
-    "SIDE_REQUEST_TEXT",
-]
-
-# Answer for requests that are not part of the scripted conversation (e.g. the
-# CLI's title/topic generation, which is sent without tools).
+# The answer to requests outside the scripted conversation, such as `claude`'s title generation (sent without tools).
 SIDE_REQUEST_TEXT = "Rehearsal"
 
 _ERROR_TYPES = {
@@ -50,7 +36,7 @@ _ERROR_TYPES = {
 
 
 class ErrorSpec(BaseModel):
-    """An HTTP error to answer with, in Anthropic's error shape."""
+    """An HTTP error in Anthropic's shape, for rehearsing how `claude` and the flow handle API failures."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,9 +55,8 @@ class ErrorSpec(BaseModel):
 class Step(BaseModel):
     """One model turn: a tool call, a text answer, an error, or a hang.
 
-    ``{"tool": name, "input": {...}}`` may carry ``text`` said before the
-    call; ``hang_seconds`` delays any step, and on its own makes a step that
-    answers with a short text after the delay.
+    `{"tool": name, "input": {...}}` may carry `text` said before the call; `hang_seconds` delays any step, and on
+    its own makes a step that answers with a short text after the delay (for rehearsing timeouts).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -83,7 +68,7 @@ class Step(BaseModel):
     hang_seconds: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Step":
+    def _one_kind(self) -> Step:
         if self.error is not None and (self.tool is not None or self.text is not None):
             raise ValueError("an error step cannot also have tool or text")
         if self.tool is None and self.input:
@@ -108,15 +93,15 @@ def _render(value: Any, values: dict[str, str]) -> Any:
 class ModelScript(RootModel[list[Step]]):
     """The ordered turns the stand-in plays; the last is the final answer.
 
-    Serialises to a plain JSON list, e.g.
-    ``[{"tool": "create_issue", "input": {...}}, {"text": "done"}]``;
-    ``ModelScript([...])`` and ``ModelScript(steps=[...])`` both work.
+    A plain JSON list, short to write by hand or keep in a file, e.g.
+    `[{"tool": "create_issue", "input": {...}}, {"text": "done"}]`; `ModelScript([...])` and
+    `ModelScript(steps=[...])` both work.
     """
 
     @model_validator(mode="before")
     @classmethod
     def _accept_steps_key(cls, value: Any) -> Any:
-        """Also accept ``{"steps": [...]}`` / ``ModelScript(steps=[...])``."""
+        """Also accept `{"steps": [...]}`, which is what `ModelScript(steps=[...])` passes."""
         if isinstance(value, dict) and set(value) == {"steps"}:
             return value["steps"]
         return value
@@ -131,13 +116,14 @@ class ModelScript(RootModel[list[Step]]):
     def __getitem__(self, index: int) -> Step:
         return self.root[index]
 
-    def render(self, **values: Any) -> "ModelScript":
-        """Replace ``{{name}}`` in every string of the steps (plain replacement)."""
+    def render(self, **values: Any) -> ModelScript:
+        """Replace `{{name}}` in every string of the steps, so one script serves any repository or title."""
         data = self.model_dump(mode="json", exclude_none=True)
         return ModelScript.model_validate(_render(data, {k: str(v) for k, v in values.items()}))
 
     def step_for(self, tool_results: int) -> Step:
-        """The step to play after ``tool_results`` tool results came back."""
+        """The step to play after `tool_results` tool results came back; past the end, the final text again, or a
+        text that says the script ran out, so `claude` stops instead of calling tools forever."""
         if tool_results < len(self.root):
             return self.root[tool_results]
         last = self.root[-1] if self.root else None
@@ -154,7 +140,7 @@ def _blocks(message: dict[str, Any]) -> list[Any]:
 
 
 def user_texts(request_body: dict[str, Any]) -> list[str]:
-    """All text blocks of user messages (system reminders are separate blocks)."""
+    """All text blocks of user messages, to check what `claude` was told (system reminders are separate blocks)."""
     texts: list[str] = []
     for message in request_body.get("messages") or []:
         if message.get("role") != "user":
@@ -166,7 +152,7 @@ def user_texts(request_body: dict[str, Any]) -> list[str]:
 
 
 def count_tool_results(request_body: dict[str, Any]) -> int:
-    """How many tool results the conversation holds so far."""
+    """How many tool results the conversation holds so far: the index of the script's next step."""
     return sum(
         1
         for message in request_body.get("messages") or []
@@ -177,10 +163,10 @@ def count_tool_results(request_body: dict[str, Any]) -> int:
 
 
 def resolve_tool_name(wanted: str, tools: list[dict[str, Any]]) -> str | None:
-    """The offered tool name for ``wanted``: exact, or ending in ``__<wanted>``.
+    """The offered tool name for `wanted`: exact, or ending in `__<wanted>`.
 
-    Claude Code names MCP tools ``mcp__<server>__<tool>`` and a gateway may
-    add its own prefix, so scripts name tools by their original name.
+    Claude Code names MCP tools `mcp__<server>__<tool>` and a gateway may add its own prefix, so scripts name tools by
+    their original name.
     """
     names = [t.get("name") for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     if wanted in names:
@@ -254,8 +240,8 @@ def _sample(schema: Any) -> Any:
 def _side_request_text(body: dict[str, Any]) -> str:
     """Short answer for tool-less side requests, as JSON when a schema is asked for.
 
-    Claude Code's title generation, for one, asks for ``{"title": ...}`` via
-    ``output_config.format`` and would otherwise fail to parse the answer.
+    Claude Code's title generation, for one, asks for `{"title": ...}` via `output_config.format` and would otherwise
+    fail to parse the answer.
     """
     fmt = (body.get("output_config") or {}).get("format") or {}
     if fmt.get("type") == "json_schema":
@@ -264,9 +250,9 @@ def _side_request_text(body: dict[str, Any]) -> str:
 
 
 async def _hang(request: Request, seconds: float) -> bool:
-    """Sleep ``seconds`` unless the client hangs up first; True if it did.
+    """Sleep `seconds` unless the client hangs up first; True if it did.
 
-    Ending on disconnect keeps stop() quick after a client-side timeout.
+    Ending on disconnect keeps `stop()` quick after a client-side timeout.
     """
 
     async def disconnected() -> None:
@@ -333,11 +319,11 @@ def _stream_events(message: dict[str, Any]) -> Iterator[str]:
 
 
 def model_app(script: ModelScript) -> Starlette:
-    """Build the Messages API stand-in playing ``script``.
+    """The Messages API stand-in playing `script`.
 
-    ``app.state.requests`` holds every ``/v1/messages`` body (parsed JSON),
-    ``app.state.count_tokens_requests`` the token-count bodies and
-    ``app.state.unmatched`` ``(method, path)`` of requests no route knew.
+    What `claude` sent stays on the app for tests and reports: `app.state.requests` holds every `/v1/messages` body
+    (parsed JSON), `app.state.count_tokens_requests` the token-count bodies and `app.state.unmatched` the
+    `(method, path)` of requests no route knew.
     """
     requests_log: list[dict[str, Any]] = []
     count_tokens_log: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
 
 def can_bind_port80() -> bool:
+    """Whether this process may bind port 80 on loopback, where the GitHub stand-in must listen."""
     try:
         free_loopback_host_for_port80()
     except PermissionError:

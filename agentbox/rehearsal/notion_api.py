@@ -1,8 +1,8 @@
-"""A local stand-in for https://api.notion.com.
+"""A local stand-in for https://api.notion.com, so a rehearsal reads a seeded workspace instead of a real one.
 
-It speaks enough of the Notion REST API (shapes, auth, errors, pagination)
-for the official notion-mcp-server to run against it offline. Point the
-server at it with ``BASE_URL=<stand-in url>``.
+It speaks enough of the Notion REST API (shapes, auth, errors, pagination) for the official notion-mcp-server, pointed
+at it with `BASE_URL=<stand-in url>`, to run offline. Objects are shaped for both Notion API versions the server may
+use, 2022-06-28 (databases) and 2025-09-03 (data sources).
 """
 
 from __future__ import annotations
@@ -18,15 +18,13 @@ from starlette.routing import Route
 
 from agentbox.rehearsal.seed import NotionSeed, SeedDatabase, SeedPage, default_notion_seed, stable_id
 
-__all__ = ["notion_app", "rich_text"]
-
 _CREATED = "2025-01-06T09:30:00.000Z"
 _EDITED = "2025-01-20T16:45:00.000Z"
 _SELECT_COLORS = ["gray", "blue", "green", "yellow", "red", "purple", "orange", "pink", "brown"]
 
 
 def rich_text(content: str) -> list[dict[str, Any]]:
-    """Notion's rich text array for a plain string."""
+    """Notion's rich text array for a plain string: what every title, description and paragraph holds."""
     return [
         {
             "type": "text",
@@ -55,10 +53,7 @@ def _notion_url(title: str, object_id: str) -> str:
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(
-        {"object": "error", "status": status, "code": code, "message": message},
-        status_code=status,
-    )
+    return JSONResponse({"object": "error", "status": status, "code": code, "message": message}, status_code=status)
 
 
 def _not_found(object_id: str) -> JSONResponse:
@@ -96,7 +91,9 @@ def _paged_list(items: list[dict[str, Any]], body: dict[str, Any]) -> JSONRespon
     return JSONResponse(_list(page, cursor, "page_or_database"))
 
 
-def _paginate(items: list[dict[str, Any]], start_cursor: str | None, page_size: Any) -> tuple[list[dict[str, Any]], str | None] | JSONResponse:
+def _paginate(
+    items: list[dict[str, Any]], start_cursor: str | None, page_size: Any
+) -> tuple[list[dict[str, Any]], str | None] | JSONResponse:
     """Notion cursors are opaque; ours are the id of the first item of the next page."""
     try:
         size = 100 if page_size is None else int(page_size)
@@ -180,8 +177,7 @@ class _Workspace:
             "is_inline": False,
             "public_url": None,
         }
-        # Shaped for both API versions: 2022-06-28 readers use ``properties``,
-        # 2025-09-03 readers follow ``data_sources``.
+        # Shaped for both API versions: 2022-06-28 readers use `properties`, 2025-09-03 readers follow `data_sources`.
         self.databases[db_id] = {
             "object": "database",
             "id": db_id,
@@ -297,11 +293,10 @@ def _matches(page: dict[str, Any], condition: dict[str, Any]) -> bool | None:
 
 
 def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
-    """Build the Notion API stand-in.
+    """The Notion API stand-in over `seed` (default: `default_notion_seed()`), accepting only `token`.
 
-    ``app.state.requests`` collects ``(method, path, json_body_or_None)``
-    for every request, including rejected ones, so tests can see exactly
-    what the MCP server sent.
+    `app.state.requests` collects `(method, path, json_body_or_None)` for every request, rejected ones included, so
+    tests can see exactly what the MCP server sent.
     """
     ws = _Workspace(seed if seed is not None else default_notion_seed())
     requests_log: list[tuple[str, str, Any]] = []
@@ -335,10 +330,10 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
         wanted: set[str] = {"page", "database"}
         if flt:
             value = flt.get("value") if isinstance(flt, dict) else None
-            if not isinstance(flt, dict) or flt.get("property") != "object" or value not in (
-                "page",
-                "database",
-                "data_source",
+            if (
+                not isinstance(flt, dict)
+                or flt.get("property") != "object"
+                or value not in ("page", "database", "data_source")
             ):
                 return _error(
                     400,
@@ -346,8 +341,8 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
                     'body.filter.value should be "page" or "data_source", and '
                     'body.filter.property should be "object".',
                 )
-            # Databases are what a 2022-06-28 client calls what 2025-09-03 calls
-            # data sources; both filters return the database objects.
+            # What a 2022-06-28 client calls databases, 2025-09-03 calls data sources: both filters return the
+            # database objects.
             wanted = {"page"} if value == "page" else {"database"}
         candidates: list[dict[str, Any]] = []
         if "database" in wanted:
@@ -367,8 +362,8 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
         ds_id = request.path_params["id"]
         if ds_id in ws.data_sources:
             return JSONResponse(ws.data_sources[ds_id])
-        # Lenient on purpose: search hands out database ids, and an agent may
-        # pass one here; answer with that database's (single) data source.
+        # Lenient on purpose: search hands out database ids, and an agent may pass one here; answer with that
+        # database's (single) data source.
         db_id = ws.database_for(ds_id)
         if db_id is None:
             return _not_found(ds_id)
@@ -432,11 +427,7 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
         Route("/v1/pages/{id}", endpoint(get_page), methods=["GET"]),
         Route("/v1/blocks/{id}/children", endpoint(block_children), methods=["GET"]),
         Route("/v1/users/me", endpoint(users_me), methods=["GET"]),
-        Route(
-            "/{path:path}",
-            endpoint(unknown),
-            methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
-        ),
+        Route("/{path:path}", endpoint(unknown), methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
     ]
     app = Starlette(routes=routes)
     app.state.requests = requests_log

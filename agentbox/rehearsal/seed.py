@@ -1,7 +1,7 @@
-"""Seed data and ready-made model scripts for rehearsal runs.
+"""What the stand-ins start with: the Notion workspace's contents, and ready-made model scripts.
 
-Seeds are deterministic (ids derive from titles) so scripts, tests and the
-flow can refer to the same objects across processes without sharing state.
+Ids derive from titles, so a script, a test and the flow can name the same Notion object from different processes
+without sharing any state.
 """
 
 from __future__ import annotations
@@ -12,32 +12,20 @@ from pydantic import BaseModel, Field
 
 from agentbox.rehearsal.model import ModelScript
 
-__all__ = [
-    "SeedPage",
-    "SeedDatabase",
-    "NotionSeed",
-    "default_notion_seed",
-    "stable_id",
-    "NOTION_SEARCH_DATABASE_FILTER_VALUE",
-    "notion_to_github_script",
-    "echo_script",
-]
-
 _NAMESPACE = uuid.UUID("5b0c7f39-3a1e-4a57-9d0e-7c1f0d8e2a11")
 
-# notion-mcp-server 2.5.2 targets Notion API 2025-09-03: the inputSchema of
-# API-post-search restricts filter.value to the enum ["page", "data_source"],
-# so databases are searched for with "data_source" (not "database").
+# notion-mcp-server 2.5.2 targets Notion API 2025-09-03: API-post-search's inputSchema allows only "page" and
+# "data_source" as filter.value, so databases are searched for as data sources.
 NOTION_SEARCH_DATABASE_FILTER_VALUE = "data_source"
 
 
 def stable_id(*parts: str) -> str:
-    """A uuid that is the same in every process for the same parts."""
+    """A uuid that is the same in every process for the same parts, so ids need no shared state."""
     return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
 
 
 class SeedPage(BaseModel):
-    """A database row; ``content`` becomes paragraph blocks of the page."""
+    """A database row; `content` becomes the page's paragraph blocks."""
 
     title: str
     status: str = "Not started"
@@ -52,14 +40,14 @@ class SeedDatabase(BaseModel):
 
 
 class NotionSeed(BaseModel):
-    """What the Notion stand-in's workspace contains."""
+    """What the Notion stand-in's workspace holds: databases of pages, nothing else."""
 
     workspace_name: str = "Rehearsal Workspace"
     databases: list[SeedDatabase] = Field(default_factory=list)
 
 
 def default_notion_seed() -> NotionSeed:
-    """A small but realistic workspace: three databases with a few rows each."""
+    """A small but realistic workspace: three databases of a few rows each, with statuses and page text."""
     return NotionSeed(
         databases=[
             SeedDatabase(
@@ -120,7 +108,7 @@ def default_notion_seed() -> NotionSeed:
 
 
 def notion_to_github_script(owner: str, repo: str, title: str, body: str) -> ModelScript:
-    """The canonical rehearsal: look at Notion, then file a GitHub issue."""
+    """The flow's rehearsal: search Notion for databases, file the GitHub issue, then say so."""
     return ModelScript(
         [
             {
@@ -134,16 +122,11 @@ def notion_to_github_script(owner: str, repo: str, title: str, body: str) -> Mod
                 "tool": "create_issue",
                 "input": {"owner": owner, "repo": repo, "title": title, "body": body},
             },
-            {
-                "text": (
-                    f"I searched the Notion workspace and created the GitHub issue "
-                    f'"{title}" in {owner}/{repo}.'
-                )
-            },
+            {"text": f'I searched the Notion workspace and created the GitHub issue "{title}" in {owner}/{repo}.'},
         ]
     )
 
 
 def echo_script(text: str = "ok") -> ModelScript:
-    """No tools: the model just answers, for smoke runs."""
+    """A script with no tool calls: the model just answers, for runs that only check the plumbing."""
     return ModelScript([{"text": text}])

@@ -1,8 +1,7 @@
-"""Run the rehearsal stand-ins as real HTTP servers on loopback, in-process.
+"""The stand-ins as real HTTP servers on loopback, served from a thread of this process.
 
-The stand-ins must be reachable over real sockets because the clients under
-test (notion-mcp-server, github-mcp-server, the claude CLI) are separate
-processes that only speak HTTP.
+Their clients (notion-mcp-server, github-mcp-server, the `claude` binary) are separate processes that only speak
+HTTP, so an in-process ASGI test client would not do: the stand-ins need real sockets.
 """
 
 from __future__ import annotations
@@ -16,15 +15,12 @@ from typing import Any
 
 import uvicorn
 
-__all__ = ["BackgroundServer", "free_loopback_host_for_port80"]
-
 
 class BackgroundServer:
-    """Serve an ASGI app with uvicorn in a daemon thread.
+    """An ASGI app served by uvicorn in a daemon thread.
 
-    We bind the listening socket ourselves before uvicorn starts so that
-    ``port=0`` yields the real port immediately and bind errors (e.g. port 80
-    already taken) surface in the caller's thread, not in a log line.
+    The socket is bound here, before uvicorn starts, so that `port=0` gives the real port at once and a bind error
+    (port 80 taken, say) is raised in the caller's thread instead of ending up in a log line.
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -40,8 +36,8 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> "BackgroundServer":
-        """Start serving; return only once the socket accepts connections."""
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        """Start serving; returns once uvicorn is up, so callers can connect straight away."""
         if self._thread is not None:
             raise RuntimeError("server already started")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -64,9 +60,7 @@ class BackgroundServer:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._run, name=f"rehearsal-server-{self.host}:{self.port}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"rehearsal-server-{self.host}:{self.port}", daemon=True)
         self._thread.start()
 
         deadline = time.monotonic() + timeout
@@ -88,7 +82,7 @@ class BackgroundServer:
             self._error = exc
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask uvicorn to exit and wait for the thread; idempotent."""
+        """Ask uvicorn to exit and wait for its thread; safe to call twice, or after a failed start."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -105,7 +99,7 @@ class BackgroundServer:
                 pass
             self._socket = None
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -113,11 +107,10 @@ class BackgroundServer:
 
 
 def free_loopback_host_for_port80() -> str:
-    """Find a 127.0.0.X whose port 80 is free.
+    """A 127.0.0.X whose port 80 is free; `PermissionError` when this process may not bind port 80 at all.
 
-    github-mcp-server's ``--gh-host`` drops any port from the URL, so the
-    GitHub stand-in has to listen on port 80; using a distinct loopback
-    address per stand-in avoids clashes between parallel runs.
+    github-mcp-server's `--gh-host` drops any port from the URL, so the GitHub stand-in must listen on port 80; a
+    loopback address of its own, picked from a random start, keeps parallel runs apart.
     """
     candidates = list(range(2, 255))
     start = random.randrange(len(candidates))
@@ -132,9 +125,7 @@ def free_loopback_host_for_port80() -> str:
         except OSError as exc:
             last_error = exc
             if exc.errno in (errno.EACCES, errno.EPERM):
-                raise PermissionError(
-                    "binding port 80 needs root or CAP_NET_BIND_SERVICE"
-                ) from exc
+                raise PermissionError("binding port 80 needs root or CAP_NET_BIND_SERVICE") from exc
             continue
         finally:
             probe.close()

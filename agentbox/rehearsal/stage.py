@@ -21,7 +21,7 @@ from agentbox.rehearsal.model import ModelScript, model_app
 from agentbox.rehearsal.notion_api import notion_app
 from agentbox.rehearsal.seed import default_notion_seed
 from agentbox.rehearsal.servers import BackgroundServer, free_loopback_host_for_port80
-from agentbox.session import StandIns
+from agentbox.plan import StandIns
 
 NOTION_TOKEN = "rehearsal-notion-token"
 GITHUB_TOKEN = "rehearsal-github-token"
@@ -87,9 +87,11 @@ def rehearsal_stage(script: ModelScript) -> Iterator[Stage]:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentbox-rehearsal-")))
         catalog = workdir / "catalog.json"
         catalog.write_text(json.dumps(rehearsal_catalog(notion.url, github_host), indent=2))
-        stand_ins = StandIns(
-            anthropic_base_url=model.url,
-            catalog_file=str(catalog),
-            values={"NOTION_INTEGRATION_TOKEN": NOTION_TOKEN, "GITHUB_TOKEN": GITHUB_TOKEN},
-        )
+        stand_ins = StandIns(settings={
+            "anthropic_base_url": model.url,
+            "anthropic_api_key": "rehearsal-anthropic-key",
+            "local_mcp_catalog": str(catalog),
+            "notion_integration_token": NOTION_TOKEN,
+            "github_token": GITHUB_TOKEN,
+        })
         yield Stage(stand_ins, model, notion, github)

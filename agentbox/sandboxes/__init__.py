@@ -1,35 +1,62 @@
-"""Sandbox backends behind one port (base.SandboxBackend), chosen by settings."""
+"""Sandbox backends behind one port (`base.SandboxBackend`), found by name in one registry.
+
+The registry maps a backend's name to where its adapter lives, so choosing one never imports the others (the E2B
+SDK alone takes a while to import). Nothing outside an adapter knows what a backend needs: its options, its secrets
+and the MCP configs it accepts are the adapter's to say.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from agentbox.errors import ConfigError
 from agentbox.sandboxes.base import SandboxBackend, SandboxHandle
 from agentbox.settings import Settings
 
+BACKENDS: dict[str, str] = {
+    "local": "agentbox.sandboxes.local:LocalSandboxes",
+    "e2b": "agentbox.sandboxes.e2b:E2BSandboxes",
+}
 
-def get_backend(settings: Settings, name: str | None = None, catalog_file: str | None = None) -> SandboxBackend:
-    """The backend named `name`, else the one the settings choose. `catalog_file` overrides LOCAL_MCP_CATALOG."""
+
+def register_backend(name: str, adapter: str) -> None:
+    """Add a backend: `adapter` is "package.module:Class", a SandboxBackend subclass."""
+    BACKENDS[name] = adapter
+
+
+def backend_class(name: str) -> type[SandboxBackend]:
+    if name not in BACKENDS:
+        known = ", ".join(sorted(BACKENDS))
+        raise ConfigError(f"Unknown sandbox backend '{name}'.", f"Use one of: {known}.")
+    module, _, attribute = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def open_backend(name: str, options: dict[str, Any], settings: Settings) -> SandboxBackend:
+    """The adapter `name` for these options, its secrets looked up in `settings` (a ConfigError names any missing)."""
+    adapter = backend_class(name)
+    settings.require(*adapter.required_settings)
+    return adapter.open(options, settings)
+
+
+def get_backend(settings: Settings, name: str | None = None) -> SandboxBackend:
+    """The backend `name` (default: the settings' choice) with the options the settings give it."""
     name = name or settings.backend
-    if name == "local":
-        from agentbox.sandboxes.local import LocalSandboxes
-
-        return LocalSandboxes(settings.local_sandbox_root, catalog_file or settings.local_mcp_catalog)
-    if name == "e2b":
-        from agentbox.sandboxes.e2b import E2BSandboxes
-
-        settings.require("E2B_API_KEY")
-        return E2BSandboxes(
-            settings.e2b_api_key.get_secret_value(),
-            settings.e2b_mcp_url,
-            settings.e2b_mcp_internal_url,
-            settings.e2b_template,
-        )
-    raise ConfigError(f"Unknown sandbox backend '{name}'.", "Use 'local' or 'e2b'.")
+    return open_backend(name, backend_class(name).options(settings), settings)
 
 
 def reachable_backends(settings: Settings) -> list[str]:
-    """Backends whose sandboxes this process can list and kill (janitors look in all of them)."""
-    return ["local", "e2b"] if settings.e2b_api_key else ["local"]
+    """Backends whose sandboxes this process can list and kill: those whose required settings are all set."""
+    reachable = []
+    for name in BACKENDS:
+        try:
+            settings.require(*backend_class(name).required_settings)
+        except ConfigError:
+            continue
+        reachable.append(name)
+    return reachable
 
 
-__all__ = ["SandboxBackend", "SandboxHandle", "get_backend", "reachable_backends"]
+__all__ = ["BACKENDS", "SandboxBackend", "SandboxHandle", "backend_class", "get_backend", "open_backend",
+           "reachable_backends", "register_backend"]

@@ -10,10 +10,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from agentbox.errors import SandboxExpired
+
+if TYPE_CHECKING:
+    from agentbox.settings import Settings
 
 OutputCallback = Callable[[str], None]
 
@@ -25,12 +30,32 @@ class SandboxHandle(BaseModel):
     """Everything a task needs to find a sandbox again. Contains no secret by construction."""
 
     id: str
-    backend: Literal["local", "e2b"]
+    backend: str = Field(description="The registered name of the backend that runs it.")
     gateway_url: str = Field(description="The MCP gateway as this process reaches it.")
     internal_gateway_url: str = Field(description="The MCP gateway as processes inside the sandbox reach it.")
     metadata: dict[str, str] = {}
     created_at: datetime
     expires_at: datetime
+
+    @field_validator("backend")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from agentbox.sandboxes import backend_class
+
+        backend_class(name)  # a ConfigError naming the known backends
+        return name
+
+    def expired(self) -> bool:
+        return datetime.now(timezone.utc) >= self.expires_at
+
+    def expired_error(self) -> SandboxExpired:
+        """What to say when a command dies because the sandbox reached its TTL (not a crash of the command)."""
+        ttl = (self.expires_at - self.created_at).total_seconds()
+        return SandboxExpired(
+            f"Sandbox {self.id} reached its TTL ({ttl:.0f} s, at {self.expires_at:%H:%M:%S} UTC) and was destroyed "
+            "while a command ran in it.",
+            "Raise SANDBOX_TTL_SECONDS (it must outlive the flow's timeout) or shorten the run.",
+        )
 
 
 @dataclass(frozen=True)
@@ -49,9 +74,33 @@ class SandboxInfo:
 
 
 class SandboxBackend(abc.ABC):
-    """A place to create, use and destroy sandboxes that serve an MCP gateway."""
+    """A place to create, use and destroy sandboxes that serve an MCP gateway.
 
-    name: str
+    An adapter also says, before any sandbox exists, what it needs: its non-secret options (resolved from settings
+    once, carried by the session plan), the secret settings it requires, and whether an MCP config suits it."""
+
+    name: ClassVar[str]
+    required_settings: ClassVar[tuple[str, ...]] = ()  # secrets it cannot work without, e.g. ("E2B_API_KEY",)
+
+    @classmethod
+    @abc.abstractmethod
+    def options(cls, settings: Settings) -> dict[str, Any]:
+        """The adapter's non-secret configuration, as plain JSON (it travels in the plan through Prefect)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def open(cls, options: dict[str, Any], settings: Settings) -> SandboxBackend:
+        """An adapter for `options`, with the secrets it requires looked up in `settings`."""
+
+    @classmethod
+    @abc.abstractmethod
+    def check_mcp_config(cls, options: dict[str, Any], mcp: dict[str, Any]) -> None:
+        """Raise a ConfigError naming every server key or field this backend cannot serve."""
+
+    @classmethod
+    @abc.abstractmethod
+    def expected_tools(cls, options: dict[str, Any], mcp: dict[str, Any]) -> dict[str, list[str]]:
+        """Per server key, the tool names whose presence proves the gateway serves it."""
 
     @abc.abstractmethod
     async def create(
@@ -81,7 +130,8 @@ class SandboxBackend(abc.ABC):
         on_stderr: OutputCallback | None = None,
     ) -> CommandResult:
         """Run a shell command inside the sandbox, streaming output; kill it and raise SandboxCommandTimeout
-        past `timeout` seconds. A non-zero exit is returned, not raised."""
+        past `timeout` seconds, and SandboxExpired when the sandbox reached its TTL under it. A non-zero exit is
+        returned, not raised."""
 
     @abc.abstractmethod
     async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:

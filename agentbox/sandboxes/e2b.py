@@ -14,7 +14,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import timezone
-from typing import get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from e2b import (
     AsyncSandbox,
@@ -33,39 +33,44 @@ from e2b import (
 
 from e2b.sandbox.mcp import McpServer
 
-from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable
+from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable, one_line
+from agentbox.gateway.catalog import check_config_shape, expected_tools, field_problems, load_catalog
 from agentbox.gateway.catalog import unknown_server
 from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
+
+if TYPE_CHECKING:
+    from agentbox.settings import Settings
 
 KEY_HINT = "Check E2B_API_KEY (https://e2b.dev/dashboard)."
 
 
 _CUSTOM_SERVER = re.compile(r"^github/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_CUSTOM_FIELDS = frozenset({"run_cmd", "install_cmd", "envs"})
 
 
-def catalog_servers() -> dict[str, frozenset[str]]:
-    """E2B's MCP catalog as the SDK knows it: server key → required config fields (from its generated TypedDicts)."""
-    return {key: getattr(cls, "__required_keys__", frozenset()) for key, cls in get_type_hints(McpServer).items()}
+def catalog_servers() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """E2B's MCP catalog as the SDK knows it: server key → (required, optional) config fields, from its TypedDicts."""
+    return {
+        key: (getattr(cls, "__required_keys__", frozenset()), getattr(cls, "__optional_keys__", frozenset()))
+        for key, cls in get_type_hints(McpServer).items()
+    }
 
 
-def validate_config(config: dict) -> None:
-    """Refuse, before any sandbox exists, keys E2B does not know (naming the nearest) and missing fields."""
+def validate_config(config: Any) -> None:
+    """Refuse, before any sandbox exists, keys E2B does not know (naming the nearest), missing and unknown fields."""
+    check_config_shape(config)
     servers = catalog_servers()
     problems = []
     for key, values in config.items():
         if _CUSTOM_SERVER.match(key):
-            required: frozenset[str] = frozenset({"run_cmd"})
+            required, known = frozenset({"run_cmd"}), _CUSTOM_FIELDS
         elif key in servers:
-            required = servers[key]
+            required, optional = servers[key]
+            known = required | optional
         else:
             problems.append(unknown_server(key, servers, "E2B MCP server"))
             continue
-        if not isinstance(values, dict):
-            problems.append(f"server '{key}' needs an object of settings")
-            continue
-        missing = sorted(f for f in required if not values.get(f))
-        if missing:
-            problems.append(f"server '{key}' is missing {', '.join(repr(m) for m in missing)}")
+        problems += field_problems(key, values, required, known)
     if problems:
         raise ConfigError(
             f"Invalid MCP config: {'; '.join(problems)}.",
@@ -77,12 +82,34 @@ class E2BSandboxes(SandboxBackend):
     """Sandboxes in E2B's cloud (or an E2B-compatible deployment)."""
 
     name = "e2b"
+    required_settings = ("E2B_API_KEY",)
 
     def __init__(self, api_key: str, mcp_url: str, internal_mcp_url: str, template: str | None = None) -> None:
         self._api_key = api_key
         self.mcp_url, self.internal_mcp_url = mcp_url, internal_mcp_url
         self.template = template
         self._open: dict[str, AsyncSandbox] = {}
+
+    @classmethod
+    def options(cls, settings: Settings) -> dict[str, Any]:
+        return {
+            "mcp_url": settings.e2b_mcp_url,
+            "internal_mcp_url": settings.e2b_mcp_internal_url,
+            "template": settings.e2b_template,
+        }
+
+    @classmethod
+    def open(cls, options: dict[str, Any], settings: Settings) -> E2BSandboxes:
+        return cls(settings.e2b_api_key.get_secret_value(), **options)
+
+    @classmethod
+    def check_mcp_config(cls, options: dict[str, Any], mcp: dict[str, Any]) -> None:
+        validate_config(mcp)
+
+    @classmethod
+    def expected_tools(cls, options: dict[str, Any], mcp: dict[str, Any]) -> dict[str, list[str]]:
+        """E2B runs Docker's catalog servers, whose tools the built-in catalog names (others: any tool proves it)."""
+        return expected_tools(list(mcp), load_catalog())
 
     def _urls(self, sandbox: AsyncSandbox) -> tuple[str, str]:
         values = {"sandbox_id": sandbox.sandbox_id, "domain": sandbox.sandbox_domain, "port": AsyncSandbox.mcp_port}
@@ -150,22 +177,31 @@ class E2BSandboxes(SandboxBackend):
         on_stderr: OutputCallback | None = None,
     ) -> CommandResult:
         sandbox = await self._sandbox(handle.id)
-        async with _translated("run a command", handle.id):
-            # Our own deadline, and a server-side one a little later as a net if this process dies: the SDK's
-            # 60 s default would silently kill long commands.
-            process = await sandbox.commands.run(
-                command, background=True, envs=envs, timeout=timeout + 30, on_stdout=on_stdout, on_stderr=on_stderr
-            )
-            try:
-                result = await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    await process.kill()
-                raise SandboxCommandTimeout(
-                    f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
-                ) from None
-            except CommandExitException as exc:
-                return CommandResult(exc.exit_code, exc.stdout, exc.stderr)
+        try:
+            async with _translated("run a command", handle.id):
+                # Our own deadline, and a server-side one a little later as a net if this process dies: the SDK's
+                # 60 s default would silently kill long commands.
+                process = await sandbox.commands.run(
+                    command, background=True, envs=envs, timeout=timeout + 30, on_stdout=on_stdout, on_stderr=on_stderr
+                )
+                try:
+                    result = await asyncio.wait_for(process.wait(), timeout)
+                except TimeoutError:
+                    with contextlib.suppress(Exception):
+                        await process.kill()
+                    raise SandboxCommandTimeout(
+                        f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
+                    ) from None
+                except CommandExitException as exc:
+                    result = exc
+        except SandboxCommandTimeout:
+            raise
+        except SandboxError:
+            if handle.expired():
+                raise handle.expired_error() from None
+            raise
+        if result.exit_code != 0 and handle.expired():  # killed with its sandbox, not failed by itself
+            raise handle.expired_error()
         return CommandResult(result.exit_code, result.stdout, result.stderr)
 
     async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:
@@ -216,9 +252,11 @@ async def _translated(action: str, sandbox_id: str = "") -> AsyncIterator[None]:
     except (SandboxNotFoundException, SandboxNotRunningException, NotFoundException):
         raise SandboxError(f"Sandbox{where} is gone (killed or past its timeout) while trying to {action}.", "Create a new sandbox.") from None
     except TimeoutException as exc:
-        raise SandboxUnavailable(f"E2B timed out while trying to {action}{where}: {_first_line(exc)}.", "Retry; check E2B's status.") from None
+        raise SandboxUnavailable(
+            f"E2B timed out while trying to {action}{where}: {one_line(exc)}.", "Retry; check E2B's status."
+        ) from None
     except SandboxException as exc:
-        message = _first_line(exc)
+        message = one_line(exc)
         if "Failed to start MCP gateway" in message:
             raise SandboxError(
                 f"The MCP gateway failed to start in the E2B sandbox: {message}.",
@@ -227,8 +265,3 @@ async def _translated(action: str, sandbox_id: str = "") -> AsyncIterator[None]:
         status = getattr(exc, "status_code", None)
         error = SandboxUnavailable if status and status >= 500 else SandboxError
         raise error(f"E2B failed to {action}{where}: {message}.", "See E2B's status page if it persists.") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -25,11 +25,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from agentbox.errors import SandboxCommandTimeout, SandboxError
+from agentbox.errors import SandboxCommandTimeout, SandboxError, one_line
+from agentbox.gateway.catalog import expected_tools, load_catalog, validate_config
 from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
+
+if TYPE_CHECKING:
+    from agentbox.settings import Settings
 
 HOME = "/home/user"
 STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor running
@@ -75,9 +81,26 @@ class LocalSandboxes(SandboxBackend):
 
     name = "local"
 
-    def __init__(self, root: Path, catalog_file: Path | None = None) -> None:
+    def __init__(self, root: Path, catalog_file: Path | str | None = None) -> None:
         self.root = Path(root).expanduser()
         self.catalog_file = Path(catalog_file) if catalog_file else None
+
+    @classmethod
+    def options(cls, settings: Settings) -> dict[str, Any]:
+        catalog = settings.local_mcp_catalog
+        return {"root": str(settings.local_sandbox_root), "catalog_file": str(catalog) if catalog else None}
+
+    @classmethod
+    def open(cls, options: dict[str, Any], settings: Settings) -> LocalSandboxes:
+        return cls(Path(options["root"]), options.get("catalog_file"))
+
+    @classmethod
+    def check_mcp_config(cls, options: dict[str, Any], mcp: dict[str, Any]) -> None:
+        validate_config(mcp, load_catalog(options.get("catalog_file")), allow_unknown_fields=False)
+
+    @classmethod
+    def expected_tools(cls, options: dict[str, Any], mcp: dict[str, Any]) -> dict[str, list[str]]:
+        return expected_tools(list(mcp), load_catalog(options.get("catalog_file")))
 
     # -- the sandbox's filesystem view -----------------------------------------------------------------------
 
@@ -149,17 +172,13 @@ class LocalSandboxes(SandboxBackend):
         sandbox_id = f"local-{secrets.token_hex(6)}"
         state = self.root / sandbox_id
         try:
-            for sub in ("home", "tmp", "gateway", "procs"):
-                (state / sub).mkdir(parents=True, mode=0o700)
-            info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata)
-            await self._start_supervisor(state)
-        except BaseException as exc:
+            with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and free disk space."):
+                for sub in ("home", "tmp", "gateway", "procs"):
+                    (state / sub).mkdir(parents=True, mode=0o700)
+                info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata)
+                await self._start_supervisor(state)
+        except BaseException:
             await asyncio.shield(self.kill(sandbox_id))
-            if isinstance(exc, OSError):
-                raise SandboxError(
-                    f"Cannot create a local sandbox under {self.root} ({exc.strerror or exc}).",
-                    "Check LOCAL_SANDBOX_ROOT and free disk space.",
-                ) from None
             raise
         url = f"http://127.0.0.1:{info['gateway_port']}/mcp"
         return SandboxHandle(
@@ -210,9 +229,8 @@ class LocalSandboxes(SandboxBackend):
         )
         _, err = await proc.communicate()
         if proc.returncode != 0:
-            why = err.decode(errors="replace").strip().splitlines()[-1:] or ["no detail"]
             raise SandboxError(
-                f"bubblewrap cannot create a sandbox here ({why[0]}).",
+                f"bubblewrap cannot create a sandbox here ({one_line(err.decode(errors='replace'), last=True)}).",
                 "Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 or "
                 "kernel.apparmor_restrict_unprivileged_userns=0) or set SANDBOX_BACKEND=e2b.",
             )
@@ -228,14 +246,12 @@ class LocalSandboxes(SandboxBackend):
             )
             code = await proc.wait()
         if code != 0:
-            detail = (state / "supervisor.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no detail"]
-            raise SandboxError(f"The local sandbox supervisor failed to start ({detail[0]}).")
+            detail = one_line((state / "supervisor.log").read_text(errors="replace"), last=True)
+            raise SandboxError(f"The local sandbox supervisor failed to start ({detail}).")
 
     async def gateway_token(self, handle: SandboxHandle) -> str:
-        try:
+        with _translated(f"read the gateway token of {handle.id}"):
             return (self._state(handle.id) / "token").read_text()
-        except FileNotFoundError:
-            raise SandboxError(f"Sandbox {handle.id} is gone.", "Create a new sandbox.") from None
 
     def _require_running(self, sandbox_id: str) -> Path:
         state = self._state(sandbox_id)
@@ -255,14 +271,15 @@ class LocalSandboxes(SandboxBackend):
         on_stderr: OutputCallback | None = None,
     ) -> CommandResult:
         state = self._require_running(handle.id)
-        env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
-        proc = await asyncio.create_subprocess_exec(
-            *self._bwrap(state, ["--", "/bin/bash", "-c", command]),
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        marker = state / "procs" / str(proc.pid)
-        marker.touch()
+        with _translated(f"run a command in {handle.id}"):
+            env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
+            proc = await asyncio.create_subprocess_exec(
+                *self._bwrap(state, ["--", "/bin/bash", "-c", command]),
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            marker = state / "procs" / str(proc.pid)
+            marker.touch()
         out: list[str] = []
         err: list[str] = []
         parts = [
@@ -284,13 +301,16 @@ class LocalSandboxes(SandboxBackend):
             await asyncio.shield(asyncio.gather(*parts, return_exceptions=True))
             await asyncio.shield(proc.wait())
             marker.unlink(missing_ok=True)
+        if proc.returncode != 0 and handle.expired():  # the supervisor killed it with the sandbox
+            raise handle.expired_error()
         return CommandResult(proc.returncode, "".join(out), "".join(err))
 
     async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:
         state = self._require_running(handle.id)
         target = self._host_path(state, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data.encode() if isinstance(data, str) else data)
+        with _translated(f"write {path} in {handle.id}"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data.encode() if isinstance(data, str) else data)
 
     async def kill(self, sandbox_id: str) -> bool:
         state = self._state(sandbox_id)
@@ -314,6 +334,17 @@ class LocalSandboxes(SandboxBackend):
                     )
                 )
         return found
+
+
+@contextlib.contextmanager
+def _translated(action: str, hint: str = "") -> Iterator[None]:
+    """The host's OS errors as the product's: what failed, and what to do (a vanished state: the sandbox is gone)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SandboxError(f"Cannot {action}: the sandbox is gone (killed or past its TTL).", "Create a new sandbox.") from None
+    except OSError as exc:
+        raise SandboxError(f"Cannot {action} ({exc.strerror or one_line(exc)}).", hint or "See the sandbox's logs.") from None
 
 
 def _starting(state: Path, info: dict) -> bool:

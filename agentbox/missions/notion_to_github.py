@@ -1,0 +1,87 @@
+"""Search Notion, open a GitHub issue: the mission's MCP config, prompt, and verification from the agent's own calls.
+
+A run succeeds only when the agent's tool calls show a Notion search and a GitHub `create_issue` on the requested
+repository that both succeeded: its final text is never taken on trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+
+from agentbox.claude import AgentRun
+from agentbox.errors import AgentboxError, ConfigError
+
+DEFAULT_TITLE = "Summary of our Notion workspace"
+DEFAULT_BODY = "Opened by an AI agent from a sandbox: the databases found in our Notion workspace."
+MCP = {
+    "notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"},
+    "githubOfficial": {"githubPersonalAccessToken": "${GITHUB_TOKEN}"},
+}
+REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+NOTION_SEARCH = "API-post-search"
+
+
+def parse_repo(repo: str) -> tuple[str, str]:
+    """(owner, name) of a GitHub repository written owner/name, else a ConfigError saying how to write it."""
+    if not isinstance(repo, str) or not REPO.match(repo.strip()) or repo.strip().endswith((".git", "/")):
+        raise ConfigError(
+            f"'{repo}' is not a GitHub repository of the form owner/name.",
+            "Pass --repo OWNER/NAME, e.g. octocat/hello-world.",
+        )
+    owner, name = repo.strip().split("/")
+    return owner, name
+
+
+def build_prompt(owner: str, name: str, title: str, body: str) -> str:
+    return (
+        "You have MCP tools for Notion and GitHub.\n"
+        "1. Search the Notion workspace for its databases and note their titles.\n"
+        f'2. Create a GitHub issue in the repository {owner}/{name} with the title "{title}". '
+        "Use this body, followed by a list of the Notion databases you found:\n"
+        f"{body}\n"
+        "3. Answer with the issue's URL and the names of the databases."
+    )
+
+
+def notion_databases(run: AgentRun) -> list[str]:
+    """Titles of the databases (data sources) that the agent's Notion searches returned."""
+    titles: list[str] = []
+    for call in run.successful_calls(NOTION_SEARCH):
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            for item in json.loads(call.output).get("results", []):
+                if item.get("object") in ("database", "data_source"):
+                    title = "".join(t.get("plain_text", "") for t in item.get("title") or [])
+                    if title and title not in titles:
+                        titles.append(title)
+    return titles
+
+
+def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
+    """URL and number of the issue a successful `create_issue` opened on owner/name, else an error saying why."""
+    if not run.successful_calls(NOTION_SEARCH):
+        raise AgentboxError(
+            "The agent did not complete a Notion search.", "Check the Notion token and the run's tool calls."
+        )
+    calls = [c for c in run.tool_calls if c.tool == "create_issue"]
+    wanted = f"{owner}/{name}".lower()
+    on_repo = [c for c in calls if f"{c.input.get('owner')}/{c.input.get('repo')}".lower() == wanted]
+    for call in on_repo:
+        if call.ok:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                data = json.loads(call.output)
+                return str(data["html_url"]), int(data["number"])
+            match = re.search(r"https://\S+/issues/(\d+)", call.output)
+            if match:
+                return match.group(0).rstrip('",.'), int(match.group(1))
+    if not calls:
+        raise AgentboxError("The agent did not try to create a GitHub issue.", "See its answer in the run's logs.")
+    if not on_repo:
+        raise AgentboxError(
+            f"The agent created no issue on {owner}/{name} (it tried other repositories).", "Check the prompt."
+        )
+    raise AgentboxError(
+        f"GitHub refused to create the issue on {owner}/{name}: {on_repo[-1].output[:200]}.",
+        "Check that GITHUB_TOKEN may open issues on that repository.",
+    )

@@ -1,0 +1,178 @@
+"""The session plan: what one session will do, decided once when its flow run starts, before anything is created.
+
+`plan_session` checks everything that needs no sandbox (the backend, the prompt, the MCP config, literal secrets,
+the TTL against the flow's timeout, every missing setting in one message) and returns a `SessionPlan`: backend and
+its options, timeouts, TTL, expected tools, Claude's options, the concurrency limit and the run's labels. The plan
+holds no secret (MCP configs keep their `${NAME}` references), so every task can take it as a parameter; tasks look
+up only secrets, through `SessionPlan.read_settings`. A rehearsal's stand-ins are settings overrides carried by the
+plan, so the same code runs against them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agentbox.claude import ClaudeOptions
+from agentbox.errors import ConfigError
+from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
+from agentbox.settings import Settings, load_settings, references_in, resolve_references
+
+MAX_PROMPT_CHARS = 100_000
+_SECRET_FIELD = re.compile(r"(?i)(token|secret|password|apikey|api_key|accesskey|pat$|credential)")
+_WHOLE_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+class StandIns(BaseModel, frozen=True):
+    """Local stand-ins replacing a run's remote services (a rehearsal): settings overrides that point the run at
+    them (the model's URL, a catalog of MCP servers aimed at fake APIs, dummy credentials). No real secret."""
+
+    label: str = "REHEARSAL"
+    settings: dict[str, str]
+
+
+class Timeouts(BaseModel, frozen=True):
+    """Seconds each bounded part of a session may take."""
+
+    flow: float = Field(description="The flow run's own timeout: the one Prefect applies.")
+    claude: float = Field(description="`claude -p`, killed past this.")
+    gateway_ready: float = Field(description="Until the gateway lists every expected tool, across retries.")
+    registration: float = Field(90.0, description="Each `claude mcp` command of the registration.")
+
+
+class SessionPlan(BaseModel, frozen=True):
+    """Everything a session's tasks need to know, decided once; no secret inside."""
+
+    workflow: str
+    rehearsal: bool = False
+    backend: str
+    backend_options: dict[str, Any] = Field(description="The backend's non-secret configuration.")
+    prompt: str
+    mcp: dict[str, Any] = Field(description="MCP servers, secrets as ${NAME} references.")
+    expected_tools: dict[str, list[str]]
+    claude: ClaudeOptions
+    timeouts: Timeouts
+    ttl_seconds: int
+    concurrency_limit: str = Field(description="Global limit each session holds a slot of; empty: none.")
+    anthropic_base_url: str | None = None
+    mcp_timeout_ms: int
+    metadata: dict[str, str] = Field(default_factory=dict, description="Labels that let janitors find its sandbox.")
+    stand_ins: StandIns | None = None
+
+    def read_settings(self) -> Settings:
+        """The settings the tasks look secrets up in: the environment's, with a rehearsal's stand-ins over them."""
+        return load_settings(**(self.stand_ins.settings if self.stand_ins else {}))
+
+    def sandboxes(self, settings: Settings) -> SandboxBackend:
+        return open_backend(self.backend, self.backend_options, settings)
+
+    def resolved_mcp(self, settings: Settings) -> dict[str, Any]:
+        """The MCP config with every reference replaced by its value (holds secrets: hand it only to the sandbox)."""
+        return resolve_references(self.mcp, settings.resolve_reference)  # type: ignore[return-value]
+
+    def sandbox_envs(self, settings: Settings) -> dict[str, str]:
+        """Environment of every command in the sandbox: what Claude Code needs to reach the model."""
+        envs = {
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "MCP_TIMEOUT": str(self.mcp_timeout_ms),
+            "ANTHROPIC_API_KEY": settings.resolve_reference("ANTHROPIC_API_KEY"),
+        }
+        if self.anthropic_base_url:
+            envs["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
+        return envs
+
+
+def plan_session(
+    settings: Settings,
+    prompt: str,
+    mcp: Any,
+    *,
+    workflow: str = "agent-session",
+    backend: str | None = None,
+    allowed_tools: list[str] | None = None,
+    bypass_permissions: bool = False,
+    flow_timeout_seconds: float | None = None,
+    metadata: dict[str, str] | None = None,
+    stand_ins: StandIns | None = None,
+) -> SessionPlan:
+    """Check everything that needs no sandbox, one error naming every problem of a kind, and decide the session.
+
+    `flow_timeout_seconds` is the timeout of the flow run that will carry the session (default: the configured
+    one); the sandbox's TTL must outlive it."""
+    if stand_ins:
+        settings = load_settings(**stand_ins.settings)
+    name = backend or settings.backend
+    adapter = backend_class(name)
+    options = adapter.options(settings)
+    check_prompt(prompt)
+    adapter.check_mcp_config(options, mcp)
+    check_no_literal_secrets(mcp)
+    flow_timeout = flow_timeout_seconds or settings.flow_timeout_seconds
+    if settings.sandbox_ttl_seconds <= flow_timeout:
+        raise ConfigError(
+            f"SANDBOX_TTL_SECONDS ({settings.sandbox_ttl_seconds}) must be larger than the flow run's timeout "
+            f"({flow_timeout:g} s), or the sandbox could die mid-run.",
+            "Raise SANDBOX_TTL_SECONDS or lower FLOW_TIMEOUT_SECONDS.",
+        )
+    settings.require("ANTHROPIC_API_KEY", *adapter.required_settings, *sorted(references_in(mcp)))
+    claude = ClaudeOptions(max_turns=settings.claude_max_turns, model=settings.claude_model,
+                           bypass_permissions=bypass_permissions)
+    if allowed_tools:
+        claude = claude.model_copy(update={"allowed_tools": tuple(allowed_tools)})
+    return SessionPlan(
+        workflow=workflow,
+        rehearsal=stand_ins is not None,
+        backend=name,
+        backend_options=options,
+        prompt=prompt,
+        mcp=mcp,
+        expected_tools=adapter.expected_tools(options, mcp),
+        claude=claude,
+        timeouts=Timeouts(
+            flow=flow_timeout, claude=settings.claude_timeout_seconds,
+            gateway_ready=settings.gateway_ready_timeout_seconds,
+        ),
+        ttl_seconds=settings.sandbox_ttl_seconds,
+        concurrency_limit=settings.sandbox_concurrency_limit,
+        anthropic_base_url=settings.anthropic_base_url,
+        mcp_timeout_ms=settings.mcp_timeout_ms,
+        metadata=metadata or {},
+        stand_ins=stand_ins,
+    )
+
+
+def check_prompt(prompt: Any) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError("The prompt is empty.", "Say what Claude Code should do.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(
+            f"The prompt is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted.",
+            "Shorten it, or let the agent read long material through its tools.",
+        )
+
+
+def check_no_literal_secrets(mcp: dict[str, Any]) -> None:
+    """Secret-looking fields must be `${NAME}` references: a literal value would be stored by Prefect."""
+    literal = [
+        f"{key}.{name}"
+        for key, values in mcp.items() if isinstance(values, dict)
+        for name, value in values.items()
+        if _SECRET_FIELD.search(name) and isinstance(value, str) and not _WHOLE_REFERENCE.match(value)
+    ]
+    if literal:
+        raise ConfigError(
+            f"The MCP config holds literal secrets ({', '.join(literal)}); they would be stored by Prefect.",
+            'Put each in an environment variable and write "${NAME}" instead.',
+        )
+
+
+def rehearsal_backend(backend: str | None) -> str:
+    """A rehearsal's stand-ins live on this machine, where only a local sandbox can reach them."""
+    if backend not in (None, "local"):
+        raise ConfigError(
+            f"A rehearsal runs on the local backend, not '{backend}': its stand-ins live on this machine.",
+            "Drop --backend (or pass --backend local) for a rehearsal.",
+        )
+    return "local"

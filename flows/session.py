@@ -1,0 +1,183 @@
+"""The one session composition both flows use: plan → slot → create → ready → register → run → kill.
+
+A flow builds the plan once, with what only Prefect knows (its run's labels and the timeout it really has), then
+`run_session` carries it out under one slot of the global sandbox limit and tears the sandbox down on every path.
+`reported` writes the run's markdown artifact for the Prefect UI whether the session succeeded or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from prefect import get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.context import FlowRunContext
+from prefect.runtime import deployment, flow_run
+from pydantic import BaseModel, Field
+
+from agentbox.claude import AgentRun
+from agentbox.errors import AgentboxError, RunTimedOut, one_line
+from agentbox.plan import SessionPlan, plan_session
+from agentbox.sandboxes import BACKENDS, SandboxHandle
+from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
+from agentbox.settings import Settings, redact
+from tasks.claude import register_claude, run_prompt
+from tasks.gateway import wait_for_gateway
+from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
+
+
+BackendName = Literal[tuple(BACKENDS)]  # the registered backends, a choice in the Prefect UI's run form
+REHEARSAL_BANNER = "REHEARSAL: local stand-ins of Anthropic, Notion and GitHub; nothing left this machine."
+
+
+class SessionResult(BaseModel):
+    """What one session did: where it ran, how long each step took, and the agent's run. No secrets."""
+
+    rehearsal: bool = False
+    backend: str
+    sandbox_id: str = ""
+    gateway_url: str = ""
+    tools: int = 0
+    steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+    run: AgentRun = Field(default_factory=AgentRun)
+
+    def cost(self) -> str:
+        if self.rehearsal:
+            return "nothing (a rehearsal: Claude Code's figure comes from the stand-in's token counts)"
+        return f"${self.run.cost_usd:.4f}"
+
+
+def session_metadata() -> dict[str, str]:
+    """Labels that let hooks and the reaper find this run's sandboxes."""
+    metadata = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": str(flow_run.id or "none")}
+    if flow_run.flow_name:
+        metadata["prefect_flow"] = str(flow_run.flow_name)
+    if deployment.name:
+        metadata["prefect_deployment"] = str(deployment.name)
+    return metadata
+
+
+def running_flow_timeout() -> float | None:
+    """The timeout Prefect applies to the flow run in progress (its decorator's, or a `with_options` one)."""
+    context = FlowRunContext.get()
+    return context.flow.timeout_seconds if context and context.flow else None
+
+
+def plan_this_run(settings: Settings, prompt: str, mcp: Any, **choices: Any) -> SessionPlan:
+    """The plan of the flow run in progress: its workflow, labels and effective timeout come from Prefect."""
+    plan = plan_session(
+        settings, prompt, mcp, workflow=str(flow_run.flow_name or "agent-session"),
+        flow_timeout_seconds=running_flow_timeout(), metadata=session_metadata(), **choices,
+    )
+    get_run_logger().info("%sBackend: %s", "REHEARSAL: " if plan.rehearsal else "", plan.backend)
+    return plan
+
+
+async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult:
+    """Create → wait for the gateway → register Claude → run the prompt, and kill the sandbox on every path; all
+    under one slot of the global sandbox limit.
+
+    `result` is filled as the session goes, so a failure still reports the steps that ran."""
+    handle: SandboxHandle | None = None
+    clock = time.monotonic()
+
+    def step(label: str) -> None:
+        nonlocal clock
+        result.steps[label] = round(time.monotonic() - clock, 3)
+        clock = time.monotonic()
+
+    async with sandbox_slot(plan):  # held until the sandbox is gone
+        failed = True
+        try:
+            handle = await create_sandbox(plan)
+            result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
+            step("create")
+            result.tools = len(await wait_for_gateway(plan, handle))
+            step("gateway_ready")
+            await register_claude(plan, handle)
+            step("register")
+            result.run = await run_prompt(plan, handle)
+            step("prompt")
+            failed = False
+        finally:
+            clock = time.monotonic()
+            await teardown(plan, handle, session_failed=failed)
+            step("kill")
+    return result
+
+
+async def teardown(plan: SessionPlan, handle: SandboxHandle | None, session_failed: bool = False) -> None:
+    """Kill the session's sandbox; without a handle (create died half-way) kill whatever carries the run's labels.
+
+    Each way to kill is tried in turn until one works: the kill task, then the same kill without Prefect's task
+    machinery (which a cancelled run or an API outage may have broken). When the session already failed, a teardown
+    failure is logged rather than raised, so it cannot hide the cause; the sandbox's TTL ends it anyway."""
+    if handle:
+        kills = [lambda: kill_sandbox(plan, handle), lambda: kill_sandbox.fn(plan, handle)]
+    else:
+        kills = [lambda: kill_run_sandboxes(plan)]
+    error: BaseException | None = None
+    for kill in kills:
+        try:
+            await asyncio.shield(kill())
+            return
+        except BaseException as exc:  # noqa: BLE001 - a cancelled run must still kill its sandbox
+            error = exc
+    if not session_failed:
+        raise error
+    get_run_logger().error("Teardown failed (%s: %s); the sandbox's TTL will end it.", type(error).__name__,
+                           one_line(error))
+
+
+@asynccontextmanager
+async def reported(key: str, result: SessionResult, settings: Settings) -> AsyncIterator[list[str]]:
+    """Write the run's artifact when the block ends, also when it fails (then with the reason, secrets redacted).
+
+    The block may add lines for the artifact to the list it is given. Prefect stops a flow past its timeout by
+    cancelling it: here that becomes our own RunTimedOut, so the artifact says which timeout it was."""
+    extra: list[str] = []
+    started, timeout = time.monotonic(), running_flow_timeout()
+    try:
+        yield extra
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and timeout and time.monotonic() - started >= timeout - 1:
+            exc = RunTimedOut.after(timeout)
+        why = str(exc) if isinstance(exc, AgentboxError) else f"{type(exc).__name__}: {one_line(exc)}"
+        await asyncio.shield(session_artifact(key, result, error=redact(why, settings.secret_values())))
+        raise
+    await session_artifact(key, result, extra=extra)
+
+
+def session_markdown(title: str, result: SessionResult, error: str = "", extra: list[str] = ()) -> str:
+    lines = [f"# {title}", ""]
+    lines += [f"**{REHEARSAL_BANNER}**", ""] if result.rehearsal else []
+    lines += [f"**Outcome:** {'FAILED: ' + error if error else 'succeeded'}", "", *extra]
+    lines += [
+        f"- Sandbox: `{result.sandbox_id or '-'}` on `{result.backend}`",
+        f"- Gateway tools: {result.tools}",
+        f"- Turns: {result.run.num_turns}, cost: {result.cost()}",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *(f"| {k} | {v:.2f} |" for k, v in result.steps.items()),
+        "",
+        "| tool call | outcome |",
+        "|---|---|",
+        *(f"| `{c.name}` | {'ok' if c.ok else 'failed'} |" for c in result.run.tool_calls),
+        "",
+        "## Answer",
+        "",
+        result.run.result or "_none_",
+    ]
+    return "\n".join(lines)
+
+
+async def session_artifact(key: str, result: SessionResult, error: str = "", extra: list[str] = ()) -> None:
+    title = key.replace("-", " ").capitalize()
+    await acreate_markdown_artifact(
+        key=key, markdown=session_markdown(title, result, error, extra), description=f"{title} run summary"
+    )
