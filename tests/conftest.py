@@ -1,77 +1,18 @@
 """Test session setup: an isolated Prefect home and sandbox root, no real credentials, one Prefect test harness.
 
 The real components run everywhere (bubblewrap, the gateway, the official MCP servers, the `claude` binary, a real
-Prefect API); only Anthropic, Notion and GitHub are replaced, by the rehearsal stand-ins.
+Prefect API); only Anthropic, Notion and GitHub are replaced, by the rehearsal stand-ins. Helpers the tests share
+live in tests/support.py, which also isolates the environment as soon as it is imported (here, first).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="agentbox-tests-"))
-os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
-os.environ["LOCAL_SANDBOX_ROOT"] = str(_SESSION_DIR / "sandboxes")
-for _name in ("E2B_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN",
-              "SANDBOX_BACKEND", "LOCAL_MCP_CATALOG"):
-    os.environ.pop(_name, None)
+import pytest
 
-import pytest  # noqa: E402
-
-PROJECT = Path(__file__).resolve().parents[1]
-WORKDIR = _SESSION_DIR  # where tests and the CLIs they start run: no developer's .env leaks into the tests
-SANDBOX_ROOT = Path(os.environ["LOCAL_SANDBOX_ROOT"])
-
-
-def sandbox_processes() -> dict[int, str]:
-    """Pid → command line of every live process of this session's local sandboxes: bubblewrap and the supervisor
-    name the sandbox root in their command line, and everything inside descends from them."""
-    from tests.e2b_standin.jail import processes_under
-
-    return processes_under(str(SANDBOX_ROOT))
-
-
-def wait_for_no_sandbox_processes(timeout: float = 10.0, ignore: frozenset[int] = frozenset()) -> list[str]:
-    """Sandbox processes (other than `ignore`) still alive after `timeout`; an empty list is the good answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = [cmd for pid, cmd in sandbox_processes().items() if pid not in ignore]
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """SIGTERM a server, runner or worker started with `start_new_session=True`, then SIGKILL after 30 s."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-async def latest_artifact(key: str) -> str:
-    """The markdown of the newest artifact with this key, on the test harness's API."""
-    from prefect.client.orchestration import get_client
-
-    async with get_client() as client:
-        artifacts = await client.read_latest_artifacts()
-    matching = [a for a in artifacts if a.key == key]
-    assert matching, f"no artifact {key}"
-    return str(matching[0].data)
-
-
-def sandbox_dirs() -> list[str]:
-    return sorted(p.name for p in SANDBOX_ROOT.iterdir()) if SANDBOX_ROOT.exists() else []
+from tests.support import SESSION_DIR, WORKDIR, sandbox_dirs, sandbox_processes, wait_for_no_sandbox_processes
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -148,4 +89,4 @@ def world(request, services, monkeypatch, no_leftovers):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)

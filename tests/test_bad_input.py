@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import WORKDIR, sandbox_dirs
+from tests.support import WORKDIR, sandbox_dirs
 
 CREDENTIALS = {"ANTHROPIC_API_KEY": "sk-x", "NOTION_INTEGRATION_TOKEN": "ntn-x", "GITHUB_TOKEN": "ghp-x"}
 
@@ -102,3 +102,44 @@ def test_a_rehearsal_on_e2b_is_refused():
         cli("flows.notion_to_github", "--repo", "octo/demo", "--rehearsal", "--backend", "e2b"),
         "A rehearsal runs on the local backend", "Drop --backend",
     )
+
+
+NOTION = json.dumps({"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}})
+
+
+def test_a_prompt_file_that_is_not_utf8_text_is_refused(tmp_path):
+    binary = tmp_path / "prompt.bin"
+    binary.write_bytes(b"Summarise \xff\xfe\x00 this")
+    line = assert_one_line_error(
+        cli("flows.agent_session", "--prompt-file", str(binary), "--mcp", NOTION, env=CREDENTIALS),
+        f"--prompt-file {binary} is not UTF-8 text", "Pass a UTF-8 text file",
+    )
+    assert "UnicodeDecodeError" not in line
+
+
+def test_a_prompt_over_its_bound_is_refused():
+    assert_one_line_error(
+        cli("flows.agent_session", "--prompt", "x" * 100_001, "--mcp", NOTION, env=CREDENTIALS),
+        "The prompt is 100,001 characters; at most 100,000 are accepted.",
+    )
+
+
+@pytest.mark.parametrize("backend", ["local", "e2b"])
+def test_a_field_the_server_does_not_have_is_named(backend):
+    mcp = json.dumps({"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}", "integrationTokne": "x"}})
+    assert_one_line_error(
+        cli("flows.agent_session", "--prompt", "hi", "--mcp", mcp, "--backend", backend,
+            env={**CREDENTIALS, "E2B_API_KEY": "e2b-x"}),
+        "server 'notion' has no field 'integrationTokne' (it has 'internalIntegrationToken')",
+    )
+
+
+def test_an_mcp_config_over_its_bound_is_refused(tmp_path):
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}",
+                                             "padding": "p" * 1_000_000}}))
+    line = assert_one_line_error(
+        cli("flows.agent_session", "--prompt", "hi", "--mcp", f"@{config}", env=CREDENTIALS),
+        "bytes; at most 32,768 are accepted",
+    )
+    assert "ppppp" not in line and "422" not in line

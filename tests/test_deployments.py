@@ -27,7 +27,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.states import Cancelling
 
 from flows.agent_session import EXAMPLE_MCP
-from tests.conftest import PROJECT, WORKDIR, sandbox_dirs, stop_process_group
+from tests.support import PROJECT, WORKDIR, sandbox_dirs, stop_process_group
 from tests.worlds import World
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -317,3 +317,22 @@ def test_five_sessions_never_hold_more_than_two_sandboxes(server, worker):
     assert all(s.is_completed() for s in states), states
     assert peak["sandboxes"] == 2, peak  # the limit held, and was reached
     assert peak["running"] > 2, peak  # more runs were going at once than sandboxes: the limit did the waiting
+
+
+def test_a_deployed_run_times_out_at_the_flow_timeout_of_its_workers_environment(server, worker):
+    """FLOW_TIMEOUT_SECONDS is what the worker's flow-run process reads (job variables add to its environment), not
+    the built-in 1800 s; the sandbox's TTL is far away, so the timeout is what stops the run, and it says so."""
+    env = {"ANTHROPIC_BASE_URL": worker.never.url, "FLOW_TIMEOUT_SECONDS": "20", "SANDBOX_TTL_SECONDS": "300"}
+    run_id = trigger(server, "agent-session/agent-session", SESSION, env=env)
+    sandbox = worker.world.wait_for_sandbox_of(run_id)
+    run = final_state(server, run_id)
+    assert run.state.name == "TimedOut", run.state
+    assert "timeout of 20" in run.state.message
+
+    async def states(client: PrefectClient):
+        return {s.name: s.timestamp for s in await client.read_flow_run_states(run_id)}
+
+    times = call(server, states)
+    ran = (times["TimedOut"] - times["Running"]).total_seconds()
+    assert 19 <= ran <= 45, ran
+    assert worker.world.wait_gone(sandbox)

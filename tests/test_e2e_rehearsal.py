@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest, RecordedIssue, notion_to_github
-from tests.conftest import WORKDIR, latest_artifact
+from tests.support import WORKDIR, latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 

@@ -16,7 +16,7 @@ import pytest
 from agentbox.rehearsal.seed import notion_to_github_script
 from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
 from flows.notion_to_github import IssueRequest, notion_to_github
-from tests.conftest import WORKDIR, latest_artifact
+from tests.support import WORKDIR, latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -11,7 +11,7 @@ import pytest
 
 from agentbox.errors import SandboxCommandTimeout, SandboxError
 from agentbox.sandboxes.local import LocalSandboxes
-from tests.conftest import PROJECT, SANDBOX_ROOT, sandbox_dirs
+from tests.support import PROJECT, SANDBOX_ROOT, sandbox_dirs
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 

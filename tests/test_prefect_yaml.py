@@ -13,7 +13,7 @@ from prefect.flows import load_flow_from_entrypoint
 from deployments.serve import deployments, schedule
 from flows.agent_session import SessionRequest
 from flows.notion_to_github import IssueRequest
-from tests.conftest import PROJECT
+from tests.support import PROJECT
 
 SPEC = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
 

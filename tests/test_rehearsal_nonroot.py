@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import WORKDIR
+from tests.support import WORKDIR
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 

@@ -17,7 +17,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelling
 
-from tests.conftest import WORKDIR, stop_process_group
+from tests.support import WORKDIR, stop_process_group
 from tests.worlds import BACKENDS, World
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")

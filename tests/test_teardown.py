@@ -17,7 +17,14 @@ import pytest
 from prefect import flow
 
 from agentbox.claude import AgentRun
-from agentbox.errors import ClaudeError, GatewayAuthError, GatewayNotReady, GatewayUpstreamError, SandboxError
+from agentbox.errors import (
+    ClaudeError,
+    ConfigError,
+    GatewayAuthError,
+    GatewayNotReady,
+    GatewayUpstreamError,
+    SandboxError,
+)
 from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.stage import rehearsal_stage
 from agentbox.settings import load_settings
@@ -26,7 +33,7 @@ from flows.session import plan_this_run, teardown
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox
-from tests.conftest import SANDBOX_ROOT
+from tests.support import SANDBOX_ROOT, sandbox_dirs
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
@@ -76,6 +83,20 @@ async def session_with_fault(fault: str, script: list[dict]) -> AgentRun:
             return await run_prompt(plan, handle)
         finally:
             await teardown(plan, handle)
+
+
+def test_a_ttl_not_above_the_flows_own_timeout_is_refused_before_any_sandbox(monkeypatch):
+    """The TTL is checked against the timeout Prefect really applies to the run, not only the configured one."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-used")
+    monkeypatch.setenv("NOTION_INTEGRATION_TOKEN", "ntn-test")
+    monkeypatch.setenv("FLOW_TIMEOUT_SECONDS", "600")  # the settings agree with each other...
+    monkeypatch.setenv("SANDBOX_TTL_SECONDS", "900")
+    longer = agent_session.with_options(timeout_seconds=900)  # ...but this run would outlive its sandbox
+    exc = failure(asyncio.run(longer(SessionRequest(prompt="hi", mcp=NOTION), return_state=True)))
+    assert isinstance(exc, ConfigError)
+    assert str(exc).startswith("SANDBOX_TTL_SECONDS (900) must be larger than the flow run's timeout (900 s)")
+    assert len(str(exc).splitlines()) == 1
+    assert sandbox_dirs() == []
 
 
 def test_create_fails_without_bubblewrap(fault_catalog, monkeypatch, tmp_path):

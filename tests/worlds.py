@@ -22,7 +22,7 @@ from agentbox.rehearsal.notion_api import notion_app
 from agentbox.rehearsal.seed import default_notion_seed
 from agentbox.rehearsal.servers import BackgroundServer, free_loopback_host_for_port80
 from agentbox.rehearsal.stage import rehearsal_catalog
-from tests.conftest import SANDBOX_ROOT, sandbox_dirs
+from tests.support import SANDBOX_ROOT, sandbox_dirs
 from tests.e2b_standin import E2BStandIn
 
 BACKENDS = ["local", "e2b"]
