@@ -133,7 +133,9 @@ def events_from_message(message: dict[str, Any]) -> list[Event]:
     if kind == "system" and message.get("subtype") == "init":
         servers = {s.get("name", "?"): s.get("status", "?") for s in message.get("mcp_servers") or []}
         return [
-            InitEvent(message.get("session_id", ""), message.get("model", ""), list(message.get("tools") or []), servers)
+            InitEvent(
+                message.get("session_id", ""), message.get("model", ""), list(message.get("tools") or []), servers
+            )
         ]
     if kind in ("assistant", "user"):
         events: list[Event] = []
@@ -146,7 +148,9 @@ def events_from_message(message: dict[str, Any]) -> list[Event]:
                 events.append(ToolCallEvent(block.get("id", ""), block.get("name", ""), block.get("input") or {}))
             elif btype == "tool_result":
                 events.append(
-                    ToolResultEvent(block.get("tool_use_id", ""), bool(block.get("is_error")), _content_text(block.get("content")))
+                    ToolResultEvent(
+                        block.get("tool_use_id", ""), bool(block.get("is_error")), _content_text(block.get("content"))
+                    )
                 )
         return events
     if kind == "result":

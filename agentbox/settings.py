@@ -127,7 +127,10 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             name = "_".join(str(p) for p in err["loc"]).upper()
             problems.append(f"{name}: {err['msg']}" if name else err["msg"])
-        raise ConfigError(f"Invalid settings: {'; '.join(problems)}.", f"Fix {'them' if len(problems) > 1 else 'it'} in {WHERE}.") from None
+        raise ConfigError(
+            f"Invalid settings: {'; '.join(problems)}.",
+            f"Fix {'them' if len(problems) > 1 else 'it'} in {WHERE}.",
+        ) from None
 
 
 def configured_flow_timeout() -> float:

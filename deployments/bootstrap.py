@@ -37,15 +37,24 @@ class Bootstrap(BaseModel):
 async def bootstrap(pool: str = WORK_POOL, sandboxes: int = DEFAULT_SANDBOXES) -> Bootstrap:
     """Create the work pool if it is missing, and create or resize the sandbox limit."""
     if sandboxes < 1:
-        raise ConfigError(f"--sandboxes must be at least 1, not {sandboxes}.", "Pass the number of sandboxes allowed at once.")
+        raise ConfigError(
+            f"--sandboxes must be at least 1, not {sandboxes}.",
+            "Pass the number of sandboxes allowed at once.",
+        )
     limit = load_settings().sandbox_concurrency_limit
     if not limit:
-        raise ConfigError("SANDBOX_CONCURRENCY_LIMIT is empty, so there is no limit to create.", "Unset it to use the default.")
+        raise ConfigError(
+            "SANDBOX_CONCURRENCY_LIMIT is empty, so there is no limit to create.",
+            "Unset it to use the default.",
+        )
     async with get_client() as client:
         try:
             existing = await client.read_work_pool(pool)
             if existing.type != "process":
-                raise ConfigError(f"Work pool '{pool}' exists with type '{existing.type}', not 'process'.", "Pick another --pool.")
+                raise ConfigError(
+                    f"Work pool '{pool}' exists with type '{existing.type}', not 'process'.",
+                    "Pick another --pool.",
+                )
             created = False
         except ObjectNotFound:
             template = ProcessWorker.get_default_base_job_template()

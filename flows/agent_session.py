@@ -1,6 +1,7 @@
 """Any catalog MCP servers + any prompt: Claude Code in a fresh sandbox, always torn down.
 
-    python -m flows.agent_session --prompt "..." --mcp '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
+    python -m flows.agent_session --prompt "..." \\
+        --mcp '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
 
 From Python or the Prefect API: `agent_session(SessionRequest(prompt=..., mcp=...))`, parameters
 `{"request": {"prompt": "...", "mcp": {...}}}`. Secrets in the MCP config are `${NAME}` references, resolved inside the
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--prompt", help="the prompt text")
     source.add_argument("--prompt-file", type=Path, help="a file holding the prompt (UTF-8 text)")
     parser.add_argument("--mcp", required=True, help="MCP config as JSON or @file; secrets as ${NAME} references")
-    parser.add_argument("--allowed-tools", nargs="*", default=None, help="tools Claude may use (default: the gateway's)")
+    parser.add_argument("--allowed-tools", nargs="*", default=None,
+                        help="tools Claude may use (default: the gateway's)")
     parser.add_argument("--bypass-permissions", action="store_true", help="let Claude use every tool without asking")
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)

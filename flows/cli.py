@@ -98,7 +98,8 @@ class _WithoutTraceback(logging.Formatter):
 
 
 def hide_tracebacks_on_console() -> None:
-    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger))]
+    named = logging.Logger.manager.loggerDict.values()
+    loggers = [logging.getLogger(), *(v for v in named if isinstance(v, logging.Logger))]
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler.formatter, _WithoutTraceback):

@@ -20,6 +20,10 @@ async def kill_run_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN00
     """on_crashed / on_cancellation: the run's `finally` may not have run (SIGKILL, OOM): kill what it left."""
     settings = load_settings()
     labels = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": str(flow_run.id)}
-    killed = [i for name in reachable_backends(settings) for i in await get_backend(settings, name).kill_matching(labels)]
+    killed = [
+        sandbox_id
+        for name in reachable_backends(settings)
+        for sandbox_id in await get_backend(settings, name).kill_matching(labels)
+    ]
     if killed:
         log.warning("Run %s ended %s: killed its sandboxes %s", flow_run.id, state.name, ", ".join(killed))

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", required=True, help="GitHub repository as OWNER/NAME")
     parser.add_argument("--title", default=DEFAULT_TITLE)
     parser.add_argument("--body", default=DEFAULT_BODY)
-    parser.add_argument("--rehearsal", action="store_true", help="run against local stand-ins; nothing leaves the machine")
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="run against local stand-ins; nothing leaves the machine")
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
 

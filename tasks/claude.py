@@ -133,4 +133,7 @@ def check_run(run: AgentRun, stderr: str, options: ClaudeOptions) -> None:
         raise ClaudeError("Claude Code ran without the gateway's tools.", "Check the gateway.")
     if run.permission_denials:
         denied = ", ".join(sorted(set(run.permission_denials)))
-        raise ClaudeError(f"Claude Code was denied tools: {denied}.", "Allow them with --allowed-tools if they are wanted.")
+        raise ClaudeError(
+            f"Claude Code was denied tools: {denied}.",
+            "Allow them with --allowed-tools if they are wanted.",
+        )

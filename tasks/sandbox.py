@@ -78,7 +78,8 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[None]:
         except ConcurrencySlotAcquisitionError:
             raise ConfigError(
                 f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
-                "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without one.",
+                "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without "
+                "one.",
             ) from None
         waited = time.monotonic() - started
         if waited > 1:

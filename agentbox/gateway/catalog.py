@@ -77,9 +77,15 @@ def _read_catalog_file(path: Path) -> dict[str, CatalogEntry]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"MCP catalog file {path} does not exist.", "Fix LOCAL_MCP_CATALOG or create the file.") from None
+        raise ConfigError(
+            f"MCP catalog file {path} does not exist.",
+            "Fix LOCAL_MCP_CATALOG or create the file.",
+        ) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"MCP catalog file {path} is not valid JSON ({exc.msg} at line {exc.lineno}).", "Fix the file.") from None
+        raise ConfigError(
+            f"MCP catalog file {path} is not valid JSON ({exc.msg} at line {exc.lineno}).",
+            "Fix the file.",
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"MCP catalog file {path} must hold a JSON object of server keys.", "Fix the file.")
     entries = {}
@@ -97,11 +103,17 @@ def read_config_argument(value: str, option: str) -> Any:
     try:
         text = Path(value[1:]).read_text() if value.startswith("@") else value
     except OSError as exc:
-        raise ConfigError(f"Cannot read the {option} file {value[1:]} ({exc.strerror}).", f"Fix the {option} path.") from None
+        raise ConfigError(
+            f"Cannot read the {option} file {value[1:]} ({exc.strerror}).",
+            f"Fix the {option} path.",
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{option} is not valid JSON ({exc.msg} at line {exc.lineno}).", "Pass a JSON object or @file.") from None
+        raise ConfigError(
+            f"{option} is not valid JSON ({exc.msg} at line {exc.lineno}).",
+            "Pass a JSON object or @file.",
+        ) from None
 
 
 def unknown_server(key: str, known: Iterable[str], label: str = "MCP server") -> str:

@@ -76,8 +76,12 @@ class GatewayProbe:
                 raise
             denied = [s for s in self._statuses if s in (401, 403)]
             if denied:
-                raise GatewayAuthError(f"The MCP gateway at {self.url} answered {denied[0]} to our token.", AUTH_HINT) from None
-            raise GatewayNotReady(f"The MCP gateway at {self.url} is not answering yet ({_why(exc, self._statuses)}).") from None
+                raise GatewayAuthError(
+                    f"The MCP gateway at {self.url} answered {denied[0]} to our token.",
+                    AUTH_HINT,
+                ) from None
+            why = _why(exc, self._statuses)
+            raise GatewayNotReady(f"The MCP gateway at {self.url} is not answering yet ({why}).") from None
 
     async def upstream_failures(self) -> dict[str, str]:
         """Servers the gateway reports as failed on `/health` (this project's gateway; others answer nothing useful)."""
@@ -89,7 +93,9 @@ class GatewayProbe:
         if not isinstance(servers, dict):
             return {}
         return {
-            k: str(v.get("error") or "failed") for k, v in servers.items() if isinstance(v, dict) and v.get("state") == "failed"
+            k: str(v.get("error") or "failed")
+            for k, v in servers.items()
+            if isinstance(v, dict) and v.get("state") == "failed"
         }
 
     async def check(self, expected: dict[str, list[str]], timeout: float = 10.0) -> list[str]:
@@ -149,7 +155,8 @@ async def wait_until_ready(
     first_delay: float = 0.02,
     max_delay: float = 0.02,
 ) -> ProbeResult:
-    """Probe with exponential backoff from `first_delay` until ready or the deadline; auth/upstream errors stop at once."""
+    """Probe with exponential backoff from `first_delay` until ready or the deadline; auth and upstream errors stop
+    at once."""
     start = time.monotonic()
     delay, attempts = first_delay, 0
     async with GatewayProbe(url, token) as gateway:

@@ -30,7 +30,7 @@ from fastmcp.server.auth.auth import AccessToken, TokenVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from agentbox.errors import ConfigError
+from agentbox.errors import ConfigError, one_line
 from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
 
 log = logging.getLogger("agentbox.gateway")
@@ -101,7 +101,7 @@ def _describe(exc: BaseException) -> str:
         return "did not answer tools/list in time"
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}"[:300]
+    return f"{type(exc).__name__}: {one_line(exc, empty='no detail')}"
 
 
 def find_clashes(statuses: list[UpstreamStatus]) -> dict[str, list[str]]:
@@ -197,7 +197,8 @@ async def _list_tools_over(socket_path: str, token: str) -> None:
     from mcp.client.streamable_http import streamable_http_client
 
     transport = httpx2.AsyncHTTPTransport(uds=socket_path)
-    async with httpx2.AsyncClient(transport=transport, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx2.AsyncClient(transport=transport, headers=headers, timeout=60) as http:
         async with streamable_http_client("http://localhost/mcp", http_client=http) as streams:
             async with ClientSession(streams[0], streams[1]) as session:
                 await session.initialize()

@@ -246,11 +246,17 @@ async def _translated(action: str, sandbox_id: str = "") -> AsyncIterator[None]:
     except AuthenticationException:
         raise SandboxError(f"E2B refused the API key while trying to {action}.", KEY_HINT) from None
     except RateLimitException:
-        raise SandboxUnavailable(f"E2B's rate limit was hit while trying to {action}.", "Retry later or lower concurrency.") from None
+        raise SandboxUnavailable(
+            f"E2B's rate limit was hit while trying to {action}.",
+            "Retry later or lower concurrency.",
+        ) from None
     except ServiceBusyException:
         raise SandboxUnavailable(f"E2B is busy (503) while trying to {action}.", "Retry later.") from None
     except (SandboxNotFoundException, SandboxNotRunningException, NotFoundException):
-        raise SandboxError(f"Sandbox{where} is gone (killed or past its timeout) while trying to {action}.", "Create a new sandbox.") from None
+        raise SandboxError(
+            f"Sandbox{where} is gone (killed or past its timeout) while trying to {action}.",
+            "Create a new sandbox.",
+        ) from None
     except TimeoutException as exc:
         raise SandboxUnavailable(
             f"E2B timed out while trying to {action}{where}: {one_line(exc)}.", "Retry; check E2B's status."

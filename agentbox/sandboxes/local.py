@@ -106,7 +106,10 @@ class LocalSandboxes(SandboxBackend):
 
     def _state(self, sandbox_id: str) -> Path:
         if not sandbox_id.startswith("local-") or "/" in sandbox_id:
-            raise SandboxError(f"'{sandbox_id}' is not a local sandbox id.", "Pass the id a local sandbox was created with.")
+            raise SandboxError(
+                f"'{sandbox_id}' is not a local sandbox id.",
+                "Pass the id a local sandbox was created with.",
+            )
         return self.root / sandbox_id
 
     def _hidden(self) -> list[Path]:
@@ -172,7 +175,7 @@ class LocalSandboxes(SandboxBackend):
         sandbox_id = f"local-{secrets.token_hex(6)}"
         state = self.root / sandbox_id
         try:
-            with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and free disk space."):
+            with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
                 for sub in ("home", "tmp", "gateway", "procs"):
                     (state / sub).mkdir(parents=True, mode=0o700)
                 info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata)
@@ -192,7 +195,13 @@ class LocalSandboxes(SandboxBackend):
         )
 
     def _prepare(
-        self, state: Path, sandbox_id: str, mcp_config: dict, envs: dict[str, str], ttl_seconds: int, metadata: dict[str, str]
+        self,
+        state: Path,
+        sandbox_id: str,
+        mcp_config: dict,
+        envs: dict[str, str],
+        ttl_seconds: int,
+        metadata: dict[str, str],
     ) -> dict:
         """Write what the supervisor and later commands need; secrets only in files only the owner can read."""
         port = _free_port()
@@ -212,7 +221,9 @@ class LocalSandboxes(SandboxBackend):
             "created_at": created.isoformat(),
             "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
             "gateway_port": port,
-            "gateway_argv": self._bwrap(state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR, "--", *gateway]),
+            "gateway_argv": self._bwrap(
+                state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR, "--", *gateway]
+            ),
         }
         _write_private(state / "sandbox.json", json.dumps(info))
         _write_private(state / "gateway_env.json", json.dumps({**self._base_env(), "GATEWAY_ACCESS_TOKEN": token}))
@@ -257,7 +268,10 @@ class LocalSandboxes(SandboxBackend):
         state = self._state(sandbox_id)
         info = _read_info(state)
         if not info or not process_alive(_read_pid(state / "supervisor.pid"), str(state)):
-            raise SandboxError(f"Sandbox {sandbox_id} is not running (killed or past its TTL).", "Create a new sandbox.")
+            raise SandboxError(
+                f"Sandbox {sandbox_id} is not running (killed or past its TTL).",
+                "Create a new sandbox.",
+            )
         return state
 
     async def run(
@@ -322,7 +336,8 @@ class LocalSandboxes(SandboxBackend):
             return found
         for state in sorted(self.root.iterdir()):
             info = _read_info(state)
-            if not info or not (process_alive(_read_pid(state / "supervisor.pid"), str(state)) or _starting(state, info)):
+            alive = info and process_alive(_read_pid(state / "supervisor.pid"), str(state))
+            if not (alive or (info and _starting(state, info))):
                 continue
             if all(info["metadata"].get(k) == v for k, v in (metadata or {}).items()):
                 found.append(
@@ -342,9 +357,15 @@ def _translated(action: str, hint: str = "") -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise SandboxError(f"Cannot {action}: the sandbox is gone (killed or past its TTL).", "Create a new sandbox.") from None
+        raise SandboxError(
+            f"Cannot {action}: the sandbox is gone (killed or past its TTL).",
+            "Create a new sandbox.",
+        ) from None
     except OSError as exc:
-        raise SandboxError(f"Cannot {action} ({exc.strerror or one_line(exc)}).", hint or "See the sandbox's logs.") from None
+        raise SandboxError(
+            f"Cannot {action} ({exc.strerror or one_line(exc)}).",
+            hint or "See the sandbox's logs.",
+        ) from None
 
 
 def _starting(state: Path, info: dict) -> bool:
