@@ -65,6 +65,10 @@ class SessionPlan(BaseModel, frozen=True):
         """The settings the tasks look secrets up in: the environment's, with a rehearsal's stand-ins over them."""
         return load_settings(**(self.stand_ins.settings if self.stand_ins else {}))
 
+    def secret_values(self, settings: Settings) -> list[str]:
+        """Every secret this session handles, for `redact`: the settings' and those its MCP references name."""
+        return [*settings.secret_values(), *(settings.resolve_reference(n) for n in sorted(references_in(self.mcp)))]
+
     def sandboxes(self, settings: Settings) -> SandboxBackend:
         return open_backend(self.backend, self.backend_options, settings)
 
@@ -103,6 +107,11 @@ def plan_session(
     one); the sandbox's TTL must outlive it."""
     if stand_ins:
         settings = load_settings(**stand_ins.settings)
+        uncovered = sorted(n for n in references_in(mcp) if n.lower() not in stand_ins.settings)
+        if uncovered:  # it would be read from the real environment, and handed to a rehearsal
+            raise ConfigError(
+                f"The rehearsal has no stand-in for {', '.join(uncovered)}.", "Use catalog servers it covers."
+            )
     name = backend or settings.backend
     adapter = backend_class(name)
     options = adapter.options(settings)

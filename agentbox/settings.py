@@ -11,7 +11,6 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -37,8 +36,8 @@ class Settings(BaseSettings):
     github_token: SecretStr | None = None
 
     anthropic_base_url: str | None = Field(None, description="Passed to Claude in the sandbox (a proxy or gateway).")
-    sandbox_backend: Literal["local", "e2b"] | None = Field(
-        None, description="Where sandboxes run; default: e2b when E2B_API_KEY is set, else local."
+    sandbox_backend: str | None = Field(
+        None, description="Where sandboxes run, a registered backend; default: e2b when E2B_API_KEY is set, else local."
     )
     e2b_mcp_url: str = Field(
         "https://{port}-{sandbox_id}.{domain}/mcp",
@@ -69,6 +68,15 @@ class Settings(BaseSettings):
         2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )
 
+    @field_validator("sandbox_backend")
+    @classmethod
+    def _registered_backend(cls, name: str | None) -> str | None:
+        from agentbox.sandboxes import BACKENDS  # the registry imports settings: import it when validating
+
+        if name and name not in BACKENDS:
+            raise ValueError(f"must be one of the registered backends: {', '.join(sorted(BACKENDS))}")
+        return name or None
+
     @field_validator("sandbox_ttl_seconds")
     @classmethod
     def _ttl_outlives_flow(cls, ttl: int, info: ValidationInfo) -> int:
@@ -79,7 +87,7 @@ class Settings(BaseSettings):
         return ttl
 
     @property
-    def backend(self) -> Literal["local", "e2b"]:
+    def backend(self) -> str:
         """The configured backend, or the default that follows from the credentials present."""
         if self.sandbox_backend:
             return self.sandbox_backend

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ValidationError
 from agentbox.errors import AgentboxError, ConfigError, RunTimedOut, one_line
 from agentbox.sandboxes import BACKENDS
 
+STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+EPHEMERAL_STARTUP_SECONDS = 120
 MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
 
@@ -56,9 +58,10 @@ def build(model: type[BaseModel], **values: object) -> BaseModel:
 def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_seconds: float | None) -> BaseModel:
     """Run a flow from the command line. With no PREFECT_API_URL it runs on Prefect's temporary server, which
     nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap).
-    Prefect's flow timeout becomes our own error here, at the boundary, saying which timeout it was."""
+    Prefect's timeouts become our own errors here, at the boundary, saying which timeout it was."""
     from prefect.flow_engine import FlowRunTimeoutError
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.task_engine import TaskRunTimeoutError
 
     from agentbox.settings import load_settings
     from tasks.sandbox import ensure_sandbox_limit
@@ -70,8 +73,17 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
             return await flow_call()
         except FlowRunTimeoutError:
             raise RunTimedOut.after(timeout_seconds or 0) from None
+        except TaskRunTimeoutError as exc:
+            raise RunTimedOut(
+                f"A step of the run passed its own timeout ({one_line(exc)}); the sandbox was torn down.",
+                "Retry; if it persists, the run's logs say which service was slow.",
+            ) from None
 
-    return asyncio.run(main())
+    # A first run on a fresh PREFECT_HOME migrates the temporary server's database: Prefect's 20 s is tight on a
+    # busy machine. A value the user set wins.
+    slow_start = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
+    with temporary_settings(updates={} if STARTUP_SETTING in os.environ else slow_start):
+        return asyncio.run(main())
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from agentbox.sandboxes import get_backend, reachable_backends
+from agentbox.sandboxes import reachable_backends
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import load_settings
 
@@ -20,10 +20,6 @@ async def kill_run_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN00
     """on_crashed / on_cancellation: the run's `finally` may not have run (SIGKILL, OOM): kill what it left."""
     settings = load_settings()
     labels = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": str(flow_run.id)}
-    killed = [
-        sandbox_id
-        for name in reachable_backends(settings)
-        for sandbox_id in await get_backend(settings, name).kill_matching(labels)
-    ]
+    killed = [found for backend in reachable_backends(settings) for found in await backend.kill_matching(labels)]
     if killed:
         log.warning("Run %s ended %s: killed its sandboxes %s", flow_run.id, state.name, ", ".join(killed))

@@ -113,7 +113,7 @@ async def notion_to_github(
     prompt = build_prompt(owner, name, issue.title, issue.body)
     recorded: list[RecordedIssue] = []
     async with reported("notion-to-github", result, settings) as extra:
-        with rehearsal_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
+        with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
             plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins)
             try:
                 await run_session(plan, result)
@@ -138,13 +138,13 @@ async def notion_to_github(
     )
 
 
-def rehearsal_stage(owner: str, name: str, issue: IssueRequest):  # noqa: ANN201 - the stage's context manager
+def mission_stage(owner: str, name: str, issue: IssueRequest):  # noqa: ANN201 - the stage's context manager
     """Stand-ins of Anthropic (playing this mission), Notion and GitHub, for the length of one run."""
     from agentbox.rehearsal.seed import notion_to_github_script
-    from agentbox.rehearsal.stage import rehearsal_stage as stage
+    from agentbox.rehearsal.stage import rehearsal_stage
 
     get_run_logger().warning("REHEARSAL: stand-ins replace Anthropic, Notion and GitHub; nothing leaves this machine")
-    return stage(notion_to_github_script(owner, name, issue.title, issue.body))
+    return rehearsal_stage(notion_to_github_script(owner, name, issue.title, issue.body))
 
 
 def recorded_issues(stage) -> list[RecordedIssue]:  # noqa: ANN001 - a rehearsal Stage, or None
@@ -179,15 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     def start() -> NotionToGithubResult:
         owner, name = parse_repo(args.repo)  # fail before Prefect starts
         issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
+        stand_ins = None
         if args.rehearsal:
             from agentbox.rehearsal.netns import enter_private_network_if_needed
+            from agentbox.rehearsal.stage import rehearsal_stand_ins
 
             rehearsal_backend(args.backend)
             enter_private_network_if_needed("flows.notion_to_github", sys.argv[1:] if argv is None else argv)
-        else:
-            plan_session(load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP,
-                         workflow="notion-to-github", backend=args.backend,
-                         flow_timeout_seconds=notion_to_github.timeout_seconds)
+            stand_ins = rehearsal_stand_ins()  # placeholders: the stage itself starts inside the flow run
+        plan_session(  # every check, before Prefect starts
+            load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
+            backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins,
+            flow_timeout_seconds=notion_to_github.timeout_seconds,
+        )
         return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend),
                             notion_to_github.timeout_seconds)
 

@@ -20,7 +20,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
-from agentbox.sandboxes import get_backend, reachable_backends
+from agentbox.sandboxes import reachable_backends
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SandboxInfo
 from agentbox.settings import load_settings
 from flows import cli
@@ -70,12 +70,11 @@ async def reap_sandboxes(max_age_minutes: float = 120, dry_run: bool = False) ->
     logger = get_run_logger()
     report = ReapReport(dry_run=dry_run, reaped=[], kept=[])
     async with get_client() as client:
-        for name in reachable_backends(settings):
-            sandboxes = get_backend(settings, name)
+        for sandboxes in reachable_backends(settings):
             for info in await sandboxes.list({APP_LABEL_KEY: APP_LABEL}):
                 reason = await reason_to_reap(client, info, max_age_minutes)
                 verdict = Verdict(
-                    backend=name,
+                    backend=sandboxes.name,
                     sandbox_id=info.id,
                     flow_run_id=info.metadata.get("prefect_flow_run_id", ""),
                     age_minutes=round((datetime.now(timezone.utc) - info.created_at).total_seconds() / 60, 1),

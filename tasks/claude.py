@@ -42,7 +42,7 @@ async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     settings = plan.read_settings()
     sandboxes = plan.sandboxes(settings)
     token = await sandboxes.gateway_token(handle)
-    secrets = [*settings.secret_values(), token]
+    secrets = [*plan.secret_values(settings), token]
     timeout = plan.timeouts.registration
     added = await sandboxes.run(handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: token},
                                 timeout=timeout)
@@ -70,7 +70,7 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
     settings = plan.read_settings()
     sandboxes = plan.sandboxes(settings)
     options, timeout_seconds = plan.claude, plan.timeouts.claude
-    secrets = [*settings.secret_values(), await sandboxes.gateway_token(handle)]
+    secrets = [*plan.secret_values(settings), await sandboxes.gateway_token(handle)]
     logger = get_run_logger()
     run, parser = AgentRun(), StreamParser()
     disconnected = asyncio.Event()
@@ -128,7 +128,9 @@ def check_run(run: AgentRun, stderr: str, options: ClaudeOptions) -> None:
             "See the run's logs.",
         )
     if run.is_error or run.exit_code:
-        raise ClaudeError(f"Claude Code reported an error ({run.subtype}): {run.result[:300]}.", "See the run's logs.")
+        raise ClaudeError(
+            f"Claude Code reported an error ({run.subtype}): {one_line(run.result)}.", "See the run's logs."
+        )
     if GATEWAY_NAME not in run.mcp_servers or run.mcp_servers[GATEWAY_NAME] != "connected":
         raise ClaudeError("Claude Code ran without the gateway's tools.", "Check the gateway.")
     if run.permission_denials:

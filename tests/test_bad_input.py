@@ -140,6 +140,6 @@ def test_an_mcp_config_over_its_bound_is_refused(tmp_path):
                                              "padding": "p" * 1_000_000}}))
     line = assert_one_line_error(
         cli("flows.agent_session", "--prompt", "hi", "--mcp", f"@{config}", env=CREDENTIALS),
-        "bytes; at most 32,768 are accepted",
+        "larger than an MCP config may be (at most 32,768 bytes)",
     )
     assert "ppppp" not in line and "422" not in line

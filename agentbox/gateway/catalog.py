@@ -22,6 +22,8 @@ from agentbox.errors import ConfigError
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 _FIELD = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+MAX_CONFIG_BYTES = 32_768  # an MCP config is a few keys and references: far larger is a mistake (or an attack)
+EXAMPLE_CONFIG = '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
 
 
 class CatalogEntry(BaseModel):
@@ -101,12 +103,21 @@ def _read_catalog_file(path: Path) -> dict[str, CatalogEntry]:
 def read_config_argument(value: str, option: str) -> Any:
     """An MCP config given on a command line: JSON, or `@path` to a JSON file (keeps secrets out of `ps`)."""
     try:
-        text = Path(value[1:]).read_text() if value.startswith("@") else value
+        if value.startswith("@"):
+            with Path(value[1:]).open("rb") as file:
+                text = file.read(MAX_CONFIG_BYTES + 1).decode("utf-8", errors="replace")
+        else:
+            text = value
     except OSError as exc:
         raise ConfigError(
             f"Cannot read the {option} file {value[1:]} ({exc.strerror}).",
             f"Fix the {option} path.",
         ) from None
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{option} is larger than an MCP config may be (at most {MAX_CONFIG_BYTES:,} bytes).",
+            "Keep server settings short; pass secrets as ${NAME} references.",
+        )
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -120,10 +131,6 @@ def unknown_server(key: str, known: Iterable[str], label: str = "MCP server") ->
     """'unknown MCP server 'x'', with the nearest known key when there is one (a typo is the usual cause)."""
     near = difflib.get_close_matches(key, list(known), n=1)
     return f"unknown {label} '{key}'" + (f" (did you mean '{near[0]}'?)" if near else "")
-
-
-MAX_CONFIG_BYTES = 32_768  # an MCP config is a few keys and references: far larger is a mistake (or an attack)
-EXAMPLE_CONFIG = '{"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}'
 
 
 def check_config_shape(config: Any) -> None:

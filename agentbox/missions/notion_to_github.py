@@ -11,7 +11,7 @@ import json
 import re
 
 from agentbox.claude import AgentRun
-from agentbox.errors import AgentboxError, ConfigError
+from agentbox.errors import AgentboxError, ConfigError, one_line
 
 DEFAULT_TITLE = "Summary of our Notion workspace"
 DEFAULT_BODY = "Opened by an AI agent from a sandbox: the databases found in our Notion workspace."
@@ -82,6 +82,6 @@ def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
             f"The agent created no issue on {owner}/{name} (it tried other repositories).", "Check the prompt."
         )
     raise AgentboxError(
-        f"GitHub refused to create the issue on {owner}/{name}: {on_repo[-1].output[:200]}.",
+        f"GitHub refused to create the issue on {owner}/{name}: {one_line(on_repo[-1].output, limit=200)}.",
         "Check that GITHUB_TOKEN may open issues on that repository.",
     )

@@ -87,11 +87,16 @@ def rehearsal_stage(script: ModelScript) -> Iterator[Stage]:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentbox-rehearsal-")))
         catalog = workdir / "catalog.json"
         catalog.write_text(json.dumps(rehearsal_catalog(notion.url, github_host), indent=2))
-        stand_ins = StandIns(settings={
-            "anthropic_base_url": model.url,
-            "anthropic_api_key": "rehearsal-anthropic-key",
-            "local_mcp_catalog": str(catalog),
-            "notion_integration_token": NOTION_TOKEN,
-            "github_token": GITHUB_TOKEN,
-        })
-        yield Stage(stand_ins, model, notion, github)
+        yield Stage(rehearsal_stand_ins(model.url, str(catalog)), model, notion, github)
+
+
+def rehearsal_stand_ins(model_url: str = "http://127.0.0.1:9", catalog: str | None = None) -> StandIns:
+    """What a rehearsal's plan puts in place of real settings: the stage's addresses and dummy credentials. Without
+    a stage (placeholders) it is enough to check a rehearsal's plan before anything starts."""
+    settings = {
+        "anthropic_base_url": model_url,
+        "anthropic_api_key": "rehearsal-anthropic-key",
+        "notion_integration_token": NOTION_TOKEN,
+        "github_token": GITHUB_TOKEN,
+    }
+    return StandIns(settings={**settings, **({"local_mcp_catalog": catalog} if catalog else {})})

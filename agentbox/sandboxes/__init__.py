@@ -46,15 +46,15 @@ def get_backend(settings: Settings, name: str | None = None) -> SandboxBackend:
     return open_backend(name, backend_class(name).options(settings), settings)
 
 
-def reachable_backends(settings: Settings) -> list[str]:
-    """Backends whose sandboxes this process can list and kill: those whose required settings are all set."""
+def reachable_backends(settings: Settings) -> list[SandboxBackend]:
+    """Every backend whose sandboxes this process can list and kill (its required settings are all set): where
+    janitors look."""
     reachable = []
     for name in BACKENDS:
         try:
-            settings.require(*backend_class(name).required_settings)
+            reachable.append(get_backend(settings, name))
         except ConfigError:
             continue
-        reachable.append(name)
     return reachable
 
 

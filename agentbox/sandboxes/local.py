@@ -261,8 +261,9 @@ class LocalSandboxes(SandboxBackend):
             raise SandboxError(f"The local sandbox supervisor failed to start ({detail}).")
 
     async def gateway_token(self, handle: SandboxHandle) -> str:
-        with _translated(f"read the gateway token of {handle.id}"):
-            return (self._state(handle.id) / "token").read_text()
+        state = self._state(handle.id)
+        with _translated(f"read the gateway token of {handle.id}", state=state):
+            return (state / "token").read_text()
 
     def _require_running(self, sandbox_id: str) -> Path:
         state = self._state(sandbox_id)
@@ -285,7 +286,7 @@ class LocalSandboxes(SandboxBackend):
         on_stderr: OutputCallback | None = None,
     ) -> CommandResult:
         state = self._require_running(handle.id)
-        with _translated(f"run a command in {handle.id}"):
+        with _translated(f"run a command in {handle.id}", state=state):
             env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
             proc = await asyncio.create_subprocess_exec(
                 *self._bwrap(state, ["--", "/bin/bash", "-c", command]),
@@ -322,7 +323,7 @@ class LocalSandboxes(SandboxBackend):
     async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:
         state = self._require_running(handle.id)
         target = self._host_path(state, path)
-        with _translated(f"write {path} in {handle.id}"):
+        with _translated(f"write {path} in {handle.id}", state=state):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data.encode() if isinstance(data, str) else data)
 
@@ -352,16 +353,16 @@ class LocalSandboxes(SandboxBackend):
 
 
 @contextlib.contextmanager
-def _translated(action: str, hint: str = "") -> Iterator[None]:
-    """The host's OS errors as the product's: what failed, and what to do (a vanished state: the sandbox is gone)."""
+def _translated(action: str, hint: str = "", state: Path | None = None) -> Iterator[None]:
+    """The host's OS errors as the product's: what failed, and what to do. When the sandbox's `state` has vanished
+    meanwhile, the cause is that the sandbox is gone, whatever the error."""
     try:
         yield
-    except FileNotFoundError:
-        raise SandboxError(
-            f"Cannot {action}: the sandbox is gone (killed or past its TTL).",
-            "Create a new sandbox.",
-        ) from None
     except OSError as exc:
+        if state is not None and not state.exists():
+            raise SandboxError(
+                f"Cannot {action}: the sandbox is gone (killed or past its TTL).", "Create a new sandbox."
+            ) from None
         raise SandboxError(
             f"Cannot {action} ({exc.strerror or one_line(exc)}).",
             hint or "See the sandbox's logs.",
