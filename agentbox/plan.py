@@ -13,15 +13,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agentbox.claude import ClaudeOptions
 from agentbox.errors import ConfigError
+from agentbox.policy import RunPolicy
 from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
-from agentbox.settings import Settings, load_settings, references_in, resolve_references
+from agentbox.settings import Settings, load_settings, looks_secret, references_in, resolve_references
 
 MAX_PROMPT_CHARS = 100_000
-_SECRET_FIELD = re.compile(r"(?i)(token|secret|password|apikey|api_key|accesskey|pat$|credential)")
 _WHOLE_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 
 
@@ -53,6 +53,7 @@ class SessionPlan(BaseModel, frozen=True):
     mcp: dict[str, Any] = Field(description="MCP servers, secrets as ${NAME} references.")
     expected_tools: dict[str, list[str]]
     claude: ClaudeOptions
+    policy: RunPolicy = Field(default_factory=RunPolicy)
     timeouts: Timeouts
     ttl_seconds: int
     concurrency_limit: str = Field(description="Global limit each session holds a slot of; empty: none.")
@@ -100,11 +101,14 @@ def plan_session(
     flow_timeout_seconds: float | None = None,
     metadata: dict[str, str] | None = None,
     stand_ins: StandIns | None = None,
+    policy: RunPolicy | None = None,
+    default_policy: RunPolicy | None = None,
 ) -> SessionPlan:
     """Check everything that needs no sandbox, one error naming every problem of a kind, and decide the session.
 
     `flow_timeout_seconds` is the timeout of the flow run that will carry the session (default: the configured
-    one); the sandbox's TTL must outlive it."""
+    one); the sandbox's TTL must outlive it. The run policy is the run's own `policy`, else the one the settings
+    give, else the workflow's `default_policy`. `allowed_tools`, when given, is Claude's list as is."""
     if stand_ins:
         settings = load_settings(**stand_ins.settings)
         uncovered = sorted(n for n in references_in(mcp) if n.lower() not in stand_ins.settings)
@@ -126,10 +130,10 @@ def plan_session(
             "Raise SANDBOX_TTL_SECONDS or lower FLOW_TIMEOUT_SECONDS.",
         )
     settings.require("ANTHROPIC_API_KEY", *adapter.required_settings, *sorted(references_in(mcp)))
+    policy = policy or settings_policy(settings) or default_policy or RunPolicy()
     claude = ClaudeOptions(max_turns=settings.claude_max_turns, model=settings.claude_model,
-                           bypass_permissions=bypass_permissions)
-    if allowed_tools:
-        claude = claude.model_copy(update={"allowed_tools": tuple(allowed_tools)})
+                           bypass_permissions=bypass_permissions,
+                           allowed_tools=tuple(allowed_tools) if allowed_tools else policy.claude_tools())
     return SessionPlan(
         workflow=workflow,
         rehearsal=stand_ins is not None,
@@ -137,8 +141,9 @@ def plan_session(
         backend_options=options,
         prompt=prompt,
         mcp=mcp,
-        expected_tools=adapter.expected_tools(options, mcp),
+        expected_tools=allowed_expected_tools(adapter.expected_tools(options, mcp), policy),
         claude=claude,
+        policy=policy,
         timeouts=Timeouts(
             flow=flow_timeout, claude=settings.claude_timeout_seconds,
             gateway_ready=settings.gateway_ready_timeout_seconds,
@@ -150,6 +155,29 @@ def plan_session(
         metadata=metadata or {},
         stand_ins=stand_ins,
     )
+
+
+def settings_policy(settings: Settings) -> RunPolicy | None:
+    """The policy POLICY_TOOLS and POLICY_ALLOW_COMMANDS set, if they set one."""
+    if settings.policy_tools is None and settings.policy_allow_commands is None:
+        return None
+    listed = settings.policy_tools
+    tools = None if listed is None else [t.strip() for t in listed.split(",") if t.strip()]
+    try:
+        return RunPolicy(tools=tools, allow_commands=bool(settings.policy_allow_commands))
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"Invalid POLICY_TOOLS ({why}).", "List tool names separated by commas.") from None
+
+
+def allowed_expected_tools(expected: dict[str, list[str]], policy: RunPolicy) -> dict[str, list[str]]:
+    """What readiness waits for: the expected tools the policy lets the gateway serve. A server none of whose proving
+    tools is allowed is not waited for: a gateway that filters will never list them."""
+    if policy.tools is None:
+        return expected
+    allowed = set(policy.tools)
+    kept = {server: [t for t in tools if t in allowed] for server, tools in expected.items()}
+    return {server: tools for server, tools in kept.items() if tools}
 
 
 def check_prompt(prompt: Any) -> None:
@@ -168,7 +196,7 @@ def check_no_literal_secrets(mcp: dict[str, Any]) -> None:
         f"{key}.{name}"
         for key, values in mcp.items() if isinstance(values, dict)
         for name, value in values.items()
-        if _SECRET_FIELD.search(name) and isinstance(value, str) and not _WHOLE_REFERENCE.match(value)
+        if looks_secret(name) and isinstance(value, str) and not _WHOLE_REFERENCE.match(value)
     ]
     if literal:
         raise ConfigError(

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         description="Prefect global concurrency limit each session holds a slot of (deployments.bootstrap creates "
         "it); empty runs sessions without a limit.",
     )
+    policy_tools: str | None = Field(
+        None, description="Default run policy: comma-separated gateway tools the agent may call (empty: none)."
+    )
+    policy_allow_commands: bool | None = Field(None, description="Default run policy: let the agent run commands.")
     sandbox_ttl_seconds: int = Field(
         2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )
@@ -177,6 +181,14 @@ def references_in(value: object) -> set[str]:
     if isinstance(value, list):
         return set().union(*(references_in(v) for v in value)) if value else set()
     return set()
+
+
+_SECRET_NAME = re.compile(r"(?i)(token|secret|password|apikey|api_key|accesskey|credential|pat$|key$)")
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a field or variable name says its value is a secret: `githubPersonalAccessToken`, `ANTHROPIC_API_KEY`."""
+    return bool(_SECRET_NAME.search(name))
 
 
 def redact(text: str, secrets: list[str]) -> str:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.gateway.catalog import read_config_argument
 from agentbox.plan import MAX_PROMPT_CHARS, plan_session
+from agentbox.policy import RunPolicy
 from agentbox.settings import configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
@@ -39,7 +40,13 @@ class SessionRequest(BaseModel):
         "to the worker's environment.",
         examples=[EXAMPLE_MCP],
     )
-    allowed_tools: list[str] | None = Field(None, description="Tools Claude may use (default: all the gateway's).")
+    policy: RunPolicy | None = Field(
+        None, description="What the agent may do: its gateway tools and whether it may run commands (default: "
+        "POLICY_TOOLS / POLICY_ALLOW_COMMANDS, else every tool of the servers and no commands)."
+    )
+    allowed_tools: list[str] | None = Field(
+        None, description="Claude Code's own --allowedTools, as is (default: the policy's)."
+    )
     bypass_permissions: bool = Field(False, description="Let Claude use every tool without asking.")
 
 
@@ -67,7 +74,7 @@ async def agent_session(request: SessionRequest, backend: BackendName | None = N
     settings = load_settings()
     result = SessionResult(backend=backend or settings.backend)
     async with reported("agent-session", result, settings):
-        plan = plan_this_run(settings, request.prompt, request.mcp, backend=backend,
+        plan = plan_this_run(settings, request.prompt, request.mcp, backend=backend, policy=request.policy,
                              allowed_tools=request.allowed_tools, bypass_permissions=request.bypass_permissions)
         await run_session(plan, result)
     return result
@@ -82,18 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-tools", nargs="*", default=None,
                         help="tools Claude may use (default: the gateway's)")
     parser.add_argument("--bypass-permissions", action="store_true", help="let Claude use every tool without asking")
+    cli.add_policy_arguments(parser)
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
 
     def start() -> SessionResult:
         prompt = args.prompt if args.prompt is not None else cli.read_text(args.prompt_file, "--prompt-file")
         mcp = read_config_argument(args.mcp, "--mcp")
+        policy = cli.policy_from(args)
         plan_session(  # every check, before Prefect starts
-            load_settings(), prompt, mcp, backend=args.backend, allowed_tools=args.allowed_tools,
+            load_settings(), prompt, mcp, backend=args.backend, allowed_tools=args.allowed_tools, policy=policy,
             bypass_permissions=args.bypass_permissions, flow_timeout_seconds=agent_session.timeout_seconds,
         )
         request = cli.build(SessionRequest, prompt=prompt, mcp=mcp, allowed_tools=args.allowed_tools,
-                            bypass_permissions=args.bypass_permissions)
+                            bypass_permissions=args.bypass_permissions, policy=policy)
         return cli.run_flow(lambda: agent_session(request, args.backend), agent_session.timeout_seconds)
 
     return cli.run(start, args, human=report.session_lines)

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agentbox.errors import AgentboxError, ConfigError, RunTimedOut, one_line
+from agentbox.policy import RunPolicy
 from agentbox.sandboxes import BACKENDS
 
 STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -27,6 +28,25 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sandbox backend (default: SANDBOX_BACKEND)")
     parser.add_argument("--json", action="store_true", help="print only the result as JSON on stdout")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tools", default=None,
+                        help="comma-separated gateway tools the agent may call (default: POLICY_TOOLS, else the "
+                        "workflow's); empty: none")
+    parser.add_argument("--allow-commands", action="store_true", help="let the agent run shell commands")
+
+
+def policy_from(args: argparse.Namespace) -> RunPolicy | None:
+    """The run policy the command line asks for, if it asks for one."""
+    if args.tools is None and not args.allow_commands:
+        return None
+    tools = None if args.tools is None else [t.strip() for t in args.tools.split(",") if t.strip()]
+    try:
+        return RunPolicy(tools=tools, allow_commands=args.allow_commands)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"Invalid --tools ({why}).", "See --help.") from None
 
 
 def read_text(path: Path, option: str) -> str:

@@ -25,6 +25,7 @@ from agentbox.missions.notion_to_github import (
     DEFAULT_BODY,
     DEFAULT_TITLE,
     MCP,
+    POLICY,
     REPO,
     build_prompt,
     created_issue,
@@ -32,6 +33,7 @@ from agentbox.missions.notion_to_github import (
     parse_repo,
 )
 from agentbox.plan import plan_session, rehearsal_backend
+from agentbox.policy import RunPolicy
 from agentbox.settings import configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
@@ -98,6 +100,7 @@ async def notion_to_github(
     issue: IssueRequest,
     rehearsal: bool = False,
     backend: BackendName | None = None,
+    policy: RunPolicy | None = None,
 ) -> NotionToGithubResult:
     """Search Notion and open a GitHub issue with Claude Code in a sandbox.
 
@@ -105,6 +108,8 @@ async def notion_to_github(
         issue: The repository, title and body of the issue to open.
         rehearsal: Replace Anthropic, Notion and GitHub by local stand-ins: nothing leaves the machine, nothing is paid.
         backend: Where the sandbox runs: e2b or local (default: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set).
+        policy: What the agent may do (default: POLICY_TOOLS / POLICY_ALLOW_COMMANDS, else Notion's reading and
+            search tools and create_issue, no commands).
     """
     owner, name = parse_repo(issue.repo)
     settings = load_settings()
@@ -114,7 +119,8 @@ async def notion_to_github(
     recorded: list[RecordedIssue] = []
     async with reported("notion-to-github", result, settings) as extra:
         with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
-            plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins)
+            plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins,
+                                 policy=policy, default_policy=POLICY)
             try:
                 await run_session(plan, result)
             finally:
@@ -173,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body", default=DEFAULT_BODY)
     parser.add_argument("--rehearsal", action="store_true",
                         help="run against local stand-ins; nothing leaves the machine")
+    cli.add_policy_arguments(parser)
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
 
     def start() -> NotionToGithubResult:
         owner, name = parse_repo(args.repo)  # fail before Prefect starts
         issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
-        stand_ins = None
+        stand_ins, policy = None, cli.policy_from(args)
         if args.rehearsal:
             from agentbox.rehearsal.netns import enter_private_network_if_needed
             from agentbox.rehearsal.stage import rehearsal_stand_ins
@@ -189,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             stand_ins = rehearsal_stand_ins()  # placeholders: the stage itself starts inside the flow run
         plan_session(  # every check, before Prefect starts
             load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
-            backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins,
-            flow_timeout_seconds=notion_to_github.timeout_seconds,
+            backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
+            default_policy=POLICY, flow_timeout_seconds=notion_to_github.timeout_seconds,
         )
-        return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend),
+        return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend, policy),
                             notion_to_github.timeout_seconds)
 
     return cli.run(start, args, human=human_lines)

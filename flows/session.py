@@ -17,16 +17,17 @@ from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import deployment, flow_run
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, RunTimedOut, one_line
 from agentbox.plan import SessionPlan, plan_session
-from agentbox.sandboxes import BACKENDS, SandboxHandle
+from agentbox.policy import GatewayCall, audit_of
+from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import Settings, redact
 from tasks.claude import register_claude, run_prompt
-from tasks.gateway import wait_for_gateway
+from tasks.gateway import read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 
 
@@ -42,8 +43,16 @@ class SessionResult(BaseModel):
     sandbox_id: str = ""
     gateway_url: str = ""
     tools: int = 0
+    policy: list[str] = Field(default_factory=list, description="The run policy, and which layers enforced it.")
+    audit: list[GatewayCall] | None = Field(None, description="The gateway's calls; None where none can be read.")
     steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
     run: AgentRun = Field(default_factory=AgentRun)
+
+    @computed_field
+    @property
+    def violations(self) -> int:
+        """Everything a layer blocked: calls the gateway refused, tools Claude Code denied."""
+        return sum(c.blocked for c in self.audit or []) + len(self.run.permission_denials)
 
     def cost(self) -> str:
         if self.rehearsal:
@@ -73,8 +82,21 @@ def plan_this_run(settings: Settings, prompt: str, mcp: Any, **choices: Any) -> 
         settings, prompt, mcp, workflow=str(flow_run.flow_name or "agent-session"),
         flow_timeout_seconds=running_flow_timeout(), metadata=session_metadata(), **choices,
     )
-    get_run_logger().info("%sBackend: %s", "REHEARSAL: " if plan.rehearsal else "", plan.backend)
+    logger = get_run_logger()
+    logger.info("%sBackend: %s", "REHEARSAL: " if plan.rehearsal else "", plan.backend)
+    for line in policy_lines(plan):
+        logger.info("Policy: %s", line)
     return plan
+
+
+def policy_lines(plan: SessionPlan) -> list[str]:
+    """The run's policy, and the layers that enforce it on this backend (said, never silently weakened)."""
+    layers = ["Claude Code's --allowedTools"]
+    if plan.policy.tools is not None:
+        filtering = backend_class(plan.backend).gateway_filters_tools
+        gateway = "the gateway's allow-list" if filtering else f"not the gateway (on {plan.backend} it serves all)"
+        layers.insert(0, gateway)
+    return [*plan.policy.summary(), f"Enforced by: {', '.join(layers)}"]
 
 
 async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult:
@@ -83,6 +105,7 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
 
     `result` is filled as the session goes, so a failure still reports the steps that ran."""
     handle: SandboxHandle | None = None
+    result.policy = policy_lines(plan)
     clock = time.monotonic()
 
     def step(label: str) -> None:
@@ -105,9 +128,24 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
             failed = False
         finally:
             clock = time.monotonic()
+            if handle:
+                result.audit = await audit(plan, handle, result)
             await teardown(plan, handle, session_failed=failed)
             step("kill")
     return result
+
+
+async def audit(plan: SessionPlan, handle: SandboxHandle, result: SessionResult) -> list[GatewayCall] | None:
+    """The gateway's calls joined with Claude's tool uses, read before the sandbox goes; a failure to read them is
+    logged, never raised over the session's own outcome."""
+    try:
+        calls = await asyncio.shield(read_gateway_calls(plan, handle))
+    except BaseException as exc:  # noqa: BLE001 - the audit must not hide why the session ended
+        get_run_logger().warning("Could not read the gateway's call log (%s).", one_line(exc))
+        return None
+    if calls is None:
+        return None
+    return audit_of(calls, [(c.tool, c.id) for c in result.run.tool_calls])
 
 
 async def teardown(plan: SessionPlan, handle: SandboxHandle | None, session_failed: bool = False) -> None:
@@ -160,6 +198,8 @@ def session_markdown(title: str, result: SessionResult, error: str = "", extra: 
         f"- Sandbox: `{result.sandbox_id or '-'}` on `{result.backend}`",
         f"- Gateway tools: {result.tools}",
         f"- Turns: {result.run.num_turns}, cost: {result.cost()}",
+        *(f"- {line}" for line in result.policy),
+        f"- Policy violations: {result.violations}",
         "",
         "| step | seconds |",
         "|---|---|",
@@ -169,11 +209,26 @@ def session_markdown(title: str, result: SessionResult, error: str = "", extra: 
         "|---|---|",
         *(f"| `{c.name}` | {'ok' if c.ok else 'failed'} |" for c in result.run.tool_calls),
         "",
+        *audit_table(result),
         "## Answer",
         "",
         result.run.result or "_none_",
     ]
     return "\n".join(lines)
+
+
+def audit_table(result: SessionResult) -> list[str]:
+    """The gateway's call log as a markdown table (argument names and sizes only)."""
+    if result.audit is None:
+        return [f"_The {result.backend} gateway keeps no call log this run can read._", ""]
+    rows = [
+        f"| {c.time} | `{c.tool}` | {', '.join(c.arguments) or '-'} | {c.argument_bytes} | {c.outcome} | "
+        f"{c.detail or '-'} | {c.seconds:.2f} | `{c.tool_use_id or '-'}` |"
+        for c in result.audit
+    ]
+    header = ["## Gateway calls", "", "| time | tool | arguments | bytes | outcome | detail | seconds | tool use |",
+              "|---|---|---|---|---|---|---|---|"]
+    return [*header, *rows, ""]
 
 
 async def session_artifact(key: str, result: SessionResult, error: str = "", extra: list[str] = ()) -> None:

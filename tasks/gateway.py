@@ -7,6 +7,7 @@ from prefect.tasks import exponential_backoff
 
 from agentbox.gateway.probe import wait_until_ready
 from agentbox.plan import SessionPlan
+from agentbox.policy import check_tools_served
 from agentbox.sandboxes import SandboxHandle
 from tasks.defaults import session_task
 
@@ -31,4 +32,12 @@ async def wait_for_gateway(plan: SessionPlan, handle: SandboxHandle) -> list[str
         "Gateway ready: %d tools from %s after %d probes (%.2f s)",
         len(result.tools), ", ".join(plan.expected_tools) or "no servers", result.attempts, result.seconds,
     )
+    check_tools_served(plan.policy, result.tools)
     return result.tools
+
+
+@session_task("read-gateway-calls", task_run_name="read-gateway-calls {handle.id}", retries=1, timeout_seconds=30)
+async def read_gateway_calls(plan: SessionPlan, handle: SandboxHandle) -> list[dict] | None:
+    """The gateway's call log (argument names and sizes, outcomes), or None where the backend's gateway keeps none
+    that can be read."""
+    return await plan.sandboxes(plan.read_settings()).gateway_calls(handle)

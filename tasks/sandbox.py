@@ -41,6 +41,7 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
         ttl_seconds=plan.ttl_seconds,
         metadata=plan.metadata,
         idempotency_key=f"agentbox-{task_run.id}" if task_run.id else None,  # same across this task's retries
+        tools=plan.policy.tools,
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle

@@ -143,3 +143,10 @@ def test_an_mcp_config_over_its_bound_is_refused(tmp_path):
         "larger than an MCP config may be (at most 32,768 bytes)",
     )
     assert "ppppp" not in line and "422" not in line
+
+
+def test_a_malformed_policy_tool_is_refused():
+    assert_one_line_error(
+        cli("flows.notion_to_github", "--repo", "octo/demo", "--tools", "create_issue,rm -rf /", env=CREDENTIALS),
+        "Invalid --tools (not tool names: 'rm -rf /')",
+    )

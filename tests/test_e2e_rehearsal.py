@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from agentbox.missions.notion_to_github import POLICY
 from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest, RecordedIssue, notion_to_github
 from tests.support import WORKDIR, latest_artifact
 
@@ -38,7 +39,7 @@ def test_notion_to_github_rehearsal_opens_the_issue_in_the_github_stand_in():
     assert result.session.run.mcp_servers == {"gateway": "connected"}
     assert result.turns == 3
     assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
-    assert result.session.tools > 20  # notion's and github's tools, through one gateway
+    assert result.session.tools == len(POLICY.tools)  # the mission's tools of notion's and github's, one gateway
     assert "octo-org/demo-repo" in result.answer
 
     markdown = asyncio.run(latest_artifact("notion-to-github"))

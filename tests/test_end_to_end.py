@@ -13,10 +13,14 @@ import sys
 
 import pytest
 
+from agentbox.missions.notion_to_github import POLICY
 from agentbox.rehearsal.seed import notion_to_github_script
+from agentbox.policy import RunPolicy
+from agentbox.sandboxes import backend_class
 from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
 from flows.notion_to_github import IssueRequest, notion_to_github
 from tests.support import WORKDIR, latest_artifact
+from tests.worlds import CREDENTIALS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -43,13 +47,17 @@ def test_notion_to_github_opens_the_issue(world):
     ]
     assert result.session.run.mcp_servers == {"gateway": "connected"}
     assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
-    assert result.session.tools > 20  # notion's and github's tools through one gateway
+    # The mission's policy: only its tools, at the gateway where the backend's gateway filters, and in Claude always.
+    filtered = world.backend == "local"
+    assert result.session.tools == len(POLICY.tools) if filtered else result.session.tools > 20
     assert result.session.sandbox_id not in world.alive()
 
     markdown = asyncio.run(latest_artifact("notion-to-github"))
     assert "succeeded" in markdown and "REHEARSAL" not in markdown
     assert f"`{result.session.sandbox_id}` on `{world.backend}`" in markdown
     assert f"(https://github.com/octo/both/issues/{number})" in markdown
+    assert "- Tools allowed: API-post-search, " in markdown and "- Commands: not allowed" in markdown
+    assert "- Enforced by: " in markdown and "Claude Code's --allowedTools" in markdown
 
 
 def test_agent_session_runs_any_prompt_with_the_servers_it_is_given(world, caplog):
@@ -92,3 +100,45 @@ def test_the_cli_reports_the_run_the_same_way(world):
     result = json.loads(as_json.stdout)  # stdout holds the result model and nothing else
     assert result["session"]["backend"] == world.backend
     assert result["issue_url"] == f"https://github.com/octo/cli/issues/{number + 1}"
+
+
+def test_a_tool_outside_the_policy_is_out_of_reach(world):
+    """The agent asks for a Notion write its policy does not allow: the gateway does not serve it (where it filters)
+    and Claude Code does not run it; the write never reaches Notion."""
+    world.play([{"tool": "API-post-page", "input": {"parent": {"page_id": "x"}, "properties": {}}},
+                {"text": "Tried to write."}])
+    requests_before = len(world.services.notion.app.state.requests)
+    policy = RunPolicy(tools=["API-post-search"])
+    state = asyncio.run(agent_session(SessionRequest(prompt="Write a page.", mcp=EXAMPLE_MCP, policy=policy),
+                                      return_state=True))
+    writes = [r for r in world.services.notion.app.state.requests[requests_before:] if r[0] == "POST" and r[1] == "/v1/pages"]
+    assert writes == []
+    if backend_class(world.backend).gateway_filters_tools:  # never offered: Claude did not even have the tool
+        assert state.is_completed(), state
+        assert state.result().tools == 1
+        assert not any(c.tool == "API-post-page" and c.ok for c in state.result().run.tool_calls)
+    else:  # offered by a gateway that serves every tool, refused by Claude Code's allow-list
+        assert state.is_failed(), state
+        assert "denied tools: mcp__gateway__API-post-page" in str(state.result(raise_on_failure=False))
+
+
+def test_a_secret_sent_through_a_tool_is_blocked_at_the_gateway(world):
+    """A hijacked agent puts a token it should never handle into an issue's body: the gateway refuses the call with
+    the policy's message, nothing reaches GitHub, and where the gateway's log can be read the block is a violation."""
+    token = CREDENTIALS["GITHUB_TOKEN"]
+    body = f"As the page said: here is the token {token}"
+    world.play([{"tool": "create_issue", "input": {"owner": "octo", "repo": "leak", "title": "hi", "body": body}},
+                {"text": "Done."}])
+    mcp = {**EXAMPLE_MCP, "githubOfficial": {"githubPersonalAccessToken": "${GITHUB_TOKEN}"}}
+    result = asyncio.run(agent_session(SessionRequest(prompt="Do what the page says.", mcp=mcp)))
+
+    assert world.issues("octo/leak") == []
+    [attempt] = [c for c in result.run.tool_calls if c.tool == "create_issue"]
+    assert attempt.ok is False and "Blocked by policy: do not retry." in attempt.output
+    if world.backend == "local":  # this backend's gateway log is readable; E2B's is not (see README)
+        [call] = result.audit
+        assert (call.tool, call.outcome, call.tool_use_id) == ("create_issue", "blocked", attempt.id)
+        assert result.violations == 1
+        markdown = asyncio.run(latest_artifact("agent-session"))
+        assert "- Policy violations: 1" in markdown and "| `create_issue` | body, owner, repo, title |" in markdown
+        assert token not in markdown

@@ -121,6 +121,7 @@ class Gateway:
         *args: str,
         config_as_file: bool = False,
         port: int | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.name = name
         self.port = port or free_ports(1)[0]
@@ -134,9 +135,9 @@ class Gateway:
             config_file = workdir / f"config-{name}.json"
             config_file.write_text(config_arg)
             config_arg = f"@{config_file}"
-        env = python_env(pycache)
+        extra, env = env or {}, python_env(pycache)
         env.pop("LOCAL_MCP_CATALOG", None)
-        env.update(GATEWAY_ACCESS_TOKEN=TOKEN, PYTHONUNBUFFERED="1", **{MARKER: self.marker})
+        env.update(GATEWAY_ACCESS_TOKEN=TOKEN, PYTHONUNBUFFERED="1", **{MARKER: self.marker}, **extra)
         self.argv = [
             sys.executable, "-m", "agentbox.gateway",
             "--config", config_arg, "--port", str(self.port), "--catalog", str(catalog), *args,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import json
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from starlette.responses import JSONResponse
 
 from agentbox.errors import ConfigError, one_line
 from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
+from agentbox.gateway.guard import CallGuard, config_secrets
 
 log = logging.getLogger("agentbox.gateway")
 DEFAULT_PORT = 50005
@@ -119,8 +121,11 @@ async def build_gateway(
     allow_tools: list[str] | None = None,
     prefix: bool = False,
     start_timeout: float = UPSTREAM_START_TIMEOUT,
+    secrets: list[str] = (),
+    call_log: Path | None = None,
 ) -> tuple[FastMCP, list[UpstreamStatus]]:
-    """Start every upstream, check for clashes, and mount the ready ones on one FastMCP server."""
+    """Start every upstream, check for clashes, and mount the ready ones on one FastMCP server, behind the guard
+    (see guard.py) that keeps the config's secrets, the token and `secrets` out of every call."""
     servers = upstreams(config, load_catalog(catalog_file))
     transports = [transport_for(u) for u in servers]
     statuses = list(
@@ -138,13 +143,14 @@ async def build_gateway(
 
     auth = BearerToken(token)
     gateway = FastMCP("agentbox-gateway", auth=auth)
+    gateway.add_middleware(CallGuard([*config_secrets(config), token, *secrets], call_log))
     for upstream, transport, status in zip(servers, transports, statuses):
         if status.state == "ready":
             # mode="legacy": the backend session keeps one protocol era whatever the client speaks; left to mirror
             # each client, fastmcp restarts the kept-alive server whenever the era changes.
             backend = ProxyClient(transport, mode="legacy")
             gateway.add_provider(ListedOnceProxy(backend.new), namespace=upstream.key if prefix else "")
-    if allow_tools:
+    if allow_tools is not None:  # an empty allow-list serves no tool at all, it does not fall open
         gateway.enable(names=set(allow_tools), components={"tool"}, only=True)
 
     @gateway.custom_route("/health", methods=["GET"])
@@ -212,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--catalog", type=Path, default=os.environ.get("LOCAL_MCP_CATALOG") or None,
                         help="extra catalog file (default: $LOCAL_MCP_CATALOG)")
-    parser.add_argument("--tools", default="", help="comma-separated allow-list of tool names")
+    parser.add_argument("--tools", default=None,
+                        help="comma-separated allow-list of tool names; given empty, no tool is served")
     parser.add_argument("--prefix", action="store_true", help="prefix tool names with '<server>_'")
+    parser.add_argument("--call-log", type=Path, default=os.environ.get("GATEWAY_CALL_LOG") or None,
+                        help="append one JSON line per tool call here (default: $GATEWAY_CALL_LOG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
@@ -223,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = read_config_argument(args.config, "--config")
-        allow = [t.strip() for t in args.tools.split(",") if t.strip()]
+        allow = None if args.tools is None else [t.strip() for t in args.tools.split(",") if t.strip()]
 
         async def serve() -> None:
-            gateway, _ = await build_gateway(config, token, args.catalog, allow, args.prefix)
+            extra = json.loads(os.environ.get("GATEWAY_SECRET_VALUES") or "[]")  # the sandbox's own secrets
+            gateway, _ = await build_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
+                                             call_log=args.call_log)
             await serve_warm(gateway, token, args.host, args.port)
 
         asyncio.run(serve())

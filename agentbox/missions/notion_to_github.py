@@ -12,6 +12,7 @@ import re
 
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, ConfigError, one_line
+from agentbox.policy import RunPolicy
 
 DEFAULT_TITLE = "Summary of our Notion workspace"
 DEFAULT_BODY = "Opened by an AI agent from a sandbox: the databases found in our Notion workspace."
@@ -19,6 +20,13 @@ MCP = {
     "notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"},
     "githubOfficial": {"githubPersonalAccessToken": "${GITHUB_TOKEN}"},
 }
+# What the mission needs, and no more: Notion's reading and search tools, and opening one issue. Every other GitHub
+# and Notion write (about a hundred tools) stays out of the agent's reach, whatever a page it reads tells it.
+POLICY = RunPolicy(tools=[
+    "API-post-search", "API-retrieve-a-database", "API-retrieve-a-data-source", "API-query-data-source",
+    "API-retrieve-a-page", "API-retrieve-page-markdown", "API-get-block-children", "API-retrieve-a-block",
+    "create_issue",
+])
 REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 NOTION_SEARCH = "API-post-search"
 

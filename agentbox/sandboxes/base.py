@@ -81,6 +81,7 @@ class SandboxBackend(abc.ABC):
 
     name: ClassVar[str]
     required_settings: ClassVar[tuple[str, ...]] = ()  # secrets it cannot work without, e.g. ("E2B_API_KEY",)
+    gateway_filters_tools: ClassVar[bool] = False  # whether its gateway serves only the `tools` given to create
 
     @classmethod
     @abc.abstractmethod
@@ -110,9 +111,11 @@ class SandboxBackend(abc.ABC):
         ttl_seconds: int,
         metadata: dict[str, str],
         idempotency_key: str | None = None,
+        tools: list[str] | None = None,
     ) -> SandboxHandle:
-        """Start a sandbox whose gateway serves `mcp_config`; it dies by itself after `ttl_seconds`. A retried call
-        with the same `idempotency_key` must not start a second sandbox."""
+        """Start a sandbox whose gateway serves `mcp_config` (only `tools` of it, where `gateway_filters_tools`); it
+        dies by itself after `ttl_seconds`. A retried call with the same `idempotency_key` must not start a second
+        sandbox."""
 
     @abc.abstractmethod
     async def gateway_token(self, handle: SandboxHandle) -> str:
@@ -144,6 +147,11 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     async def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
         """Running sandboxes whose metadata contains every given key/value."""
+
+    async def gateway_calls(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
+        """The gateway's call log (one dict per tools/call), or None where this backend's gateway keeps none that
+        can be read."""
+        return None
 
     async def kill_matching(self, metadata: dict[str, str]) -> list[str]:
         """Kill every running sandbox whose metadata contains `metadata`; the ids that were running."""

@@ -128,6 +128,7 @@ class E2BSandboxes(SandboxBackend):
         ttl_seconds: int,
         metadata: dict[str, str],
         idempotency_key: str | None = None,
+        tools: list[str] | None = None,  # E2B starts its gateway itself, with every tool: Claude's allow-list rules
     ) -> SandboxHandle:
         async with _translated("create a sandbox"):
             sandbox = await AsyncSandbox.create(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentbox.errors import SandboxCommandTimeout, SandboxError, one_line
 from agentbox.gateway.catalog import expected_tools, load_catalog, validate_config
+from agentbox.settings import looks_secret
 from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 HOME = "/home/user"
 STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor running
 GATEWAY_DIR = "/run/agentbox"
+AUDIT_DIR = "/run/agentbox-audit"  # the gateway's call log, writable by the gateway only
+CALL_LOG = "calls.jsonl"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 INSTALL_HINT = (
     "Install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
@@ -80,6 +83,7 @@ class LocalSandboxes(SandboxBackend):
     """Sandboxes as bubblewrap processes on this host; state lives under `root`."""
 
     name = "local"
+    gateway_filters_tools = True
 
     def __init__(self, root: Path, catalog_file: Path | str | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -170,15 +174,16 @@ class LocalSandboxes(SandboxBackend):
         ttl_seconds: int,
         metadata: dict[str, str],
         idempotency_key: str | None = None,  # a local create is not retried behind our back
+        tools: list[str] | None = None,
     ) -> SandboxHandle:
         await self._check_bubblewrap()
         sandbox_id = f"local-{secrets.token_hex(6)}"
         state = self.root / sandbox_id
         try:
             with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
-                for sub in ("home", "tmp", "gateway", "procs"):
+                for sub in ("home", "tmp", "gateway", "audit", "procs"):
                     (state / sub).mkdir(parents=True, mode=0o700)
-                info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata)
+                info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools)
                 await self._start_supervisor(state)
         except BaseException:
             await asyncio.shield(self.kill(sandbox_id))
@@ -202,6 +207,7 @@ class LocalSandboxes(SandboxBackend):
         envs: dict[str, str],
         ttl_seconds: int,
         metadata: dict[str, str],
+        tools: list[str] | None = None,
     ) -> dict:
         """Write what the supervisor and later commands need; secrets only in files only the owner can read."""
         port = _free_port()
@@ -213,6 +219,8 @@ class LocalSandboxes(SandboxBackend):
         if self.catalog_file:
             shutil.copyfile(self.catalog_file, state / "gateway" / "catalog.json")
             gateway_args += ["--catalog", f"{GATEWAY_DIR}/catalog.json"]
+        if tools is not None:
+            gateway_args += ["--tools", ",".join(tools)]
         gateway = [sys.executable, "-m", "agentbox.gateway", *gateway_args]
         created = _now()
         info = {
@@ -222,11 +230,18 @@ class LocalSandboxes(SandboxBackend):
             "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
             "gateway_port": port,
             "gateway_argv": self._bwrap(
-                state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR, "--", *gateway]
+                state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR,
+                        "--bind", str(state / "audit"), AUDIT_DIR, "--", *gateway]
             ),
         }
         _write_private(state / "sandbox.json", json.dumps(info))
-        _write_private(state / "gateway_env.json", json.dumps({**self._base_env(), "GATEWAY_ACCESS_TOKEN": token}))
+        gateway_env = {
+            **self._base_env(),
+            "GATEWAY_ACCESS_TOKEN": token,
+            "GATEWAY_CALL_LOG": f"{AUDIT_DIR}/{CALL_LOG}",
+            "GATEWAY_SECRET_VALUES": json.dumps([v for k, v in envs.items() if looks_secret(k)]),
+        }
+        _write_private(state / "gateway_env.json", json.dumps(gateway_env))
         return info
 
     async def _check_bubblewrap(self) -> None:
@@ -326,6 +341,13 @@ class LocalSandboxes(SandboxBackend):
         with _translated(f"write {path} in {handle.id}", state=state):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data.encode() if isinstance(data, str) else data)
+
+    async def gateway_calls(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
+        state = self._state(handle.id)
+        with _translated(f"read the gateway's call log of {handle.id}", state=state):
+            log = state / "audit" / CALL_LOG
+            lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+        return [json.loads(line) for line in lines if line.strip()]
 
     async def kill(self, sandbox_id: str) -> bool:
         state = self._state(sandbox_id)

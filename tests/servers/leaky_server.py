@@ -1,0 +1,23 @@
+"""A tiny stdio MCP server for the guard tests: `echo` repeats, `leak` answers with the token it was started with."""
+
+import os
+
+from fastmcp import FastMCP
+
+mcp = FastMCP("leaky-server")
+
+
+@mcp.tool
+def echo(text: str) -> str:
+    """Return `text` unchanged."""
+    return text
+
+
+@mcp.tool
+def leak() -> str:
+    """Return the server's own token, as a careless server might in an error message."""
+    return f"configured with token {os.environ['LEAKY_TOKEN']} (and nothing else)"
+
+
+if __name__ == "__main__":
+    mcp.run(show_banner=False)

@@ -1,0 +1,63 @@
+"""The gateway's guard on a real gateway process: a secret in a tool's arguments is refused before the server sees
+it, a secret in its answer is redacted, and every call is one line of the call log, without argument values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import pytest
+from fastmcp.exceptions import ToolError
+
+from tests.test_gateway_probe import SERVERS, Gateway, call, pycache  # noqa: F401 - pycache is a fixture
+
+SERVER_TOKEN = "leaky-server-token-0123456789"
+MODEL_KEY = "sk-ant-model-key-0123456789"
+CATALOG = {"leaky": {"command": [sys.executable, str(SERVERS / "leaky_server.py")],
+                     "env": {"LEAKY_TOKEN": "{{apiToken}}"}, "tools": ["echo", "leak"]}}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, pycache):  # noqa: F811 - the imported fixture
+    workdir = tmp_path_factory.mktemp("guard")
+    (workdir / "catalog.json").write_text(json.dumps(CATALOG))
+    log = workdir / "calls.jsonl"
+    gateway = Gateway("guard", workdir, pycache, {"leaky": {"apiToken": SERVER_TOKEN}}, "--call-log", str(log),
+                      env={"GATEWAY_SECRET_VALUES": json.dumps([MODEL_KEY])})
+    try:
+        gateway.wait_ready({"leaky": ["echo", "leak"]})
+        yield gateway, log
+    finally:
+        gateway.stop()
+
+
+def calls(log) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("secret", [SERVER_TOKEN, MODEL_KEY])
+def test_a_secret_in_the_arguments_is_refused_before_the_server_sees_it(gateway, secret):
+    url, log = gateway[0].url, gateway[1]
+    with pytest.raises(ToolError) as info:
+        asyncio.run(call(url, "echo", {"text": f"please post {secret} to https://attacker.example"}))
+    assert "Blocked by policy: do not retry." in str(info.value)
+    assert secret not in str(info.value)
+    last = calls(log)[-1]
+    assert (last["tool"], last["outcome"], last["arguments"]) == ("echo", "blocked", ["text"])
+    assert secret not in log.read_text() and "attacker" not in log.read_text()  # names and sizes only
+
+
+def test_a_secret_in_the_answer_is_redacted(gateway):
+    url, log = gateway[0].url, gateway[1]
+    answer = asyncio.run(call(url, "leak", {}))
+    assert answer == "configured with token *** (and nothing else)"
+    last = calls(log)[-1]
+    assert (last["tool"], last["outcome"], last["detail"]) == ("leak", "ok", "secret redacted")
+
+
+def test_an_ordinary_call_passes_and_is_logged(gateway):
+    url, log = gateway[0].url, gateway[1]
+    assert asyncio.run(call(url, "echo", {"text": "hello"})) == "hello"
+    last = calls(log)[-1]
+    assert last["outcome"] == "ok" and last["argument_bytes"] == len('{"text": "hello"}') and last["seconds"] >= 0

@@ -1,0 +1,81 @@
+"""The run policy: decided once in the plan, from the run, the settings or the workflow, and turned into each layer's
+allow-list; nothing here starts a sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentbox.errors import ConfigError
+from agentbox.missions.notion_to_github import MCP, POLICY
+from agentbox.plan import plan_session
+from agentbox.policy import RunPolicy, check_tools_served
+from agentbox.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def credentials(monkeypatch):
+    for name in ("ANTHROPIC_API_KEY", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN"):
+        monkeypatch.setenv(name, "x-not-used")
+    for name in ("POLICY_TOOLS", "POLICY_ALLOW_COMMANDS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def plan(**choices):
+    return plan_session(load_settings(), "Do the mission.", MCP, backend="local", **choices)
+
+
+def test_the_default_policy_lets_claude_use_the_servers_tools_and_no_command():
+    decided = plan()
+    assert decided.policy == RunPolicy()
+    assert decided.claude.allowed_tools == ("mcp__gateway",)
+    assert decided.expected_tools == {"notion": ["API-post-search"], "githubOfficial": ["create_issue"]}
+
+
+def test_the_mission_policy_becomes_claudes_allow_list_and_what_readiness_waits_for():
+    decided = plan(default_policy=POLICY)
+    assert decided.claude.allowed_tools == tuple(f"mcp__gateway__{t}" for t in POLICY.tools)
+    assert "Bash" not in decided.claude.allowed_tools
+    assert decided.expected_tools == {"notion": ["API-post-search"], "githubOfficial": ["create_issue"]}
+
+
+def test_a_run_policy_wins_over_the_settings_which_win_over_the_workflow(monkeypatch):
+    monkeypatch.setenv("POLICY_TOOLS", "API-post-search, API-retrieve-a-page")
+    assert plan(default_policy=POLICY).policy.tools == ["API-post-search", "API-retrieve-a-page"]
+    run = RunPolicy(tools=["create_issue"], allow_commands=True)
+    decided = plan(default_policy=POLICY, policy=run)
+    assert decided.policy == run
+    assert decided.claude.allowed_tools == ("mcp__gateway__create_issue", "Bash")
+    assert decided.expected_tools == {"githubOfficial": ["create_issue"]}  # notion's proving tool is not served
+
+
+def test_an_empty_tool_list_allows_no_tool_at_all(monkeypatch):
+    monkeypatch.setenv("POLICY_TOOLS", "")
+    decided = plan(default_policy=POLICY)
+    assert decided.policy.tools == []
+    assert decided.claude.allowed_tools == ()
+    assert decided.expected_tools == {}
+
+
+def test_explicit_claude_tools_are_taken_as_they_are():
+    assert plan(allowed_tools=["mcp__gateway", "Read"]).claude.allowed_tools == ("mcp__gateway", "Read")
+
+
+def test_a_malformed_tool_name_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setenv("POLICY_TOOLS", "create_issue,rm -rf /")
+    with pytest.raises(ConfigError) as info:
+        plan()
+    assert str(info.value).startswith("Invalid POLICY_TOOLS (")
+    assert "'rm -rf /'" in str(info.value)
+
+
+def test_an_allowed_tool_the_gateway_does_not_serve_is_named():
+    check_tools_served(RunPolicy(tools=["create_issue"]), ["create_issue", "get_me"])
+    check_tools_served(RunPolicy(), [])
+    with pytest.raises(ConfigError, match="does not serve: create_isue"):
+        check_tools_served(RunPolicy(tools=["create_isue", "get_me"]), ["create_issue", "get_me"])
+
+
+def test_the_policy_summary_says_what_is_allowed():
+    assert POLICY.summary()[1] == "Commands: not allowed"
+    assert RunPolicy(tools=[]).summary()[0] == "Tools allowed: none"
+    assert RunPolicy().summary()[0] == "Tools allowed: every tool of the requested servers"
