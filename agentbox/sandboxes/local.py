@@ -3,12 +3,13 @@
 Each sandbox is a state directory plus a detached supervisor process that runs the MCP gateway (this project's,
 with the interface of E2B's `mcp-gateway`) under bubblewrap and kills everything when the TTL expires, even if
 nobody asks. Commands run in their own bubblewrap instance over the same private home and /tmp, so they see the same
-files, with the system read-only, the host's homes and this project's secrets hidden, their own pid namespace and a
-non-root user inside (uid 1000, so Claude Code's permission guard behaves as on E2B). The network stays shared:
-the gateway listens on a loopback port of the host.
+files. The host's filesystem is an allow-list (the system read-only, a few files of /etc, the runtime, the venv,
+node_modules; the sandbox's own identity files), so nothing else of the host exists inside. Each has its own pid
+namespace and a non-root user inside (uid 1000, so Claude Code's permission guard behaves as on E2B). The network
+stays shared: the gateway listens on a loopback port of the host.
 
 This is isolation for a development machine, not a security boundary like E2B's microVMs: run as root, the
-sandbox's user maps to root outside, so files not hidden here stay readable.
+sandbox's user maps to root outside, so what the allow-list shows is readable as root.
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ GATEWAY_DIR = "/run/agentbox"
 AUDIT_DIR = "/run/agentbox-audit"  # the gateway's call log, writable by the gateway only
 CALL_LOG = "calls.jsonl"
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+# The host's filesystem by allow-list: what programs need, read-only. Anything else on the host does not exist inside.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = (  # name resolution, TLS roots, the dynamic linker, shells' profiles; no credentials, no host identity
+    "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services", "localtime", "timezone",
+    "ssl", "ca-certificates", "ca-certificates.conf", "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
+    "os-release", "debian_version", "mime.types", "profile", "profile.d", "bash.bashrc", "environment", "inputrc",
+    "terminfo", "login.defs",
+)
+IDENTITY = {  # the sandbox's own users and names, in place of the host's
+    "passwd": f"root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:{HOME}:/bin/bash\n",
+    "group": "root:x:0:\nuser:x:1000:\n",
+    "hosts": "127.0.0.1\tlocalhost agentbox\n::1\tlocalhost\n",
+    "hostname": "agentbox\n",
+}
 INSTALL_HINT = (
     "Install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
     "or set SANDBOX_BACKEND=e2b."
@@ -116,11 +131,6 @@ class LocalSandboxes(SandboxBackend):
             )
         return self.root / sandbox_id
 
-    def _hidden(self) -> list[Path]:
-        """Host directories a sandbox must not see: homes (credentials), the project (its .env) and sandbox state."""
-        hidden = [Path("/root"), Path("/home"), PROJECT_DIR, self.root]
-        return [p for p in hidden if p.exists()]
-
     def _needed(self) -> list[Path]:
         """Read-only paths the sandbox needs even when they sit under a hidden directory."""
         needed = [
@@ -135,15 +145,23 @@ class LocalSandboxes(SandboxBackend):
         return sorted(unique, key=lambda p: len(p.parts))  # parents first, so a nested bind is not covered
 
     def _bwrap(self, state: Path, extra: list[str] = ()) -> list[str]:
-        argv = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/"]
-        for path in sorted(self._hidden(), key=lambda p: len(p.parts)):
-            argv += ["--tmpfs", str(path)]
-        argv += ["--bind", str(state / "home"), HOME, "--bind", str(state / "tmp"), "/tmp"]
+        """The sandbox's view: an empty root with the system read-only, the sandbox's own identity files, home and
+        /tmp, and the runtime; the host's other directories (homes, this checkout's .env, other sandboxes' state,
+        /etc's credentials) are not there at all."""
+        argv = [shutil.which("bwrap") or "bwrap"]
+        for path in SYSTEM_PATHS:
+            if Path(path).is_symlink():  # merged /usr: /bin -> usr/bin
+                argv += ["--symlink", os.readlink(path), path]
+            elif Path(path).exists():
+                argv += ["--ro-bind", path, path]
+        argv += [arg for name in ETC_FILES if Path("/etc", name).exists() for arg in ("--ro-bind", f"/etc/{name}",
+                                                                                      f"/etc/{name}")]
+        for name, path in _identity_files(state).items():
+            argv += ["--ro-bind", str(path), f"/etc/{name}"]
+        argv += ["--tmpfs", "/root", "--dir", "/home", "--bind", str(state / "home"), HOME]
+        argv += ["--bind", str(state / "tmp"), "/tmp", "--dir", "/var", "--symlink", "/tmp", "/var/tmp"]
         for path in self._needed():  # after the private /tmp and home, so a checkout under /tmp still shows through
             argv += ["--ro-bind", str(path), str(path)]
-        for secret_file in ("/etc/shadow", "/etc/gshadow"):
-            if Path(secret_file).exists():
-                argv += ["--ro-bind", "/dev/null", secret_file]
         argv += ["--dev", "/dev", "--proc", "/proc"]
         argv += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--unshare-pid", "--unshare-ipc"]
         argv += ["--unshare-uts", "--hostname", "agentbox", "--die-with-parent", "--new-session", "--chdir", HOME]
@@ -372,6 +390,19 @@ class LocalSandboxes(SandboxBackend):
                     )
                 )
         return found
+
+
+def _identity_files(state: Path) -> dict[str, Path]:
+    """The sandbox's /etc/passwd, group, hosts and hostname, written once into its state."""
+    directory = state / "etc"
+    directory.mkdir(exist_ok=True)
+    files = {}
+    for name, text in IDENTITY.items():
+        path = directory / name
+        if not path.exists():
+            path.write_text(text)
+        files[name] = path
+    return files
 
 
 @contextlib.contextmanager

@@ -2,8 +2,8 @@
 
 The bwrap argv and the base environment are the local backend's own (`LocalSandboxes._bwrap`, `_base_env`), so the
 stand-in's sandboxes look like the local backend's from inside: /home/user and /tmp private to each sandbox, the
-system read-only, the host's homes and the checkout hidden, a pid namespace of their own, uid 1000 ("user") by
-default. Two differences: `user="root"` runs as uid 0 inside (E2B runs `mcp-gateway` as root), and the gateway also
+host's filesystem by the same allow-list (the rest of the host does not exist), a pid namespace of their own, uid
+1000 ("user") by default. Two differences: `user="root"` runs as uid 0 inside (E2B runs `mcp-gateway` as root), and the gateway also
 sees this checkout's `tests/servers/` (read-only) so test catalogs can point at the stdio servers there.
 """
 
@@ -47,7 +47,7 @@ class Jail:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.local = LocalSandboxes(root)  # only its argv builder and environment are used; it hides `root` too
+        self.local = LocalSandboxes(root)  # only its argv builder and environment are used
         self.tools = self._install_tools()
 
     def _install_tools(self) -> Path:
