@@ -92,6 +92,8 @@ def plan_this_run(settings: Settings, prompt: str, mcp: Any, **choices: Any) -> 
 def policy_lines(plan: SessionPlan) -> list[str]:
     """The run's policy, and the layers that enforce it on this backend (said, never silently weakened)."""
     layers = ["Claude Code's --allowedTools"]
+    if plan.claude.bypass_permissions:  # --dangerously-skip-permissions: Claude asks nobody and allows everything
+        layers = ["not Claude Code (its permissions are bypassed)"]
     if plan.policy.tools is not None:
         filtering = backend_class(plan.backend).gateway_filters_tools
         gateway = "the gateway's allow-list" if filtering else f"not the gateway (on {plan.backend} it serves all)"

@@ -79,3 +79,15 @@ def test_the_policy_summary_says_what_is_allowed():
     assert POLICY.summary()[1] == "Commands: not allowed"
     assert RunPolicy(tools=[]).summary()[0] == "Tools allowed: none"
     assert RunPolicy().summary()[0] == "Tools allowed: every tool of the requested servers"
+
+
+def test_the_run_says_which_layers_enforce_its_policy():
+    from flows.session import policy_lines
+
+    assert policy_lines(plan(default_policy=POLICY))[-1] == (
+        "Enforced by: the gateway's allow-list, Claude Code's --allowedTools"
+    )
+    e2b = plan_session(load_settings(E2B_API_KEY="e2b-x"), "Do it.", MCP, backend="e2b", default_policy=POLICY)
+    assert policy_lines(e2b)[-1] == "Enforced by: not the gateway (on e2b it serves all), Claude Code's --allowedTools"
+    bypassed = plan(default_policy=POLICY, bypass_permissions=True)
+    assert "not Claude Code (its permissions are bypassed)" in policy_lines(bypassed)[-1]
