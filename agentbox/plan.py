@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from agentbox.claude import ClaudeOptions
 from agentbox.errors import ConfigError
-from agentbox.policy import RunPolicy
+from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
-from agentbox.settings import Settings, load_settings, looks_secret, references_in, resolve_references
+from agentbox.settings import Settings, load_settings, references_in, resolve_references, secret_fields
 
 MAX_PROMPT_CHARS = 100_000
 _WHOLE_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
@@ -29,7 +29,6 @@ class StandIns(BaseModel, frozen=True):
     """Local stand-ins replacing a run's remote services (a rehearsal): settings overrides that point the run at
     them (the model's URL, a catalog of MCP servers aimed at fake APIs, dummy credentials). No real secret."""
 
-    label: str = "REHEARSAL"
     settings: dict[str, str]
 
 
@@ -161,13 +160,8 @@ def settings_policy(settings: Settings) -> RunPolicy | None:
     """The policy POLICY_TOOLS and POLICY_ALLOW_COMMANDS set, if they set one."""
     if settings.policy_tools is None and settings.policy_allow_commands is None:
         return None
-    listed = settings.policy_tools
-    tools = None if listed is None else [t.strip() for t in listed.split(",") if t.strip()]
-    try:
-        return RunPolicy(tools=tools, allow_commands=bool(settings.policy_allow_commands))
-    except ValidationError as exc:
-        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"Invalid POLICY_TOOLS ({why}).", "List tool names separated by commas.") from None
+    return parse_policy(settings.policy_tools, bool(settings.policy_allow_commands), "POLICY_TOOLS",
+                        "List tool names separated by commas.")
 
 
 def allowed_expected_tools(expected: dict[str, list[str]], policy: RunPolicy) -> dict[str, list[str]]:
@@ -192,12 +186,7 @@ def check_prompt(prompt: Any) -> None:
 
 def check_no_literal_secrets(mcp: dict[str, Any]) -> None:
     """Secret-looking fields must be `${NAME}` references: a literal value would be stored by Prefect."""
-    literal = [
-        f"{key}.{name}"
-        for key, values in mcp.items() if isinstance(values, dict)
-        for name, value in values.items()
-        if looks_secret(name) and isinstance(value, str) and not _WHOLE_REFERENCE.match(value)
-    ]
+    literal = [f"{key}.{name}" for key, name, value in secret_fields(mcp) if not _WHOLE_REFERENCE.match(value)]
     if literal:
         raise ConfigError(
             f"The MCP config holds literal secrets ({', '.join(literal)}); they would be stored by Prefect.",

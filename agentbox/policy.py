@@ -4,20 +4,20 @@ An agent that reads untrusted text (Notion pages, GitHub issues) and holds write
 told by that text to misuse them. The policy is the answer decided before the run starts and carried by its plan:
 which gateway tools it may call, whether it may run commands. The gateway serves only the allowed tools (a tool it
 does not serve cannot be called, whatever Claude is told) and Claude Code is started with the same allow-list
-(`--allowedTools`), so one layer failing open does not open the run. A policy a backend cannot enforce is refused
-before anything starts, never silently weakened.
+(`--allowedTools`), so one layer failing open does not open the run. Where a backend's gateway cannot filter, the
+run's log and artifact say which layers enforce the policy: it is never weakened in silence.
 """
 
 from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agentbox.claude import GATEWAY_NAME
 from agentbox.errors import ConfigError
 
 BLOCKED = "Blocked by policy: do not retry."  # what every layer says to the agent when it refuses
-GATEWAY = "gateway"  # the name Claude knows the gateway by: its tools are mcp__gateway__<tool>
 COMMAND_TOOLS = ("Bash",)
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
@@ -47,7 +47,8 @@ class RunPolicy(BaseModel, frozen=True):
 
     def claude_tools(self) -> tuple[str, ...]:
         """Claude Code's `--allowedTools`: the gateway's allowed tools, and the command tool if commands are on."""
-        gateway = (f"mcp__{GATEWAY}",) if self.tools is None else tuple(f"mcp__{GATEWAY}__{t}" for t in self.tools)
+        prefix = f"mcp__{GATEWAY_NAME}"
+        gateway = (prefix,) if self.tools is None else tuple(f"{prefix}__{t}" for t in self.tools)
         return (*gateway, *(COMMAND_TOOLS if self.allow_commands else ()))
 
     def summary(self) -> list[str]:
@@ -86,6 +87,20 @@ def audit_of(calls: list[dict], tool_uses: list[tuple[str, str]]) -> list[Gatewa
         pending = ids.get(entry.tool) or []
         audit.append(entry.model_copy(update={"tool_use_id": pending.pop(0)}) if pending else entry)
     return audit
+
+
+def tool_list(text: str | None) -> list[str] | None:
+    """Tool names written as one comma-separated string (a flag, a setting); None stays None, "" is no tool."""
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_policy(tools: str | None, allow_commands: bool, source: str, hint: str) -> RunPolicy:
+    """A policy from text, as a setting or a flag gives it; a bad tool name is one ConfigError naming `source`."""
+    try:
+        return RunPolicy(tools=tool_list(tools), allow_commands=allow_commands)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"Invalid {source} ({why}).", hint) from None
 
 
 def check_tools_served(policy: RunPolicy, served: list[str]) -> None:

@@ -191,6 +191,18 @@ def looks_secret(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
+def secret_fields(config: object) -> list[tuple[str, str, str]]:
+    """(server key, field name, value) of every string field of an MCP config whose name says it is a secret."""
+    if not isinstance(config, dict):
+        return []
+    return [
+        (key, name, value)
+        for key, values in config.items() if isinstance(values, dict)
+        for name, value in values.items()
+        if isinstance(value, str) and looks_secret(name)
+    ]
+
+
 def redact(text: str, secrets: list[str]) -> str:
     """Replace every secret value in `text` with `***` (a last line of defence for logs and error messages)."""
     for value in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):

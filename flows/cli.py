@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agentbox.errors import AgentboxError, ConfigError, RunTimedOut, one_line
-from agentbox.policy import RunPolicy
+from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import BACKENDS
 
 STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -41,12 +41,7 @@ def policy_from(args: argparse.Namespace) -> RunPolicy | None:
     """The run policy the command line asks for, if it asks for one."""
     if args.tools is None and not args.allow_commands:
         return None
-    tools = None if args.tools is None else [t.strip() for t in args.tools.split(",") if t.strip()]
-    try:
-        return RunPolicy(tools=tools, allow_commands=args.allow_commands)
-    except ValidationError as exc:
-        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"Invalid --tools ({why}).", "See --help.") from None
+    return parse_policy(args.tools, args.allow_commands, "--tools", "See --help.")
 
 
 def read_text(path: Path, option: str) -> str:

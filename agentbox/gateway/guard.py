@@ -23,19 +23,14 @@ from fastmcp.server.middleware import Middleware, MiddlewareContext
 from mcp.types import TextContent
 
 from agentbox.policy import BLOCKED
-from agentbox.settings import looks_secret
+from agentbox.settings import secret_fields
 
 MIN_SECRET_CHARS = 8  # shorter values (a port, "true") would match everywhere and prove nothing
 
 
 def config_secrets(config: dict[str, Any]) -> list[str]:
     """The values of a gateway config's fields whose names say they are secrets."""
-    return [
-        value
-        for values in config.values() if isinstance(values, dict)
-        for name, value in values.items()
-        if isinstance(value, str) and looks_secret(name)
-    ]
+    return [value for _, _, value in secret_fields(config)]
 
 
 @dataclass

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse
 from agentbox.errors import ConfigError, one_line
 from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
 from agentbox.gateway.guard import CallGuard, config_secrets
+from agentbox.policy import tool_list
 
 log = logging.getLogger("agentbox.gateway")
 DEFAULT_PORT = 50005
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = read_config_argument(args.config, "--config")
-        allow = None if args.tools is None else [t.strip() for t in args.tools.split(",") if t.strip()]
+        allow = tool_list(args.tools)
 
         async def serve() -> None:
             extra = json.loads(os.environ.get("GATEWAY_SECRET_VALUES") or "[]")  # the sandbox's own secrets
