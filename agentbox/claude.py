@@ -17,6 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 
 GATEWAY_NAME = "gateway"
+MODEL_KEY_ENV = "ANTHROPIC_API_KEY"  # how Claude Code finds the model key, and where
+MODEL_URL_ENV = "ANTHROPIC_BASE_URL"
 TOKEN_ENV = "AGENTBOX_GATEWAY_TOKEN"
 PROMPT_PATH = "/home/user/.agentbox/prompt.txt"
 MAX_OUTPUT_KEPT = 65_536

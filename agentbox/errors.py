@@ -86,5 +86,9 @@ class GatewayUpstreamError(GatewayError):
     """The gateway says one of its MCP servers failed to start: retrying cannot help."""
 
 
+class PolicyViolation(AgentboxError):
+    """The agent tried what the run policy forbids (every layer blocked it; the run still fails, so people look)."""
+
+
 class ClaudeError(AgentboxError):
     """Claude Code could not be registered or its run failed."""

@@ -10,15 +10,17 @@ plan, so the same code runs against them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agentbox.claude import ClaudeOptions
+from agentbox.claude import MODEL_KEY_ENV, MODEL_URL_ENV, ClaudeOptions
 from agentbox.errors import ConfigError
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
+from agentbox.sandboxes.base import DEFAULT_MODEL_URL, Network
 from agentbox.settings import Settings, load_settings, references_in, resolve_references, secret_fields
 
 MAX_PROMPT_CHARS = 100_000
@@ -57,6 +59,7 @@ class SessionPlan(BaseModel, frozen=True):
     ttl_seconds: int
     concurrency_limit: str = Field(description="Global limit each session holds a slot of; empty: none.")
     anthropic_base_url: str | None = None
+    egress_resolve: dict[str, str] = Field(default_factory=dict, description="Names pinned to addresses.")
     mcp_timeout_ms: int
     metadata: dict[str, str] = Field(default_factory=dict, description="Labels that let janitors find its sandbox.")
     stand_ins: StandIns | None = None
@@ -81,11 +84,16 @@ class SessionPlan(BaseModel, frozen=True):
         envs = {
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "MCP_TIMEOUT": str(self.mcp_timeout_ms),
-            "ANTHROPIC_API_KEY": settings.resolve_reference("ANTHROPIC_API_KEY"),
+            MODEL_KEY_ENV: settings.resolve_reference(MODEL_KEY_ENV),
         }
         if self.anthropic_base_url:
-            envs["ANTHROPIC_BASE_URL"] = self.anthropic_base_url
+            envs[MODEL_URL_ENV] = self.anthropic_base_url
         return envs
+
+    def network(self) -> Network:
+        """Where the sandbox's programs may connect: the model API, the gateway, and the policy's hosts."""
+        return Network(model_url=self.anthropic_base_url or DEFAULT_MODEL_URL, allow=self.policy.egress,
+                       resolve=self.egress_resolve)
 
 
 def plan_session(
@@ -129,7 +137,8 @@ def plan_session(
             "Raise SANDBOX_TTL_SECONDS or lower FLOW_TIMEOUT_SECONDS.",
         )
     settings.require("ANTHROPIC_API_KEY", *adapter.required_settings, *sorted(references_in(mcp)))
-    policy = policy or settings_policy(settings) or default_policy or RunPolicy()
+    policy = layered_policy(default_policy, settings_policy(settings), policy)
+    adapter.check_network(options, Network(allow=policy.egress))
     claude = ClaudeOptions(max_turns=settings.claude_max_turns, model=settings.claude_model,
                            bypass_permissions=bypass_permissions,
                            allowed_tools=tuple(allowed_tools) if allowed_tools else policy.claude_tools())
@@ -150,18 +159,43 @@ def plan_session(
         ttl_seconds=settings.sandbox_ttl_seconds,
         concurrency_limit=settings.sandbox_concurrency_limit,
         anthropic_base_url=settings.anthropic_base_url,
+        egress_resolve=parse_resolve(settings.egress_resolve),
         mcp_timeout_ms=settings.mcp_timeout_ms,
         metadata=metadata or {},
         stand_ins=stand_ins,
     )
 
 
+POLICY_SETTINGS = {"tools": "POLICY_TOOLS", "allow_commands": "POLICY_ALLOW_COMMANDS", "egress": "POLICY_EGRESS"}
+
+
 def settings_policy(settings: Settings) -> RunPolicy | None:
-    """The policy POLICY_TOOLS and POLICY_ALLOW_COMMANDS set, if they set one."""
-    if settings.policy_tools is None and settings.policy_allow_commands is None:
-        return None
-    return parse_policy(settings.policy_tools, bool(settings.policy_allow_commands), "POLICY_TOOLS",
-                        "List tool names separated by commas.")
+    """The policy POLICY_TOOLS, POLICY_ALLOW_COMMANDS and POLICY_EGRESS set (only the fields they set)."""
+    return parse_policy(settings.policy_tools, settings.policy_allow_commands, settings.policy_egress,
+                        POLICY_SETTINGS, "List names separated by commas.")
+
+
+def parse_resolve(text: str) -> dict[str, str]:
+    """EGRESS_RESOLVE's 'name=address,...' as a dict; a bad entry is one ConfigError."""
+    pinned = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, address = entry.partition("=")
+        try:
+            ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise ConfigError(f"Invalid EGRESS_RESOLVE entry '{entry[:80]}'.", "Write name=address, e.g. "
+                              "pypi.internal=10.0.0.5, separated by commas.") from None
+        pinned[name.strip().lower()] = address.strip()
+    return pinned
+
+
+def layered_policy(*layers: RunPolicy | None) -> RunPolicy:
+    """Each layer's explicitly set fields over the ones before: workflow, then settings, then the run."""
+    policy = RunPolicy()
+    for layer in layers:
+        if layer is not None:
+            policy = layer.over(policy)
+    return policy
 
 
 def allowed_expected_tools(expected: dict[str, list[str]], policy: RunPolicy) -> dict[str, list[str]]:

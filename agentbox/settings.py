@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         description="The same gateway as Claude reaches it from inside the sandbox (same template fields).",
     )
     e2b_template: str | None = Field(None, description="E2B template; unset: E2B's 'mcp-gateway'.")
+    e2b_model_key_via_rules: bool = Field(
+        False, description="Give the model key to E2B's egress proxy (network rules) instead of the sandbox's "
+        "environment. Off until checked against the real E2B."
+    )
     local_mcp_catalog: Path | None = Field(None, description="Extra catalog file: adds or overrides MCP servers.")
     local_sandbox_root: Path = Field(
         Path.home() / ".cache" / "agentbox" / "sandboxes", description="Where local sandboxes keep their state."
@@ -68,6 +72,14 @@ class Settings(BaseSettings):
         None, description="Default run policy: comma-separated gateway tools the agent may call (empty: none)."
     )
     policy_allow_commands: bool | None = Field(None, description="Default run policy: let the agent run commands.")
+    policy_egress: str | None = Field(
+        None, description="Default run policy: comma-separated hosts (host, host:port, *.domain) the sandbox may "
+        "reach besides the model API and the gateway."
+    )
+    egress_resolve: str = Field(
+        "", description="Names the egress proxy resolves to fixed addresses, like curl --resolve: "
+        "'name=address,...'. Pinned names may resolve to loopback or private addresses; others may not."
+    )
     sandbox_ttl_seconds: int = Field(
         2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )

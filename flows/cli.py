@@ -34,14 +34,19 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tools", default=None,
                         help="comma-separated gateway tools the agent may call (default: POLICY_TOOLS, else the "
                         "workflow's); empty: none")
-    parser.add_argument("--allow-commands", action="store_true", help="let the agent run shell commands")
+    parser.add_argument("--allow-commands", action="store_true", default=None,
+                        help="let the agent run shell commands")
+    parser.add_argument("--egress", default=None,
+                        help="comma-separated hosts (host, host:port, *.domain) the sandbox may reach besides the "
+                        "model API and the gateway (default: POLICY_EGRESS, else none)")
+
+
+POLICY_FLAGS = {"tools": "--tools", "allow_commands": "--allow-commands", "egress": "--egress"}
 
 
 def policy_from(args: argparse.Namespace) -> RunPolicy | None:
-    """The run policy the command line asks for, if it asks for one."""
-    if args.tools is None and not args.allow_commands:
-        return None
-    return parse_policy(args.tools, args.allow_commands, "--tools", "See --help.")
+    """The run policy the command line asks for: only what its flags set, over the settings' and workflow's."""
+    return parse_policy(args.tools, args.allow_commands, args.egress, POLICY_FLAGS, "See --help.")
 
 
 def read_text(path: Path, option: str) -> str:

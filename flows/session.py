@@ -19,15 +19,15 @@ from prefect.context import FlowRunContext
 from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field, computed_field
 
-from agentbox.claude import AgentRun
-from agentbox.errors import AgentboxError, RunTimedOut, one_line
+from agentbox.claude import GATEWAY_NAME, AgentRun
+from agentbox.errors import AgentboxError, PolicyViolation, RunTimedOut, one_line
 from agentbox.plan import SessionPlan, plan_session
-from agentbox.policy import GatewayCall, audit_of
+from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import Settings, redact
 from tasks.claude import register_claude, run_prompt
-from tasks.gateway import read_gateway_calls, wait_for_gateway
+from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 
 
@@ -45,14 +45,22 @@ class SessionResult(BaseModel):
     tools: int = 0
     policy: list[str] = Field(default_factory=list, description="The run policy, and which layers enforced it.")
     audit: list[GatewayCall] | None = Field(None, description="The gateway's calls; None where none can be read.")
+    egress: list[EgressAttempt] | None = Field(
+        None, description="The egress proxy's decisions on the sandbox's connections; None where none can be read."
+    )
     steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
     run: AgentRun = Field(default_factory=AgentRun)
 
     @computed_field
     @property
     def violations(self) -> int:
-        """Everything a layer blocked: calls the gateway refused, tools Claude Code denied."""
-        return sum(c.blocked for c in self.audit or []) + len(self.run.permission_denials)
+        """Everything a layer blocked: connections the egress proxy refused, calls the gateway refused, tools Claude
+        Code denied."""
+        blocked = sum(c.blocked for c in self.audit or []) + sum(e.blocked for e in self.egress or [])
+        if self.audit is None:  # no gateway log: the gateway's refusals as the agent saw them
+            blocked += sum(c.server == GATEWAY_NAME and c.ok is False and BLOCKED in c.output
+                           for c in self.run.tool_calls)
+        return blocked + len(self.run.permission_denials)
 
     def cost(self) -> str:
         if self.rehearsal:
@@ -131,23 +139,33 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         finally:
             clock = time.monotonic()
             if handle:
-                result.audit = await audit(plan, handle, result)
+                result.audit, result.egress = await audit(plan, handle, result)
             await teardown(plan, handle, session_failed=failed)
             step("kill")
+    if result.violations:
+        raise PolicyViolation(
+            f"The agent tried {result.violations} thing(s) the run policy forbids; each was blocked.",
+            "See the run's audit (gateway calls, network) for what it tried; look at what it read.",
+        )
     return result
 
 
-async def audit(plan: SessionPlan, handle: SandboxHandle, result: SessionResult) -> list[GatewayCall] | None:
-    """The gateway's calls joined with Claude's tool uses, read before the sandbox goes; a failure to read them is
-    logged, never raised over the session's own outcome."""
-    try:
-        calls = await asyncio.shield(read_gateway_calls(plan, handle))
-    except BaseException as exc:  # noqa: BLE001 - the audit must not hide why the session ended
-        get_run_logger().warning("Could not read the gateway's call log (%s).", one_line(exc))
-        return None
-    if calls is None:
-        return None
-    return audit_of(calls, [(c.tool, c.id) for c in result.run.tool_calls])
+async def audit(
+    plan: SessionPlan, handle: SandboxHandle, result: SessionResult
+) -> tuple[list[GatewayCall] | None, list[EgressAttempt] | None]:
+    """The gateway's calls joined with Claude's tool uses, and the egress proxy's decisions, read before the sandbox
+    goes; a failure to read them is logged, never raised over the session's own outcome."""
+    logs: list[list[dict] | None] = []
+    for what, read in (("gateway's call log", read_gateway_calls), ("egress log", read_egress_log)):
+        try:
+            logs.append(await asyncio.shield(read(plan, handle)))
+        except BaseException as exc:  # noqa: BLE001 - the audit must not hide why the session ended
+            get_run_logger().warning("Could not read the %s (%s).", what, one_line(exc))
+            logs.append(None)
+    calls, egress = logs
+    tool_uses = [(c.tool, c.id) for c in result.run.tool_calls]
+    return (None if calls is None else audit_of(calls, tool_uses),
+            None if egress is None else [EgressAttempt.model_validate(e) for e in egress])
 
 
 async def teardown(plan: SessionPlan, handle: SandboxHandle | None, session_failed: bool = False) -> None:
@@ -212,6 +230,7 @@ def session_markdown(title: str, result: SessionResult, error: str = "", extra: 
         *(f"| `{c.name}` | {'ok' if c.ok else 'failed'} |" for c in result.run.tool_calls),
         "",
         *audit_table(result),
+        *egress_table(result),
         "## Answer",
         "",
         result.run.result or "_none_",
@@ -230,6 +249,22 @@ def audit_table(result: SessionResult) -> list[str]:
     ]
     header = ["## Gateway calls", "", "| time | tool | arguments | bytes | outcome | detail | seconds | tool use |",
               "|---|---|---|---|---|---|---|---|"]
+    return [*header, *rows, ""]
+
+
+def egress_table(result: SessionResult) -> list[str]:
+    """The sandbox's connections out of the ordinary (any to a host the policy names, every block and error; not
+    the many requests to the model API and the gateway) as a markdown table."""
+    if result.egress is None:
+        return [f"_The {result.backend} sandbox keeps no egress log this run can read._", ""]
+    shown = [e for e in result.egress if e.kind == "egress" or e.decision != "allowed"]
+    rows = [
+        f"| {time.strftime('%H:%M:%S', time.gmtime(e.time))} | {e.method or '-'} | "
+        f"`{e.service or f'{e.host}:{e.port}'}` | {e.decision} | {e.detail or '-'} |"
+        for e in shown
+    ]
+    header = ["## Network", "", f"{len(result.egress) - len(shown)} connection(s) to the model API and the gateway.",
+              "", "| time (UTC) | method | to | decision | detail |", "|---|---|---|---|---|"]
     return [*header, *rows, ""]
 
 

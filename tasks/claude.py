@@ -44,7 +44,8 @@ async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     token = await sandboxes.gateway_token(handle)
     secrets = [*plan.secret_values(settings), token]
     timeout = plan.timeouts.registration
-    added = await sandboxes.run(handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: token},
+    inside_token = await sandboxes.claude_gateway_token(handle)
+    added = await sandboxes.run(handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: inside_token},
                                 timeout=timeout)
     if added.exit_code != 0:
         why = redact(one_line(added.stderr or added.stdout, last=True, empty="no output"), secrets)

@@ -41,3 +41,10 @@ async def read_gateway_calls(plan: SessionPlan, handle: SandboxHandle) -> list[d
     """The gateway's call log (argument names and sizes, outcomes), or None where the backend's gateway keeps none
     that can be read."""
     return await plan.sandboxes(plan.read_settings()).gateway_calls(handle)
+
+
+@session_task("read-egress-log", task_run_name="read-egress-log {handle.id}", retries=1, timeout_seconds=30)
+async def read_egress_log(plan: SessionPlan, handle: SandboxHandle) -> list[dict] | None:
+    """The egress proxy's decisions (hosts, ports, allowed or blocked), or None where the backend keeps none that can
+    be read."""
+    return await plan.sandboxes(plan.read_settings()).egress_log(handle)

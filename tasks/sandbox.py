@@ -42,6 +42,7 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
         metadata=plan.metadata,
         idempotency_key=f"agentbox-{task_run.id}" if task_run.id else None,  # same across this task's retries
         tools=plan.policy.tools,
+        network=plan.network(),
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle

@@ -2,18 +2,25 @@
 that may run commands tries first. Every target lives on this machine; nothing here leaves it.
 
 The host's filesystem is an allow-list: programs see the system directories, the runtime, the venv and node_modules,
-and a sandbox-private home, /tmp and identity files; a file anywhere else on the host does not exist for them.
+and a sandbox-private home, /tmp and identity files; a file anywhere else on the host does not exist for them. The
+network is the egress proxy's: the model API, the gateway and the policy's hosts, nothing else; no secret is inside.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.server
+import subprocess
+import threading
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from agentbox.sandboxes import get_backend
+from agentbox.sandboxes.base import Network
 from agentbox.settings import load_settings
 from tests.worlds import CREDENTIALS
 
@@ -81,3 +88,146 @@ def test_the_allowed_path_still_works(sandbox):
     assert inside(sandbox, "node -e 'console.log(6 * 7)'").strip() == "42"
     assert inside(sandbox, "claude --version").strip().startswith("2.")
     assert inside(sandbox, "echo ok > /home/user/f && cat /home/user/f && echo ok > /tmp/f && cat /tmp/f") == "ok\nok\n"
+
+
+# -- the network: Claude and its commands reach only what the policy allows, through the egress proxy ----------
+
+
+@pytest.fixture
+def listeners():
+    """Loopback HTTP listeners standing for the host's services and for hosts on the internet: each answers GET
+    with its own canary. (name -> (port, canary)); stopped afterwards."""
+    servers, found = [], {}
+    for name in ("service", "allowed", "forbidden"):
+        canary = f"canary-{name}-{uuid.uuid4().hex}"
+
+        class Answer(http.server.BaseHTTPRequestHandler):
+            body = canary.encode()
+
+            def do_GET(self):  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(self.body)))
+                self.end_headers()
+                self.wfile.write(self.body)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        found[name] = (server.server_address[1], canary)
+    try:
+        yield found
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def netsandbox(world, network: Network):
+    """A sandbox whose network is `network` (names pinned as its `resolve` says, on either backend)."""
+    world.play([{"text": "unused"}])
+    if world.e2b:
+        world.e2b.pin(network.resolve)
+    sandboxes = get_backend(load_settings(), world.backend)
+    return sandboxes, asyncio.run(sandboxes.create(MCP, {}, 120, {"app": "containment"}, network=network))
+
+
+def blocked(world, sandbox_id: str) -> list[tuple[str, int]]:
+    return [(e["host"], e["port"]) for e in world.egress_log(sandbox_id) if e["decision"] == "blocked"]
+
+
+def test_the_hosts_loopback_services_are_out_of_reach(world, listeners, prefect_api):
+    """The host's loopback services (a canary service, the test's Prefect API): through the proxy they are
+    refused with the policy's message and logged; directly, the sandbox's network has no route to them."""
+    port, canary = listeners["service"]
+    prefect = urlsplit(PREFECT_API_URL.value())
+    assert prefect.hostname in ("127.0.0.1", "localhost"), prefect  # the test's own API server
+    sandbox = netsandbox(world, Network())
+    try:
+        for url in (f"http://127.0.0.1:{port}/", f"http://localhost:{port}/", f"{prefect.scheme}://{prefect.netloc}/api/health"):
+            through_proxy = inside(sandbox, f"curl -s -m 10 {url}")
+            assert canary not in through_proxy and "Blocked by policy: do not retry." in through_proxy, url
+            direct = inside(sandbox, f"curl -s -m 5 --noproxy '*' {url}; echo exit=$?")
+            assert canary not in direct and "exit=7" in direct, (url, direct)  # 7: could not connect
+        raw = inside(sandbox, f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 3)' 2>&1")
+        assert "Connection refused" in raw
+        assert ("127.0.0.1", port) in blocked(world, sandbox[1].id)
+        assert ("127.0.0.1", prefect.port) in blocked(world, sandbox[1].id)
+    finally:
+        asyncio.run(sandbox[0].kill(sandbox[1].id))
+
+
+def test_only_the_allowed_host_is_reached(world, listeners):
+    """Two hosts named through the proxy's resolver (both loopback listeners): the allowed one answers, the other
+    is refused and logged; a name that resolves to loopback without being pinned is refused too."""
+    allowed_port, allowed_canary = listeners["allowed"]
+    forbidden_port, forbidden_canary = listeners["forbidden"]
+    rule = "allowed.test" if world.backend == "e2b" else f"allowed.test:{allowed_port}"  # E2B allows hosts, not ports
+    network = Network(allow=[rule, "localhost"], resolve={"allowed.test": "127.0.0.1", "forbidden.test": "127.0.0.1"})
+    sandbox = netsandbox(world, network)
+    try:
+        assert inside(sandbox, f"curl -s -m 10 http://allowed.test:{allowed_port}/") == allowed_canary
+        refused = inside(sandbox, f"curl -s -m 10 http://forbidden.test:{forbidden_port}/")
+        assert forbidden_canary not in refused and "Blocked by policy: do not retry." in refused
+        https = inside(sandbox, f"curl -s -m 10 https://forbidden.test:{forbidden_port}/; echo exit=$?")
+        assert "exit=56" in https  # CONNECT refused: curl's "failure receiving data"
+        rebound = inside(sandbox, f"curl -s -m 10 http://localhost:{forbidden_port}/")
+        assert forbidden_canary not in rebound and "Blocked by policy" in rebound
+        assert {("forbidden.test", forbidden_port), ("localhost", forbidden_port)} <= set(blocked(world, sandbox[1].id))
+    finally:
+        asyncio.run(sandbox[0].kill(sandbox[1].id))
+
+
+def test_no_secret_is_inside(world, monkeypatch):
+    """The model key (added by the egress proxy, or by E2B's egress rules) and the gateway's token and config are
+    nowhere in the sandbox: not in its environment, any process's /proc, or its files."""
+    world.play([{"text": "unused"}])
+    monkeypatch.setenv("E2B_MODEL_KEY_VIA_RULES", "true")
+    sandboxes = get_backend(load_settings(), world.backend)
+    key = CREDENTIALS["ANTHROPIC_API_KEY"]
+    handle = asyncio.run(sandboxes.create(MCP, {"ANTHROPIC_API_KEY": key}, 120, {"app": "containment"}))
+    sandbox = (sandboxes, handle)
+    try:
+        token = asyncio.run(sandboxes.gateway_token(handle))
+        secrets = [key, token, CREDENTIALS["NOTION_INTEGRATION_TOKEN"]]
+        seen = inside(sandbox, "env; cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n'; "
+                               "grep -r -a -h -e . /home /tmp /etc /run 2>/dev/null | head -c 2000000")
+        assert "ANTHROPIC_API_KEY" in seen  # the placeholder is there
+        for secret in secrets:
+            assert secret not in seen
+        assert "No such file" in inside(sandbox, "cat /etc/mcp-gateway/.token") or \
+            "Permission denied" in inside(sandbox, "cat /etc/mcp-gateway/.token")
+    finally:
+        asyncio.run(sandboxes.kill(handle.id))
+
+
+def test_writes_stay_in_home_and_tmp(sandbox):
+    out = inside(sandbox, "for p in /usr/x /etc/x /x /bin/x /run/agentbox-net/x /var/x; do touch $p 2>&1 || true; done")
+    assert out.count("Read-only file system") + out.count("Permission denied") + out.count("No such file") >= 6, out
+    for path in ("/usr/x", "/etc/x", "/x", "/bin/x", "/var/x"):
+        assert not Path(path).exists()
+
+
+def test_processes_outside_cannot_be_signalled(sandbox):
+    outside = subprocess.Popen(["sleep", "60"])
+    try:
+        out = inside(sandbox, f"kill -9 {outside.pid} 2>&1; ls /proc | grep -c '^[0-9]'")
+        assert "No such process" in out
+        assert outside.poll() is None  # still running
+        assert int(out.split()[-1]) < 20  # a pid namespace of its own: only the sandbox's processes
+    finally:
+        outside.kill()
+        outside.wait()
+
+
+def test_another_sandboxs_files_are_out_of_reach(world, sandbox):
+    other = netsandbox(world, Network())
+    try:
+        marker = f"marker-{uuid.uuid4().hex}"
+        inside(other, f"echo {marker} > /home/user/{marker} && echo {marker} > /tmp/{marker}")
+        found = inside(sandbox, f"ls /home/user /tmp; find / -name '{marker}' 2>/dev/null | head")
+        assert marker not in found
+    finally:
+        asyncio.run(other[0].kill(other[1].id))

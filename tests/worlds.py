@@ -26,6 +26,7 @@ from tests.support import SANDBOX_ROOT, sandbox_dirs
 from tests.e2b_standin import E2BStandIn
 
 BACKENDS = ["local", "e2b"]
+MODEL_HOST = "127.66.0.1"
 CREDENTIALS = {
     "ANTHROPIC_API_KEY": "sk-ant-api03-SECRETanthropicVALUE0123456789",
     "NOTION_INTEGRATION_TOKEN": "ntn_SECRETnotionVALUE0123456789",
@@ -85,7 +86,10 @@ class World:
 
     def model(self, script: list[dict] | ModelScript) -> BackgroundServer:
         """A model stand-in playing `script`, stopped with the world."""
-        return self._stack.enter_context(BackgroundServer(model_app(ModelScript.model_validate(script))))
+        # on an address of its own: E2B's egress policy allows the model's host (all its ports), not the host's
+        # loopback services
+        return self._stack.enter_context(BackgroundServer(model_app(ModelScript.model_validate(script)),
+                                                          host=MODEL_HOST))
 
     def play(self, script: list[dict] | ModelScript) -> BackgroundServer:
         """Set this test's environment to a production run on this backend whose model plays `script`."""
@@ -93,6 +97,13 @@ class World:
         for name, value in self.environment(model).items():
             self.setenv(name, value)
         return model
+
+    def egress_log(self, sandbox_id: str) -> list[dict]:
+        """The egress proxy's decisions for a sandbox (the local backend's log, or the E2B stand-in's books)."""
+        if self.e2b:
+            return self.e2b.egress_log(sandbox_id)
+        path = SANDBOX_ROOT / sandbox_id / "audit" / "egress.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def alive(self) -> set[str]:
         """Ids of the sandboxes still running on this backend."""

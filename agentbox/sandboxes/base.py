@@ -24,6 +24,16 @@ OutputCallback = Callable[[str], None]
 
 APP_LABEL_KEY = "app"
 APP_LABEL = "agentbox"
+DEFAULT_MODEL_URL = "https://api.anthropic.com"
+
+
+class Network(BaseModel, frozen=True):
+    """Where a sandbox's programs may connect: always its gateway and the model API, and the hosts in `allow`
+    (host, host:port, *.domain). Names in `resolve` are pinned to an address (like curl's --resolve)."""
+
+    model_url: str = DEFAULT_MODEL_URL
+    allow: list[str] = []
+    resolve: dict[str, str] = {}
 
 
 class SandboxHandle(BaseModel):
@@ -103,6 +113,10 @@ class SandboxBackend(abc.ABC):
     def expected_tools(cls, options: dict[str, Any], mcp: dict[str, Any]) -> dict[str, list[str]]:
         """Per server key, the tool names whose presence proves the gateway serves it."""
 
+    @classmethod
+    def check_network(cls, options: dict[str, Any], network: Network) -> None:
+        """Raise a ConfigError if this backend cannot enforce `network` as it is (never weaken it in silence)."""
+
     @abc.abstractmethod
     async def create(
         self,
@@ -112,14 +126,22 @@ class SandboxBackend(abc.ABC):
         metadata: dict[str, str],
         idempotency_key: str | None = None,
         tools: list[str] | None = None,
+        network: Network | None = None,
     ) -> SandboxHandle:
         """Start a sandbox whose gateway serves `mcp_config` (only `tools` of it, where `gateway_filters_tools`); it
-        dies by itself after `ttl_seconds`. A retried call with the same `idempotency_key` must not start a second
-        sandbox."""
+        dies by itself after `ttl_seconds`. Its programs reach only what `network` allows (None: `Network()`, the
+        gateway and the model API), and find the model where `envs` says (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY;
+        a backend may swap those for a proxy's address and a placeholder). A retried call with the same
+        `idempotency_key` must not start a second sandbox."""
 
     @abc.abstractmethod
     async def gateway_token(self, handle: SandboxHandle) -> str:
         """The gateway's bearer token (a secret: never log or return it)."""
+
+    async def claude_gateway_token(self, handle: SandboxHandle) -> str:
+        """The token Claude Code inside is registered with: the gateway's own, or a placeholder where the backend
+        adds the real one on the way out (then no copy of it exists in the sandbox)."""
+        return await self.gateway_token(handle)
 
     @abc.abstractmethod
     async def run(
@@ -151,6 +173,11 @@ class SandboxBackend(abc.ABC):
     async def gateway_calls(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
         """The gateway's call log (one dict per tools/call), or None where this backend's gateway keeps none that
         can be read."""
+        return None
+
+    async def egress_log(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
+        """The egress proxy's decisions (one dict per connection it allowed or blocked), or None where this backend
+        keeps none that can be read."""
         return None
 
     async def kill_matching(self, metadata: dict[str, str]) -> list[str]:

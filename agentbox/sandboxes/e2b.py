@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
 from datetime import timezone
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -32,11 +33,20 @@ from e2b import (
 )
 
 from e2b.sandbox.mcp import McpServer
+from e2b.sandbox.network import ALL_TRAFFIC
 
 from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable, one_line
 from agentbox.gateway.catalog import check_config_shape, expected_tools, field_problems, load_catalog
 from agentbox.gateway.catalog import unknown_server
-from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
+from agentbox.claude import MODEL_KEY_ENV
+from agentbox.sandboxes.base import (
+    CommandResult,
+    Network,
+    OutputCallback,
+    SandboxBackend,
+    SandboxHandle,
+    SandboxInfo,
+)
 
 if TYPE_CHECKING:
     from agentbox.settings import Settings
@@ -46,6 +56,9 @@ KEY_HINT = "Check E2B_API_KEY (https://e2b.dev/dashboard)."
 
 _CUSTOM_SERVER = re.compile(r"^github/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _CUSTOM_FIELDS = frozenset({"run_cmd", "install_cmd", "envs"})
+# The hosts each catalog server's gateway-side process must reach (E2B's egress policy covers the whole sandbox).
+UPSTREAM_HOSTS = {"notion": ["api.notion.com"], "githubOfficial": ["api.github.com", "uploads.github.com"]}
+PLACEHOLDER_KEY = "agentbox-placeholder-e2b-egress-rules-add-the-real-one"
 
 
 def catalog_servers() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
@@ -84,10 +97,12 @@ class E2BSandboxes(SandboxBackend):
     name = "e2b"
     required_settings = ("E2B_API_KEY",)
 
-    def __init__(self, api_key: str, mcp_url: str, internal_mcp_url: str, template: str | None = None) -> None:
+    def __init__(self, api_key: str, mcp_url: str, internal_mcp_url: str, template: str | None = None,
+                 model_key_via_rules: bool = False) -> None:
         self._api_key = api_key
         self.mcp_url, self.internal_mcp_url = mcp_url, internal_mcp_url
         self.template = template
+        self.model_key_via_rules = model_key_via_rules
         self._open: dict[str, AsyncSandbox] = {}
 
     @classmethod
@@ -96,6 +111,7 @@ class E2BSandboxes(SandboxBackend):
             "mcp_url": settings.e2b_mcp_url,
             "internal_mcp_url": settings.e2b_mcp_internal_url,
             "template": settings.e2b_template,
+            "model_key_via_rules": settings.e2b_model_key_via_rules,
         }
 
     @classmethod
@@ -129,7 +145,9 @@ class E2BSandboxes(SandboxBackend):
         metadata: dict[str, str],
         idempotency_key: str | None = None,
         tools: list[str] | None = None,  # E2B starts its gateway itself, with every tool: Claude's allow-list rules
+        network: Network | None = None,
     ) -> SandboxHandle:
+        envs, policy = self._network(network or Network(), mcp_config, envs)
         async with _translated("create a sandbox"):
             sandbox = await AsyncSandbox.create(
                 template=self.template,
@@ -137,6 +155,7 @@ class E2BSandboxes(SandboxBackend):
                 metadata=metadata,
                 envs=envs,
                 mcp=mcp_config,
+                network=policy,
                 lifecycle={"on_timeout": "kill"},  # an expired sandbox must not linger paused
                 idempotency_key=idempotency_key,
                 api_key=self._api_key,
@@ -154,6 +173,30 @@ class E2BSandboxes(SandboxBackend):
             created_at=info.started_at.astimezone(timezone.utc),
             expires_at=info.end_at.astimezone(timezone.utc),
         )
+
+    @classmethod
+    def check_network(cls, options: dict[str, Any], network: Network) -> None:
+        with_ports = [h for h in network.allow if ":" in h]
+        if with_ports:
+            raise ConfigError(
+                f"E2B's network policy allows hosts, not ports: {', '.join(with_ports)}.",
+                "Name the hosts without a port on the e2b backend.",
+            )
+
+    def _network(self, network: Network, mcp: dict, envs: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+        """E2B's egress policy for `network`: everything denied but the model API, the MCP servers' APIs and the
+        policy's hosts. With `model_key_via_rules`, E2B's egress proxy adds the model key and the sandbox holds a
+        placeholder."""
+        model_host = urlsplit(network.model_url).hostname or ""
+        upstreams = [h for key in mcp for h in UPSTREAM_HOSTS.get(key, [])]
+        policy: dict[str, Any] = {
+            "deny_out": [ALL_TRAFFIC],
+            "allow_out": list(dict.fromkeys([model_host, *upstreams, *network.allow])),
+        }
+        if self.model_key_via_rules and MODEL_KEY_ENV in envs:
+            policy["rules"] = {model_host: [{"transform": {"headers": {"x-api-key": envs[MODEL_KEY_ENV]}}}]}
+            envs = {**envs, MODEL_KEY_ENV: PLACEHOLDER_KEY}
+        return envs, policy
 
     async def _sandbox(self, sandbox_id: str) -> AsyncSandbox:
         """The SDK object for a sandbox another task created (tasks share handles, never SDK objects)."""

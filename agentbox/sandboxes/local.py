@@ -5,8 +5,13 @@ with the interface of E2B's `mcp-gateway`) under bubblewrap and kills everything
 nobody asks. Commands run in their own bubblewrap instance over the same private home and /tmp, so they see the same
 files. The host's filesystem is an allow-list (the system read-only, a few files of /etc, the runtime, the venv,
 node_modules; the sandbox's own identity files), so nothing else of the host exists inside. Each has its own pid
-namespace and a non-root user inside (uid 1000, so Claude Code's permission guard behaves as on E2B). The network
-stays shared: the gateway listens on a loopback port of the host.
+namespace and a non-root user inside (uid 1000, so Claude Code's permission guard behaves as on E2B).
+
+Commands have no network of their own: each runs in a fresh network namespace with only a loopback interface, where
+`jailnet` listens on three ports (the gateway's, the model API's, an HTTP proxy's) and relays them over unix sockets
+to the sandbox's egress proxy on the host (`egress`). That proxy adds the gateway token and the model key on the way
+out (inside there are only placeholders) and lets the forward proxy reach only the hosts the run policy allows. The
+gateway itself runs in the host's network (it must reach the MCP servers' APIs) on a loopback port.
 
 This is isolation for a development machine, not a security boundary like E2B's microVMs: run as root, the
 sandbox's user maps to root outside, so what the allow-list shows is readable as root.
@@ -31,10 +36,18 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentbox.claude import MODEL_KEY_ENV, MODEL_URL_ENV
 from agentbox.errors import SandboxCommandTimeout, SandboxError, one_line
 from agentbox.gateway.catalog import expected_tools, load_catalog, validate_config
 from agentbox.settings import looks_secret
-from agentbox.sandboxes.base import CommandResult, OutputCallback, SandboxBackend, SandboxHandle, SandboxInfo
+from agentbox.sandboxes.base import (
+    CommandResult,
+    Network,
+    OutputCallback,
+    SandboxBackend,
+    SandboxHandle,
+    SandboxInfo,
+)
 
 if TYPE_CHECKING:
     from agentbox.settings import Settings
@@ -44,6 +57,13 @@ STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor
 GATEWAY_DIR = "/run/agentbox"
 AUDIT_DIR = "/run/agentbox-audit"  # the gateway's call log, writable by the gateway only
 CALL_LOG = "calls.jsonl"
+EGRESS_LOG = "egress.jsonl"
+NET_DIR = "/run/agentbox-net"  # the egress proxy's sockets, bound into every command's sandbox
+PROXY_INSIDE = "127.0.0.1:3128"  # HTTP(S)_PROXY inside
+MODEL_INSIDE = "127.0.0.1:8788"  # ANTHROPIC_BASE_URL inside
+PLACEHOLDER = "agentbox-placeholder-the-egress-proxy-adds-the-real-one"
+JAILNET = Path(__file__).with_name("jailnet.py")
+EGRESS = Path(__file__).with_name("egress.py")
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # The host's filesystem by allow-list: what programs need, read-only. Anything else on the host does not exist inside.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -165,7 +185,14 @@ class LocalSandboxes(SandboxBackend):
         argv += ["--dev", "/dev", "--proc", "/proc"]
         argv += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--unshare-pid", "--unshare-ipc"]
         argv += ["--unshare-uts", "--hostname", "agentbox", "--die-with-parent", "--new-session", "--chdir", HOME]
-        return [*argv, *extra]
+        return sealed([*argv, *extra])
+
+    def _offline(self, state: Path, command: list[str]) -> list[str]:
+        """bwrap arguments that run `command` in a network namespace of its own, whose only ways out are the
+        sandbox's egress proxy sockets (see `jailnet`)."""
+        routes = (_read_info(state) or {}).get("routes", [])
+        return ["--unshare-net", "--ro-bind", str(state / "net"), NET_DIR, "--",
+                sys.executable, "-I", "-S", str(JAILNET), *routes, "--", *command]
 
     def _base_env(self) -> dict[str, str]:
         path = [str(PROJECT_DIR / "node_modules" / ".bin"), str(Path(sys.executable).parent)]
@@ -193,15 +220,17 @@ class LocalSandboxes(SandboxBackend):
         metadata: dict[str, str],
         idempotency_key: str | None = None,  # a local create is not retried behind our back
         tools: list[str] | None = None,
+        network: Network | None = None,
     ) -> SandboxHandle:
         await self._check_bubblewrap()
         sandbox_id = f"local-{secrets.token_hex(6)}"
         state = self.root / sandbox_id
         try:
             with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
-                for sub in ("home", "tmp", "gateway", "audit", "procs"):
+                for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
                     (state / sub).mkdir(parents=True, mode=0o700)
-                info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools)
+                info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools,
+                                     network or Network())
                 await self._start_supervisor(state)
         except BaseException:
             await asyncio.shield(self.kill(sandbox_id))
@@ -225,14 +254,16 @@ class LocalSandboxes(SandboxBackend):
         envs: dict[str, str],
         ttl_seconds: int,
         metadata: dict[str, str],
-        tools: list[str] | None = None,
+        tools: list[str] | None,
+        network: Network,
     ) -> dict:
         """Write what the supervisor and later commands need; secrets only in files only the owner can read."""
         port = _free_port()
         token = secrets.token_urlsafe(24)
         _write_private(state / "gateway" / "mcp.json", json.dumps(mcp_config))
         _write_private(state / "token", token)
-        _write_private(state / "env.json", json.dumps(envs))
+        _write_private(state / "env.json", json.dumps(_inside_env(envs)))
+        _write_private(state / "egress.json", json.dumps(_egress_config(state, envs, network, port, token)))
         gateway_args = ["--config", f"@{GATEWAY_DIR}/mcp.json", "--host", "127.0.0.1", "--port", str(port)]
         if self.catalog_file:
             shutil.copyfile(self.catalog_file, state / "gateway" / "catalog.json")
@@ -247,6 +278,8 @@ class LocalSandboxes(SandboxBackend):
             "created_at": created.isoformat(),
             "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
             "gateway_port": port,
+            "routes": [f"{PROXY_INSIDE}={NET_DIR}/proxy.sock", f"{MODEL_INSIDE}={NET_DIR}/model.sock",
+                       f"127.0.0.1:{port}={NET_DIR}/gateway.sock"],
             "gateway_argv": self._bwrap(
                 state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR,
                         "--bind", str(state / "audit"), AUDIT_DIR, "--", *gateway]
@@ -298,6 +331,9 @@ class LocalSandboxes(SandboxBackend):
         with _translated(f"read the gateway token of {handle.id}", state=state):
             return (state / "token").read_text()
 
+    async def claude_gateway_token(self, handle: SandboxHandle) -> str:
+        return PLACEHOLDER  # the egress proxy puts the real one on every request to the gateway
+
     def _require_running(self, sandbox_id: str) -> Path:
         state = self._state(sandbox_id)
         info = _read_info(state)
@@ -322,7 +358,7 @@ class LocalSandboxes(SandboxBackend):
         with _translated(f"run a command in {handle.id}", state=state):
             env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
             proc = await asyncio.create_subprocess_exec(
-                *self._bwrap(state, ["--", "/bin/bash", "-c", command]),
+                *self._bwrap(state, self._offline(state, ["/bin/bash", "-c", command])),
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True,
             )
@@ -361,11 +397,17 @@ class LocalSandboxes(SandboxBackend):
             target.write_bytes(data.encode() if isinstance(data, str) else data)
 
     async def gateway_calls(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
+        return await self._audit_log(handle, CALL_LOG, "gateway's call log")
+
+    async def _audit_log(self, handle: SandboxHandle, name: str, what: str) -> list[dict[str, Any]]:
         state = self._state(handle.id)
-        with _translated(f"read the gateway's call log of {handle.id}", state=state):
-            log = state / "audit" / CALL_LOG
+        with _translated(f"read the {what} of {handle.id}", state=state):
+            log = state / "audit" / name
             lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
         return [json.loads(line) for line in lines if line.strip()]
+
+    async def egress_log(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
+        return await self._audit_log(handle, EGRESS_LOG, "egress log")
 
     async def kill(self, sandbox_id: str) -> bool:
         state = self._state(sandbox_id)
@@ -390,6 +432,45 @@ class LocalSandboxes(SandboxBackend):
                     )
                 )
         return found
+
+
+def sealed(argv: list[str]) -> list[str]:
+    """bwrap's argv with its root made read-only once every mount is in place (before the `--` that ends the
+    options), so writes succeed only in home, /tmp and what is bound writable."""
+    if "--" not in argv:
+        return argv
+    end = argv.index("--")
+    return [*argv[:end], "--remount-ro", "/", *argv[end:]]
+
+
+def _inside_env(envs: dict[str, str]) -> dict[str, str]:
+    """The commands' environment: the model reached through the egress proxy, with a placeholder key; every other
+    program's HTTP(S) through its forward proxy."""
+    proxy = f"http://{PROXY_INSIDE}"
+    inside = {**envs, MODEL_URL_ENV: f"http://{MODEL_INSIDE}"}
+    if MODEL_KEY_ENV in envs:
+        inside[MODEL_KEY_ENV] = PLACEHOLDER
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        inside[name] = proxy
+    return inside
+
+
+def _egress_config(state: Path, envs: dict[str, str], network: Network, port: int, token: str) -> dict[str, Any]:
+    """What the sandbox's egress proxy serves (its sockets in `state/net`)."""
+    model_headers = {"x-api-key": envs[MODEL_KEY_ENV]} if MODEL_KEY_ENV in envs else {}
+    return {
+        "directory": str(state / "net"),
+        "proxy": "proxy.sock",
+        "allow": network.allow,
+        "resolve": network.resolve,
+        "log": str(state / "audit" / EGRESS_LOG),
+        "services": {
+            "model API": {"socket": "model.sock", "upstream": envs.get(MODEL_URL_ENV) or network.model_url,
+                          "headers": model_headers, "inside": MODEL_INSIDE},
+            "gateway": {"socket": "gateway.sock", "upstream": f"http://127.0.0.1:{port}",
+                        "headers": {"Authorization": f"Bearer {token}"}, "inside": f"127.0.0.1:{port}"},
+        },
+    }
 
 
 def _identity_files(state: Path) -> dict[str, Path]:
@@ -477,11 +558,11 @@ def kill_state(state: Path) -> bool:
     supervisor = _read_pid(state / "supervisor.pid")
     was_running = process_alive(supervisor, marker)
     groups = [*pids, *([supervisor] if was_running and supervisor != os.getpid() else [])]
-    gateway = _read_pid(state / "gateway.pid")
+    helpers = [_read_pid(state / "gateway.pid"), _read_pid(state / "egress.pid")]
     for pid in groups:
         _killpg(pid)
     deadline = time.monotonic() + 5
-    while any(process_alive(pid, marker) for pid in [*groups, gateway]) and time.monotonic() < deadline:
+    while any(process_alive(pid, marker) for pid in [*groups, *helpers]) and time.monotonic() < deadline:
         time.sleep(0.01)
     shutil.rmtree(state, ignore_errors=True)
     return was_running

@@ -102,10 +102,11 @@ class ProcessService:
         command = [cfg.cmd, *cfg.args]
         if self.state.take_fault("hang", " ".join(command)):
             command = HANG
-        env = self.state.jail.env(user, sbx.envs, dict(cfg.envs))
+        env = self.state.jail.env(user, sbx.envs, dict(cfg.envs), offline=True)
         stdin = asyncio.subprocess.PIPE if (not req.has_field("stdin") or req.stdin) else asyncio.subprocess.DEVNULL
+        routes = await self.state.routes(sbx)
         popen = await self.state.jail.spawn(
-            self.state.jail.argv(sbx.dir, user, cwd, command), env,
+            self.state.jail.argv(sbx.dir, user, cwd, command, routes=routes), env,
             stdin=stdin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         proc = Proc(pid=popen.pid, config=cfg, tag=req.tag if req.has_field("tag") else None, popen=popen)

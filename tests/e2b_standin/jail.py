@@ -18,7 +18,7 @@ import time
 import sys
 from pathlib import Path
 
-from agentbox.sandboxes.local import HOME, PROJECT_DIR, LocalSandboxes
+from agentbox.sandboxes.local import HOME, JAILNET, NET_DIR, PROJECT_DIR, PROXY_INSIDE, LocalSandboxes, sealed
 
 TEST_SERVERS = PROJECT_DIR / "tests" / "servers"
 GATEWAY_DIR = "/run/agentbox"  # where the gateway finds its catalog copy, as in the local backend
@@ -66,17 +66,23 @@ class Jail:
         return tools
 
     def prepare(self, state: Path) -> None:
-        for sub in ("home", "tmp", "gateway", "mcp-gateway"):
+        for sub in ("home", "tmp", "gateway", "mcp-gateway", "net"):
             (state / sub).mkdir(parents=True, mode=0o700)
 
-    def argv(self, state: Path, user: str, cwd: str | None, command: list[str], extra: list[str] = ()) -> list[str]:
+    def argv(self, state: Path, user: str, cwd: str | None, command: list[str], extra: list[str] = (),
+             routes: list[str] | None = None) -> list[str]:
+        """With `routes`, the command runs in a network namespace of its own whose only ways out are those
+        (`jailnet`), to the sandbox's egress proxy: E2B's egress policy, enforced."""
         uid, home = USERS[user]
         argv = [*self.local._bwrap(state), "--ro-bind", str(self.tools), "/usr/local/bin"]
+        if routes is not None:
+            extra = [*extra, "--unshare-net", "--ro-bind", str(state / "net"), NET_DIR]
+            command = [sys.executable, "-I", "-S", str(JAILNET), *routes, "--", *command]
         argv[argv.index("--chdir") + 1] = cwd or home  # bwrap warns on stderr about a second --chdir
         if uid != 1000:
             for flag in ("--uid", "--gid"):
                 argv[argv.index(flag) + 1] = str(uid)
-        return [*argv, *extra, "--", *command]
+        return sealed([*argv, *extra, "--", *command])
 
     def gateway_argv(self, state: Path, command: list[str]) -> list[str]:
         extra = ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR]
@@ -84,10 +90,14 @@ class Jail:
             extra += ["--ro-bind", str(TEST_SERVERS), str(TEST_SERVERS)]
         return self.argv(state, "root", "/", command, extra)
 
-    def env(self, user: str, *layers: dict[str, str]) -> dict[str, str]:
-        """envd's order: its defaults for the user, then the sandbox's envVars, then the request's envs."""
+    def env(self, user: str, *layers: dict[str, str], offline: bool = False) -> dict[str, str]:
+        """envd's order: its defaults for the user, then the sandbox's envVars, then the request's envs. An
+        `offline` command finds its egress proxy in HTTP(S)_PROXY (E2B's is transparent; the stand-in's cannot be)."""
         _, home = USERS[user]
         env = {**self.local._base_env(), "HOME": home, "USER": user, "LOGNAME": user}
+        if offline:
+            env.update({name: f"http://{PROXY_INSIDE}" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                                                                    "https_proxy")})
         for layer in layers:
             env.update(layer)
         return env

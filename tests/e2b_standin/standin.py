@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import fcntl
 import os
 import secrets
@@ -264,6 +265,15 @@ class E2BStandIn:
     def gateway_log(self, sandbox_id: str) -> str:
         """What the sandbox's gateway printed (kept after the sandbox is gone), for failure messages."""
         return self._call(lambda: self._state.sandboxes[sandbox_id].gateway_log())
+
+    def pin(self, names: dict[str, str]) -> None:
+        """Make the sandboxes' egress resolve these names to these addresses (a test's stand-ins for hosts)."""
+        self._call(lambda: self._state.resolve.update(names))
+
+    def egress_log(self, sandbox_id: str) -> list[dict]:
+        """What the sandbox's egress proxy decided, one dict per connection (kept after the sandbox is gone)."""
+        path = self._state.egress_log_path(sandbox_id)
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def processes(self) -> dict[int, str]:
         """Pid -> command line of every live process of the stand-in's sandboxes (gateways and commands)."""

@@ -22,6 +22,8 @@ from typing import Any
 
 from e2b.envd.process import process_pb as pb
 
+from agentbox.sandboxes.egress import Egress
+from agentbox.sandboxes.local import NET_DIR, PROXY_INSIDE
 from tests.e2b_standin.jail import Jail, reap
 
 log = logging.getLogger("e2b_standin")
@@ -62,6 +64,7 @@ class SandboxRecord:
     end_at: datetime  # when the TTL kills it (moved by set_timeout and connect)
     ended_at: datetime | None
     state: str
+    network: dict | None = None  # the create body's egress policy, as received
 
     @property
     def alive(self) -> bool:
@@ -160,6 +163,8 @@ class Sandbox:
     ttl_task: asyncio.Task | None = None
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     final_gateway_log: str = ""  # kept when the state directory goes
+    network: dict | None = None  # the egress policy create received (allowOut, denyOut, rules)
+    egress: list[asyncio.AbstractServer] | None = None  # its egress proxy, started with the first command
 
     def gateway_log(self) -> str:
         path = self.dir / "gateway.log"
@@ -174,8 +179,29 @@ class Sandbox:
             id=self.id, template=self.template, metadata=dict(self.metadata), envs=dict(self.envs),
             timeout=self.timeout, lifecycle=dict(self.lifecycle), mcp=self.mcp, idempotency_key=self.idempotency_key,
             domain=self.domain, created_at=self.created_at, end_at=self.end_at, ended_at=self.ended_at,
-            state=self.state,
+            state=self.state, network=self.network,
         )
+
+
+def egress_config(sbx: Sandbox, log: Path) -> dict[str, Any]:
+    """E2B's egress policy as the stand-in enforces it, with this project's egress proxy: `denyOut` everything and
+    `allowOut` hosts (any port; CIDRs other than everything are not emulated), or no policy at all; `rules` headers
+    added to plain-HTTP requests through the proxy (E2B's own proxy also rewrites HTTPS, which this one cannot)."""
+    network = sbx.network or {}
+    allow_out = network.get("allowOut")
+    deny_all = "0.0.0.0/0" in (network.get("denyOut") or [])
+    allow = [f"{h}:*" for h in allow_out or [] if "/" not in h] if (allow_out is not None or deny_all) else ["*:*"]
+    inject = {host: {k: v for rule in rules for k, v in rule.get("transform", {}).get("headers", {}).items()}
+              for host, rules in (network.get("rules") or {}).items()}
+    return {
+        "directory": str(sbx.dir / "net"),
+        "proxy": "proxy.sock",
+        "allow": allow,
+        "inject": inject,
+        "log": str(log),
+        "services": {"gateway": {"socket": "gateway.sock", "upstream": f"http://{sbx.domain}:{MCP_PORT}",
+                                 "inside": f"{sbx.domain}:{MCP_PORT}"}},
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the books
@@ -197,6 +223,7 @@ class State:
         self.requests: list[RecordedRequest] = []
         self.commands: list[CommandRecord] = []
         self.used_hosts: dict[str, int] = {}  # address -> fd of its lock file
+        self.resolve: dict[str, str] = {}  # names the sandboxes' DNS answers with these addresses (tests' hosts)
         self._fake_pids = iter(range(10_000_000, 20_000_000))
 
     def live(self, sandbox_id: str | None) -> Sandbox | None:
@@ -239,6 +266,16 @@ class State:
             return host
         raise RuntimeError("no free loopback address in 127.77.0.0/16")
 
+    async def routes(self, sbx: Sandbox) -> list[str]:
+        """The ways out of a command's network namespace (see `Jail.argv`), its egress proxy started first."""
+        if sbx.egress is None:
+            config = {**egress_config(sbx, self.egress_log_path(sbx.id)), "resolve": self.resolve}
+            sbx.egress = await Egress(config).start()
+        return [f"{PROXY_INSIDE}={NET_DIR}/proxy.sock", f"{sbx.domain}:{MCP_PORT}={NET_DIR}/gateway.sock"]
+
+    def egress_log_path(self, sandbox_id: str) -> Path:
+        return self.base_dir / f"egress-{sandbox_id}.jsonl"
+
     def release_host(self, host: str) -> None:
         fd = self.used_hosts.pop(host, None)
         if fd is not None:
@@ -260,6 +297,7 @@ class State:
             timeout=timeout,
             idempotency_key=idempotency_key,
             allow_internet_access=body.get("allow_internet_access"),
+            network=body.get("network"),
             created_at=created,
             end_at=created + timedelta(seconds=timeout),
             dir=self.base_dir / sbx_id,
@@ -305,6 +343,8 @@ class State:
         left = await reap(sbx.dir)  # bwrap's pid 1 and all inside die a moment after the outer bwrap, or are killed
         if left:
             log.error("sandbox %s: processes survived SIGKILL: %s", sbx.id, left)
+        for server in sbx.egress or []:
+            server.close()
         self.release_host(sbx.domain)
         log_path = sbx.dir / "gateway.log"
         sbx.final_gateway_log = log_path.read_text(errors="replace") if log_path.exists() else ""
