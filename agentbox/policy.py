@@ -3,9 +3,10 @@
 An agent that reads untrusted text (Notion pages, GitHub issues) and holds write tools will, sooner or later, be
 told by that text to misuse them. The policy is the answer decided before the run starts and carried by its plan:
 which gateway tools it may call, whether it may run commands, which hosts its sandbox may reach. The gateway
-serves only the allowed tools (a tool it does not serve cannot be called, whatever Claude is told) and Claude Code is started with the same allow-list
-(`--allowedTools`), so one layer failing open does not open the run. Where a backend's gateway cannot filter, the
-run's log and artifact say which layers enforce the policy: it is never weakened in silence.
+serves only the allowed tools (a tool it does not serve cannot be called, whatever Claude is told) and Claude Code
+is started with the same allow-list (`--allowedTools`), so one layer failing open does not open the run. Where a
+backend's gateway cannot filter, the run's log and artifact say which layers enforce the policy: it is never
+weakened in silence.
 """
 
 from __future__ import annotations

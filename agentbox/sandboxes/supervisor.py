@@ -2,8 +2,8 @@
 
 Started by the local backend as `python -m agentbox.sandboxes.supervisor <state dir>`. It forks into the background
 (a new session, so `killpg` on its pid takes the gateway too), writes its pid, starts the sandbox's egress proxy
-and its gateway under bubblewrap, then waits for SIGTERM or the TTL, whichever comes first, and kills the sandbox: no sandbox outlives its TTL even if
-the flow that made it died without a word.
+and its gateway under bubblewrap, then waits for SIGTERM or the TTL, whichever comes first, and kills the sandbox:
+no sandbox outlives its TTL even if the flow that made it died without a word.
 """
 
 from __future__ import annotations
