@@ -57,9 +57,9 @@ class SessionResult(BaseModel):
         """Everything a layer blocked: connections the egress proxy refused, calls the gateway refused, tools Claude
         Code denied."""
         blocked = sum(c.blocked for c in self.audit or []) + sum(e.blocked for e in self.egress or [])
-        if self.audit is None:  # no gateway log: the gateway's refusals as the agent saw them
-            blocked += sum(c.server == GATEWAY_NAME and c.ok is False and BLOCKED in c.output
-                           for c in self.run.tool_calls)
+        for call in self.run.tool_calls:  # where a layer's log is unreadable: its refusals as the agent saw them
+            unlogged = self.audit is None if call.server == GATEWAY_NAME else self.egress is None
+            blocked += unlogged and BLOCKED in call.output
         return blocked + len(self.run.permission_denials)
 
     def cost(self) -> str:

@@ -191,6 +191,6 @@ def test_a_hijacked_agent_cannot_send_a_token_out(world, monkeypatch):
         [sandbox_id] = [sid for sid, r in world.e2b.sandboxes().items()
                         if r.metadata.get("prefect_flow_run_id") == str(state.state_details.flow_run_id)]
         assert ("collect.attacker.test", port, "blocked") in [
-            (e["host"], e["port"], e["decision"]) for e in world.egress_log(sandbox_id)]
+            (e.get("host"), e.get("port"), e["decision"]) for e in world.egress_log(sandbox_id)]
     for secret in CREDENTIALS.values():
         assert secret not in markdown
