@@ -179,9 +179,8 @@ class Egress:
                 await writer.drain()
                 await self.reverse_proxy(service, reader, writer)
             else:
-                url = urlsplit(target)
-                origin = (url.path or "/") + (f"?{url.query}" if url.query else "")
-                await self.reverse_proxy(service, reader, writer, head=rebuild_head(method, origin, headers))
+                await self.reverse_proxy(service, reader, writer,
+                                         head=rebuild_head(method, origin_form(target), headers))
             return
         entry = {"kind": "egress", "method": method, "host": host, "port": port}
         if not allowed(self.allow, host, port):
@@ -202,8 +201,7 @@ class Egress:
         if method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
-            url = urlsplit(target)
-            origin = (url.path or "/") + (f"?{url.query}" if url.query else "")
+            origin = origin_form(target)
             added = self.inject.get(host, {})  # E2B's egress rules: credentials added on the way out
             headers = [(k, v) for k, v in headers if k.lower() not in {a.lower() for a in added}] + list(added.items())
             up_writer.write(rebuild_head(method, origin, headers))
@@ -224,6 +222,12 @@ def unix_listener(directory: str, name: str) -> socket.socket:
         os.close(fd)
     sock.listen(128)
     return sock
+
+
+def origin_form(target: str) -> str:
+    """An absolute-form request target (`http://host/path?q`) as the origin server expects it (`/path?q`)."""
+    url = urlsplit(target)
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
 
 
 def parse_head(head: bytes) -> tuple[str, str, list[tuple[str, str]]]:
