@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from prefect.settings import PREFECT_API_URL
 from agentbox.sandboxes import get_backend
 from agentbox.sandboxes.base import Network
 from agentbox.settings import load_settings
+from tests.support import PROJECT, SANDBOX_ROOT
 from tests.worlds import CREDENTIALS
 
 MCP = {"notion": {"internalIntegrationToken": CREDENTIALS["NOTION_INTEGRATION_TOKEN"]}}
@@ -227,7 +229,14 @@ def test_another_sandboxs_files_are_out_of_reach(world, sandbox):
     try:
         marker = f"marker-{uuid.uuid4().hex}"
         inside(other, f"echo {marker} > /home/user/{marker} && echo {marker} > /tmp/{marker}")
-        found = inside(sandbox, f"ls /home/user /tmp; find / -name '{marker}' 2>/dev/null | head")
+        # Every directory but the host's read-only system and runtime trees (large, the same for all sandboxes,
+        # and not where any sandbox's state lives): a whole-root walk takes over 30 s on a cold cache.
+        shared = ["/proc", "/sys", "/dev", "/usr", sys.base_prefix, sys.prefix, str(PROJECT / "node_modules")]
+        assert not any(SANDBOX_ROOT.resolve().is_relative_to(Path(p).resolve()) for p in shared)
+        prune = " -o ".join(f"-path {p}" for p in shared)
+        found = inside(sandbox, f"ls /home/user /tmp; find / \\( {prune} \\) -prune -o -name '{marker}' -print "
+                                f"2>/dev/null | head")
         assert marker not in found
+        assert marker in inside(other, f"find / \\( {prune} \\) -prune -o -name '{marker}' -print 2>/dev/null")
     finally:
         asyncio.run(other[0].kill(other[1].id))
