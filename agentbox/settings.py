@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     local_sandbox_root: Path = Field(
         Path.home() / ".cache" / "agentbox" / "sandboxes", description="Where local sandboxes keep their state."
     )
+    local_max_processes: int = Field(
+        1024, ge=16, description="Processes one local sandbox may run at once (enforced when run as root)."
+    )
+    local_max_memory_mib: int = Field(4096, ge=256, description="Address space of each process in a local sandbox.")
 
     claude_model: str | None = Field(None, description="Model for Claude Code; unset = the CLI's default.")
     claude_max_turns: int = Field(12, ge=1, le=200)

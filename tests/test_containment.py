@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import os
+import random
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -240,3 +243,92 @@ def test_another_sandboxs_files_are_out_of_reach(world, sandbox):
         assert marker in inside(other, f"find / \\( {prune} \\) -prune -o -name '{marker}' -print 2>/dev/null")
     finally:
         asyncio.run(other[0].kill(other[1].id))
+
+
+# -- who the sandbox is outside, and how much of the host it may take ---------------------------------------------
+
+
+def host_uid_of(sandbox, seconds: float) -> int:
+    """The host uid of a process running inside `sandbox`: a `sleep` of a unique length, found in the host's /proc
+    while it runs."""
+    label = f"{seconds:.6f}"
+    runner = threading.Thread(target=inside, args=(sandbox, f"sleep {label}"))
+    runner.start()
+    try:
+        deadline = time.monotonic() + seconds - 0.5
+        while time.monotonic() < deadline:
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and (proc / "cmdline").read_bytes() == f"sleep\0{label}\0".encode():
+                        status = (proc / "status").read_text()
+                        return int(status.split("\nUid:")[1].split()[0])
+                except OSError:
+                    continue
+            time.sleep(0.05)
+        raise AssertionError(f"the sandbox's sleep {label} never showed in the host's /proc")
+    finally:
+        runner.join()
+
+
+def test_the_sandboxs_user_is_nobody_outside(world, sandbox):
+    """Run as root (as CI does), each sandbox's commands run as a uid of its own on the host, not root's."""
+    other = netsandbox(world, Network())
+    try:
+        uids = [host_uid_of(box, 4 + random.random()) for box in (sandbox, other)]
+        assert 0 not in uids, uids
+        if os.geteuid() == 0:
+            assert uids[0] != uids[1]  # one per sandbox: its processes count against its own limit
+        files = inside(sandbox, "touch /home/user/mine /tmp/mine && stat -c '%u' /home/user/mine /tmp/mine")
+        assert files.split() == ["1000", "1000"]  # inside it is still "user"
+    finally:
+        asyncio.run(other[0].kill(other[1].id))
+
+
+FLOOD = 3000  # processes a hijacked agent tries to start; the sandbox's cap is 1024
+FLOOD_SCRIPT = f"""
+import os, time
+started = 0
+for _ in range({FLOOD}):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(12)  # every child ends by itself, whatever happens to the test
+        os._exit(0)
+    started += 1
+print("started", started, flush=True)
+time.sleep(4)  # hold them while another sandbox works
+"""
+
+
+def test_a_process_flood_ends_in_its_own_sandbox(world, sandbox):
+    other = netsandbox(world, Network())
+    try:
+        inside(sandbox, f"cat > /tmp/flood.py <<'EOF'\n{FLOOD_SCRIPT}\nEOF")
+        out: list[str] = []
+        flood = threading.Thread(target=lambda: out.append(inside(sandbox, "python3 /tmp/flood.py")))
+        flood.start()
+        time.sleep(3)
+        assert inside(other, "echo still-here").strip() == "still-here"  # the other sandbox still starts processes
+        flood.join(timeout=40)
+        started = int(out[0].split("started")[1].split()[0])
+        if os.geteuid() == 0:
+            assert started < 1024, out  # the cap cut it short
+        else:
+            assert started <= FLOOD
+        assert inside(sandbox, "echo after").strip() == "after"  # and the sandbox itself lives on
+    finally:
+        asyncio.run(other[0].kill(other[1].id))
+
+
+def test_a_memory_hog_ends_with_its_own_process(sandbox):
+    """6 GiB, touched 256 MiB at a time (so a limit that failed would really take it): cut at the per-process
+    address-space cap (4 GiB)."""
+    hog = ("python3 -c \"import sys\nheld = []\ntry:\n    for _ in range(24):\n        held.append(b'x' * (256 << 20))"
+           "\nexcept MemoryError:\n    print('cut at', len(held) * 256, 'MiB')\""
+           )
+    out = inside(sandbox, hog)
+    assert "cut at" in out, out
+    assert int(out.split("cut at")[1].split()[0]) < 4096
+    assert inside(sandbox, "echo after").strip() == "after"

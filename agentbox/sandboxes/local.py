@@ -13,8 +13,14 @@ to the sandbox's egress proxy on the host (`egress`). That proxy adds the gatewa
 out (inside there are only placeholders) and lets the forward proxy reach only the hosts the run policy allows. The
 gateway itself runs in the host's network (it must reach the MCP servers' APIs) on a loopback port.
 
-This is isolation for a development machine, not a security boundary like E2B's microVMs: run as root, the
-sandbox's user maps to root outside, so what the allow-list shows is readable as root.
+Run as root, each sandbox's commands run as a uid of its own (`sandbox_uid`), not root's: bwrap starts through
+`confine`, which makes the sources of its binds reachable to that uid and drops to it, so the sandbox's user is
+nobody outside and owns only its home and /tmp. `confine` also sets the sandbox's limits: memory per process, and
+(with a uid of its own) the number of processes of the whole sandbox. As another user, the commands run as that
+user, without the process cap.
+
+This is isolation for a development machine, not a security boundary like E2B's microVMs: it shares the host's
+kernel, and the gateway (this project's code, holding the MCP servers' credentials) runs as the invoking user.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -39,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from agentbox.claude import MODEL_KEY_ENV, MODEL_URL_ENV
 from agentbox.errors import SandboxCommandTimeout, SandboxError, one_line
 from agentbox.gateway.catalog import expected_tools, load_catalog, validate_config
+from agentbox.sandboxes.confine import staged
 from agentbox.settings import looks_secret
 from agentbox.sandboxes.base import (
     CommandResult,
@@ -64,6 +72,10 @@ MODEL_INSIDE = "127.0.0.1:8788"  # ANTHROPIC_BASE_URL inside
 PLACEHOLDER = "agentbox-placeholder-the-egress-proxy-adds-the-real-one"
 JAILNET = Path(__file__).with_name("jailnet.py")
 EGRESS = Path(__file__).with_name("egress.py")
+CONFINE = Path(__file__).with_name("confine.py")
+SANDBOX_UIDS = (2_000_000_000, 1 << 24)  # first uid and how many: far above any real user's or subuid range's
+DEFAULT_MAX_PROCESSES = 1024  # per sandbox (when run as root)
+DEFAULT_MAX_MEMORY_MIB = 4096  # per process: Claude Code needs well under 1 GiB
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 # The host's filesystem by allow-list: what programs need, read-only. Anything else on the host does not exist inside.
 SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -120,18 +132,29 @@ class LocalSandboxes(SandboxBackend):
     name = "local"
     gateway_filters_tools = True
 
-    def __init__(self, root: Path, catalog_file: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        catalog_file: Path | str | None = None,
+        max_processes: int = DEFAULT_MAX_PROCESSES,
+        max_memory_mib: int = DEFAULT_MAX_MEMORY_MIB,
+    ) -> None:
         self.root = Path(root).expanduser()
         self.catalog_file = Path(catalog_file) if catalog_file else None
+        self.max_processes = max_processes
+        self.max_memory_mib = max_memory_mib
 
     @classmethod
     def options(cls, settings: Settings) -> dict[str, Any]:
         catalog = settings.local_mcp_catalog
-        return {"root": str(settings.local_sandbox_root), "catalog_file": str(catalog) if catalog else None}
+        return {"root": str(settings.local_sandbox_root), "catalog_file": str(catalog) if catalog else None,
+                "max_processes": settings.local_max_processes, "max_memory_mib": settings.local_max_memory_mib}
 
     @classmethod
     def open(cls, options: dict[str, Any], settings: Settings) -> LocalSandboxes:
-        return cls(Path(options["root"]), options.get("catalog_file"))
+        return cls(Path(options["root"]), options.get("catalog_file"),
+                   options.get("max_processes", DEFAULT_MAX_PROCESSES),
+                   options.get("max_memory_mib", DEFAULT_MAX_MEMORY_MIB))
 
     @classmethod
     def check_mcp_config(cls, options: dict[str, Any], mcp: dict[str, Any]) -> None:
@@ -194,6 +217,10 @@ class LocalSandboxes(SandboxBackend):
         return ["--unshare-net", "--ro-bind", str(state / "net"), NET_DIR, "--",
                 sys.executable, "-I", "-S", str(JAILNET), *routes, "--", *command]
 
+    def _confined(self, state: Path, argv: list[str]) -> list[str]:
+        """A command's bwrap argv, started as the sandbox's own user with its limits (see `confine`)."""
+        return confined(argv, sandbox_uid(state.name), self.max_processes, self.max_memory_mib << 20)
+
     def _base_env(self) -> dict[str, str]:
         path = [str(PROJECT_DIR / "node_modules" / ".bin"), str(Path(sys.executable).parent)]
         path += ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -229,6 +256,7 @@ class LocalSandboxes(SandboxBackend):
             with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
                 for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
                     (state / sub).mkdir(parents=True, mode=0o700)
+                own_private_dirs(sandbox_uid(sandbox_id), state)
                 info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools,
                                      network or Network())
                 await self._start_supervisor(state)
@@ -358,7 +386,7 @@ class LocalSandboxes(SandboxBackend):
         with _translated(f"run a command in {handle.id}", state=state):
             env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
             proc = await asyncio.create_subprocess_exec(
-                *self._bwrap(state, self._offline(state, ["/bin/bash", "-c", command])),
+                *self._confined(state, self._bwrap(state, self._offline(state, ["/bin/bash", "-c", command]))),
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 start_new_session=True,
             )
@@ -393,8 +421,7 @@ class LocalSandboxes(SandboxBackend):
         state = self._require_running(handle.id)
         target = self._host_path(state, path)
         with _translated(f"write {path} in {handle.id}", state=state):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data.encode() if isinstance(data, str) else data)
+            write_owned(target, data.encode() if isinstance(data, str) else data, sandbox_uid(handle.id))
 
     async def gateway_calls(self, handle: SandboxHandle) -> list[dict[str, Any]] | None:
         return await self._audit_log(handle, CALL_LOG, "gateway's call log")
@@ -432,6 +459,60 @@ class LocalSandboxes(SandboxBackend):
                     )
                 )
         return found
+
+
+def sandbox_uid(sandbox_id: str) -> int | None:
+    """The host uid a sandbox's commands run as when this process is root: one per sandbox (from its random id),
+    so its processes count against its own limit and its files are nobody else's. None when not root: commands run
+    as this user."""
+    if os.geteuid() != 0:
+        return None
+    first, count = SANDBOX_UIDS
+    return first + int.from_bytes(hashlib.sha256(sandbox_id.encode()).digest()[:8], "big") % count
+
+
+def own(uid: int | None, *paths: Path) -> None:
+    """Give the sandbox's user what it may write (nothing to do when commands run as this user). The group stays
+    root's, so the sandbox's root-run programs (the gateway here, E2B's `mcp-gateway`), whose namespace maps only
+    root, still reach them: a uid that their namespace does not map gets no capability's override."""
+    if uid is not None:
+        for path in paths:
+            os.chown(path, uid, 0)
+
+
+def own_private_dirs(uid: int | None, state: Path) -> None:
+    """The sandbox's home (setgid, so what is made in it stays reachable by the root group), /tmp (sticky and open
+    to all, as a /tmp is: only this sandbox can reach it) and its egress sockets' directory."""
+    own(uid, state / "home", state / "tmp", state / "net")
+    if uid is not None:
+        (state / "home").chmod(0o2770)
+        (state / "tmp").chmod(0o1777)
+
+
+def write_owned(target: Path, data: bytes, uid: int | None) -> None:
+    """Write a file into a sandbox's home or /tmp from the host, owned (with the directories it needed) by the
+    sandbox's user, as a file written from inside would be."""
+    missing = [parent for parent in [target.parent, *target.parent.parents] if not parent.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    own(uid, *missing, target)
+
+
+def confined(argv: list[str], uid: int | None, max_processes: int, max_memory: int) -> list[str]:
+    """`argv` (a bwrap command line) started through `confine`: as `uid` with every bind source staged where that
+    uid reaches it, and with the limits. Sources keep their host path inside the stage, so the command line still
+    names the sandbox's state (how its processes are found)."""
+    options = ["--memory", str(max_memory)]
+    if uid is None:
+        return [sys.executable, "-I", "-S", str(CONFINE), *options, "--", *argv]
+    options += ["--uid", str(uid), "--nproc", str(max_processes)]
+    out = list(argv)
+    end = out.index("--") if "--" in out else len(out)
+    for i in range(end - 2):
+        if out[i] in ("--bind", "--ro-bind"):
+            options += ["--stage", out[i + 1]]
+            out[i + 1] = staged(out[i + 1])
+    return [sys.executable, "-I", "-S", str(CONFINE), *options, "--", *out]
 
 
 def sealed(argv: list[str]) -> list[str]:

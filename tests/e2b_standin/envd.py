@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agentbox.sandboxes.local import write_owned
 from tests.e2b_standin.gateway import gateway_command, run_mcp_gateway
 from tests.e2b_standin.jail import USERS, PathRefused, exited, reap
 from tests.e2b_standin.state import GONE, CommandRecord, Proc, Sandbox, State
@@ -304,8 +305,7 @@ class Files:
                 return error(exc.status, exc.message)
             if host.is_dir():
                 return error(400, f"path '{inside}' is a directory")
-            host.parent.mkdir(parents=True, exist_ok=True)
-            host.write_bytes(data)
+            write_owned(host, data, self.state.jail.owner(sbx.dir, user))
             written.append({"path": inside, "name": os.path.basename(inside), "type": "file"})
         return JSONResponse(written)
 

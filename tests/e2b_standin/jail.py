@@ -3,8 +3,10 @@
 The bwrap argv and the base environment are the local backend's own (`LocalSandboxes._bwrap`, `_base_env`), so the
 stand-in's sandboxes look like the local backend's from inside: /home/user and /tmp private to each sandbox, the
 host's filesystem by the same allow-list (the rest of the host does not exist), a pid namespace of their own, uid
-1000 ("user") by default. Two differences: `user="root"` runs as uid 0 inside (E2B runs `mcp-gateway` as root), and the gateway also
-sees this checkout's `tests/servers/` (read-only) so test catalogs can point at the stdio servers there.
+1000 ("user") by default, started through `confine` as the local backend's commands are (a uid of its own outside,
+the same process and memory limits). Two differences: `user="root"` runs as uid 0 inside, unconfined (E2B runs
+`mcp-gateway` as root), and the gateway also sees this checkout's `tests/servers/` (read-only) so test catalogs can
+point at the stdio servers there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ import time
 import sys
 from pathlib import Path
 
-from agentbox.sandboxes.local import HOME, JAILNET, NET_DIR, PROJECT_DIR, PROXY_INSIDE, LocalSandboxes, sealed
+from agentbox.sandboxes.local import (
+    HOME,
+    JAILNET,
+    NET_DIR,
+    PROJECT_DIR,
+    PROXY_INSIDE,
+    LocalSandboxes,
+    confined,
+    own_private_dirs,
+    sandbox_uid,
+    sealed,
+)
 
 TEST_SERVERS = PROJECT_DIR / "tests" / "servers"
 GATEWAY_DIR = "/run/agentbox"  # where the gateway finds its catalog copy, as in the local backend
@@ -68,6 +81,13 @@ class Jail:
     def prepare(self, state: Path) -> None:
         for sub in ("home", "tmp", "gateway", "mcp-gateway", "net"):
             (state / sub).mkdir(parents=True, mode=0o700)
+        own_private_dirs(self.owner(state, "user"), state)
+
+    @staticmethod
+    def owner(state: Path, user: str) -> int | None:
+        """The host uid of a sandbox user's processes and files: "user" has the local backend's uid of its own
+        (when the stand-in runs as root); "root" is the stand-in's (E2B runs the gateway as root in the VM)."""
+        return sandbox_uid(state.name) if user == "user" else None
 
     def argv(self, state: Path, user: str, cwd: str | None, command: list[str], extra: list[str] = (),
              routes: list[str] | None = None) -> list[str]:
@@ -82,7 +102,10 @@ class Jail:
         if uid != 1000:
             for flag in ("--uid", "--gid"):
                 argv[argv.index(flag) + 1] = str(uid)
-        return sealed([*argv, *extra, "--", *command])
+        argv = sealed([*argv, *extra, "--", *command])
+        if user == "root":
+            return argv
+        return confined(argv, self.owner(state, user), self.local.max_processes, self.local.max_memory_mib << 20)
 
     def gateway_argv(self, state: Path, command: list[str]) -> list[str]:
         extra = ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR]
