@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("SANDBOX_CONCURRENCY_LIMIT", "")  # Prefect's temporary server has no limit to count against
 
 from agentbox.gateway.probe import wait_until_ready  # noqa: E402
 from agentbox.missions.notion_to_github import MCP  # noqa: E402
