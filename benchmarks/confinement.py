@@ -78,9 +78,9 @@ def main() -> None:
         b = statistics.median(p[1][1][name] for p in pairs)
         print(f"{name:>16} {a:>8.3f} {b:>8.3f}")
     ratios = [a[0] / b[0] for a, b in pairs]
-    print(f"\nwhole session: median confined {statistics.median(a[0] for a, _ in pairs):.2f} s, baseline "
-          f"{statistics.median(b[0] for _, b in pairs):.2f} s; ratio pair by pair median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 1.05)")
+    confined, baseline = (statistics.median(pair[k][0] for pair in pairs) for k in (0, 1))
+    print(f"\nwhole session: median confined {confined:.2f} s, baseline {baseline:.2f} s; ratio pair by pair median "
+          f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}; target <= 1.05)")
 
 
 if __name__ == "__main__":

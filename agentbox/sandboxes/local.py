@@ -139,7 +139,7 @@ class LocalSandboxes(SandboxBackend):
         max_processes: int = DEFAULT_MAX_PROCESSES,
         max_memory_mib: int = DEFAULT_MAX_MEMORY_MIB,
     ) -> None:
-        self.root = Path(root).expanduser()
+        self.root = Path(root).expanduser().resolve()  # real: its processes are found by their argv holding it
         self.catalog_file = Path(catalog_file) if catalog_file else None
         self.max_processes = max_processes
         self.max_memory_mib = max_memory_mib
