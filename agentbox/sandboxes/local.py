@@ -217,6 +217,21 @@ class LocalSandboxes(SandboxBackend):
         return ["--unshare-net", "--ro-bind", str(state / "net"), NET_DIR, "--",
                 sys.executable, "-I", "-S", str(JAILNET), *routes, "--", *command]
 
+    def prepare_private_dirs(self, state: Path, sandbox_id: str, mount_points: list[Path] = ()) -> None:
+        """The sandbox's home (setgid, so what is made in it stays reachable by the root group), /tmp (sticky and
+        open to all, as a /tmp is: only this sandbox can reach it) and its egress sockets' directory, owned by its
+        user; and in them, the mount points of the runtime paths that lie under /tmp or the home (a checkout in
+        /tmp), made once here: bwrap run as the sandbox's user could not make them in a directory that a root-run
+        program (the gateway) made first. `mount_points`: more paths something binds in."""
+        uid = sandbox_uid(sandbox_id)
+        own(uid, state / "home", state / "tmp", state / "net")
+        if uid is not None:
+            (state / "home").chmod(0o2770)
+            (state / "tmp").chmod(0o1777)
+        for path in [*self._needed(), *mount_points]:
+            with contextlib.suppress(SandboxError):
+                mkdirs_owned(self._host_path(state, str(path)), uid)
+
     def _confined(self, state: Path, argv: list[str]) -> list[str]:
         """A command's bwrap argv, started as the sandbox's own user with its limits (see `confine`)."""
         return confined(argv, sandbox_uid(state.name), self.max_processes, self.max_memory_mib << 20)
@@ -256,7 +271,7 @@ class LocalSandboxes(SandboxBackend):
             with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
                 for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
                     (state / sub).mkdir(parents=True, mode=0o700)
-                own_private_dirs(sandbox_uid(sandbox_id), state)
+                self.prepare_private_dirs(state, sandbox_id)
                 info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools,
                                      network or Network())
                 await self._start_supervisor(state)
@@ -480,22 +495,19 @@ def own(uid: int | None, *paths: Path) -> None:
             os.chown(path, uid, 0)
 
 
-def own_private_dirs(uid: int | None, state: Path) -> None:
-    """The sandbox's home (setgid, so what is made in it stays reachable by the root group), /tmp (sticky and open
-    to all, as a /tmp is: only this sandbox can reach it) and its egress sockets' directory."""
-    own(uid, state / "home", state / "tmp", state / "net")
-    if uid is not None:
-        (state / "home").chmod(0o2770)
-        (state / "tmp").chmod(0o1777)
+def mkdirs_owned(directory: Path, uid: int | None) -> None:
+    """`directory` and the parents it lacks, owned by the sandbox's user."""
+    missing = [parent for parent in [directory, *directory.parents] if not parent.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    own(uid, *missing)
 
 
 def write_owned(target: Path, data: bytes, uid: int | None) -> None:
     """Write a file into a sandbox's home or /tmp from the host, owned (with the directories it needed) by the
     sandbox's user, as a file written from inside would be."""
-    missing = [parent for parent in [target.parent, *target.parent.parents] if not parent.exists()]
-    target.parent.mkdir(parents=True, exist_ok=True)
+    mkdirs_owned(target.parent, uid)
     target.write_bytes(data)
-    own(uid, *missing, target)
+    own(uid, target)
 
 
 def confined(argv: list[str], uid: int | None, max_processes: int, max_memory: int) -> list[str]:

@@ -28,7 +28,6 @@ from agentbox.sandboxes.local import (
     PROXY_INSIDE,
     LocalSandboxes,
     confined,
-    own_private_dirs,
     sandbox_uid,
     sealed,
 )
@@ -81,7 +80,7 @@ class Jail:
     def prepare(self, state: Path) -> None:
         for sub in ("home", "tmp", "gateway", "mcp-gateway", "net"):
             (state / sub).mkdir(parents=True, mode=0o700)
-        own_private_dirs(self.owner(state, "user"), state)
+        self.local.prepare_private_dirs(state, state.name, [TEST_SERVERS])
 
     @staticmethod
     def owner(state: Path, user: str) -> int | None:
