@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -217,20 +218,21 @@ class LocalSandboxes(SandboxBackend):
         return ["--unshare-net", "--ro-bind", str(state / "net"), NET_DIR, "--",
                 sys.executable, "-I", "-S", str(JAILNET), *routes, "--", *command]
 
-    def prepare_private_dirs(self, state: Path, sandbox_id: str, mount_points: list[Path] = ()) -> None:
+    def prepare_private_dirs(self, state: Path, sandbox_id: str) -> None:
         """The sandbox's home (setgid, so what is made in it stays reachable by the root group), /tmp (sticky and
         open to all, as a /tmp is: only this sandbox can reach it) and its egress sockets' directory, owned by its
         user; and in them, the mount points of the runtime paths that lie under /tmp or the home (a checkout in
         /tmp), made once here: bwrap run as the sandbox's user could not make them in a directory that a root-run
-        program (the gateway) made first. `mount_points`: more paths something binds in."""
+        program (the gateway) made first. They stay writable by the root group, so a root-run bwrap can still make
+        its own mount points under them."""
         uid = sandbox_uid(sandbox_id)
         own(uid, state / "home", state / "tmp", state / "net")
         if uid is not None:
             (state / "home").chmod(0o2770)
             (state / "tmp").chmod(0o1777)
-        for path in [*self._needed(), *mount_points]:
+        for path in self._needed():
             with contextlib.suppress(SandboxError):
-                mkdirs_owned(self._host_path(state, str(path)), uid)
+                mkdirs_owned(self._host_path(state, str(path)), uid, 0o2775)
 
     def _confined(self, state: Path, argv: list[str]) -> list[str]:
         """A command's bwrap argv, started as the sandbox's own user with its limits (see `confine`)."""
@@ -478,28 +480,45 @@ class LocalSandboxes(SandboxBackend):
 
 def sandbox_uid(sandbox_id: str) -> int | None:
     """The host uid a sandbox's commands run as when this process is root: one per sandbox (from its random id),
-    so its processes count against its own limit and its files are nobody else's. None when not root: commands run
-    as this user."""
-    if os.geteuid() != 0:
+    so its processes count against its own limit and its files are nobody else's. None when not root, or root only
+    of a user namespace that does not map those uids (a rehearsal moved into a private network): commands run as
+    this user."""
+    if not _can_become_sandbox_uids():
         return None
     first, count = SANDBOX_UIDS
     return first + int.from_bytes(hashlib.sha256(sandbox_id.encode()).digest()[:8], "big") % count
 
 
+@functools.cache
+def _can_become_sandbox_uids() -> bool:
+    if os.geteuid() != 0:
+        return False
+    first, count = SANDBOX_UIDS
+    try:
+        ranges = [tuple(map(int, line.split())) for line in Path("/proc/self/uid_map").read_text().splitlines()]
+    except (OSError, ValueError):
+        return False
+    return any(inside <= first and first + count <= inside + length for inside, _, length in ranges)
+
+
 def own(uid: int | None, *paths: Path) -> None:
     """Give the sandbox's user what it may write (nothing to do when commands run as this user). The group stays
     root's, so the sandbox's root-run programs (the gateway here, E2B's `mcp-gateway`), whose namespace maps only
-    root, still reach them: a uid that their namespace does not map gets no capability's override."""
+    root, still reach them: a uid that their namespace does not map gets no capability's override. Never through
+    a symlink: one the sandbox planted would hand it a host file."""
     if uid is not None:
         for path in paths:
-            os.chown(path, uid, 0)
+            os.chown(path, uid, 0, follow_symlinks=False)
 
 
-def mkdirs_owned(directory: Path, uid: int | None) -> None:
-    """`directory` and the parents it lacks, owned by the sandbox's user."""
+def mkdirs_owned(directory: Path, uid: int | None, mode: int | None = None) -> None:
+    """`directory` and the parents it lacks, owned by the sandbox's user (and given `mode`)."""
     missing = [parent for parent in [directory, *directory.parents] if not parent.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     own(uid, *missing)
+    if uid is not None and mode is not None:
+        for path in missing:
+            path.chmod(mode)
 
 
 def write_owned(target: Path, data: bytes, uid: int | None) -> None:

@@ -80,7 +80,7 @@ class Jail:
     def prepare(self, state: Path) -> None:
         for sub in ("home", "tmp", "gateway", "mcp-gateway", "net"):
             (state / sub).mkdir(parents=True, mode=0o700)
-        self.local.prepare_private_dirs(state, state.name, [TEST_SERVERS])
+        self.local.prepare_private_dirs(state, state.name)
 
     @staticmethod
     def owner(state: Path, user: str) -> int | None:
