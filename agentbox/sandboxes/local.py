@@ -534,15 +534,14 @@ def confined(argv: list[str], uid: int | None, max_processes: int, max_memory: i
     uid reaches it, and with the limits. Sources keep their host path inside the stage, so the command line still
     names the sandbox's state (how its processes are found)."""
     options = ["--memory", str(max_memory)]
-    if uid is None:
-        return [sys.executable, "-I", "-S", str(CONFINE), *options, "--", *argv]
-    options += ["--uid", str(uid), "--nproc", str(max_processes)]
     out = list(argv)
-    end = out.index("--") if "--" in out else len(out)
-    for i in range(end - 2):
-        if out[i] in ("--bind", "--ro-bind"):
-            options += ["--stage", out[i + 1]]
-            out[i + 1] = staged(out[i + 1])
+    if uid is not None:
+        options += ["--uid", str(uid), "--nproc", str(max_processes)]
+        end = out.index("--") if "--" in out else len(out)
+        for i in range(end - 2):
+            if out[i] in ("--bind", "--ro-bind"):
+                options += ["--stage", out[i + 1]]
+                out[i + 1] = staged(out[i + 1])
     return [sys.executable, "-I", "-S", str(CONFINE), *options, "--", *out]
 
 

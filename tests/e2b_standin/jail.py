@@ -27,7 +27,6 @@ from agentbox.sandboxes.local import (
     PROJECT_DIR,
     PROXY_INSIDE,
     LocalSandboxes,
-    confined,
     sandbox_uid,
     sealed,
 )
@@ -102,9 +101,7 @@ class Jail:
             for flag in ("--uid", "--gid"):
                 argv[argv.index(flag) + 1] = str(uid)
         argv = sealed([*argv, *extra, "--", *command])
-        if user == "root":
-            return argv
-        return confined(argv, self.owner(state, user), self.local.max_processes, self.local.max_memory_mib << 20)
+        return argv if user == "root" else self.local._confined(state, argv)
 
     def gateway_argv(self, state: Path, command: list[str]) -> list[str]:
         extra = ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR]
