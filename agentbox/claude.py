@@ -1,9 +1,11 @@
-"""Claude Code inside the sandbox: command lines, and the stream-json event parser.
+"""Claude Code inside the sandbox: command lines, the stream-json event parser, and its control protocol.
 
 Command lines are built with `shlex.quote` and never contain a secret or the prompt: the gateway token reaches
-`claude mcp add` through an environment variable expanded by the sandbox's shell, and the prompt is a file fed to
-`claude -p` on stdin. The parser turns `--output-format stream-json` output, in chunks split anywhere, into typed
-events, and `AgentRun` sums them up.
+`claude mcp add` through an environment variable expanded by the sandbox's shell, and the prompt travels on stdin.
+Claude runs in its bidirectional stream-json mode (as the Agent SDK drives it): the prompt is the first JSON line on
+its stdin, and every tool call not allowed in advance arrives on stdout as a `can_use_tool` control request that the
+host answers on stdin (allow, possibly with edited input, or deny). The parser turns the output, in chunks split
+anywhere, into typed events, and `AgentRun` sums them up.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import json
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 GATEWAY_NAME = "gateway"
 MODEL_KEY_ENV = "ANTHROPIC_API_KEY"  # how Claude Code finds the model key, and where
 MODEL_URL_ENV = "ANTHROPIC_BASE_URL"
 TOKEN_ENV = "AGENTBOX_GATEWAY_TOKEN"
-PROMPT_PATH = "/home/user/.agentbox/prompt.txt"
 MAX_OUTPUT_KEPT = 65_536
 
 
@@ -51,18 +53,24 @@ def _redact_bearer(text: str) -> str:
 
 
 class ClaudeOptions(BaseModel, frozen=True):
-    """How `claude -p` runs. Default permissions: only the gateway's tools, nothing else, no bypass."""
+    """How Claude runs. Default permissions: only the gateway's tools, nothing else, no bypass; anything else it
+    wants to use is asked of the host, which answers by the run policy."""
 
     max_turns: int = 12
     model: str | None = None
     allowed_tools: tuple[str, ...] = (f"mcp__{GATEWAY_NAME}",)
     bypass_permissions: bool = False
     append_system_prompt: str | None = None
+    max_budget_usd: float | None = None
+    json_schema: dict[str, Any] | None = None
 
 
-def prompt_command(options: ClaudeOptions, prompt_path: str = PROMPT_PATH) -> str:
-    """`claude -p` reading the prompt from a file on stdin, streaming JSON events."""
-    args = ["claude", "-p", "--output-format", "stream-json", "--verbose", "--max-turns", str(options.max_turns)]
+def prompt_command(options: ClaudeOptions) -> str:
+    """Claude Code in bidirectional stream-json mode: the prompt and the host's answers to its permission requests
+    arrive on stdin, events leave on stdout. Without bypass it asks the host (`--permission-prompt-tool stdio`)
+    about every tool not in `--allowedTools`."""
+    args = ["claude", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose",
+            "--max-turns", str(options.max_turns)]
     if options.model:
         args += ["--model", options.model]
     if options.allowed_tools:
@@ -70,10 +78,29 @@ def prompt_command(options: ClaudeOptions, prompt_path: str = PROMPT_PATH) -> st
     if options.bypass_permissions:
         args += ["--dangerously-skip-permissions"]
     else:
-        args += ["--permission-mode", "dontAsk"]
+        args += ["--permission-prompt-tool", "stdio"]
+    if options.max_budget_usd is not None:
+        args += ["--max-budget-usd", f"{options.max_budget_usd:g}"]
+    if options.json_schema is not None:
+        args += ["--json-schema", json.dumps(options.json_schema, separators=(",", ":"))]
     if options.append_system_prompt:
         args += ["--append-system-prompt", options.append_system_prompt]
-    return " ".join(shlex.quote(a) for a in args) + f" < {shlex.quote(prompt_path)}"
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def user_message(prompt: str) -> str:
+    """The prompt as the first line on Claude's stdin."""
+    message = {"type": "user", "message": {"role": "user", "content": prompt}, "parent_tool_use_id": None,
+               "session_id": "default"}
+    return json.dumps(message, ensure_ascii=False) + "\n"
+
+
+def permission_response(request_id: str, allow: bool, *, message: str = "", updated_input: dict | None = None) -> str:
+    """The host's answer to a `can_use_tool` request, as a line for Claude's stdin."""
+    answer: dict[str, Any] = {"behavior": "allow", "updatedInput": updated_input or {}} if allow else {
+        "behavior": "deny", "message": message, "interrupt": False}
+    response = {"subtype": "success", "request_id": request_id, "response": answer}
+    return json.dumps({"type": "control_response", "response": response}, ensure_ascii=False) + "\n"
 
 
 # -- events -------------------------------------------------------------------------------------------------------
@@ -116,9 +143,29 @@ class ResultEvent:
     duration_ms: int
     permission_denials: list[dict[str, Any]]
     session_id: str
+    structured_output: Any = None
 
 
-Event = InitEvent | TextEvent | ToolCallEvent | ToolResultEvent | ResultEvent
+@dataclass(frozen=True)
+class PermissionRequest:
+    """Claude asks the host whether a tool call may run (`can_use_tool`); it waits for the answer."""
+
+    request_id: str
+    tool_name: str
+    input: dict[str, Any]
+    tool_use_id: str
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    """The token usage of one model call as Claude reports it when the call's first block arrives."""
+
+    message_id: str
+    model: str
+    usage: dict[str, Any]
+
+
+Event = InitEvent | TextEvent | ToolCallEvent | ToolResultEvent | ResultEvent | PermissionRequest | UsageEvent
 
 
 def _content_text(content: Any) -> str:
@@ -139,9 +186,18 @@ def events_from_message(message: dict[str, Any]) -> list[Event]:
                 message.get("session_id", ""), message.get("model", ""), list(message.get("tools") or []), servers
             )
         ]
+    if kind == "control_request":
+        request = message.get("request") or {}
+        if request.get("subtype") != "can_use_tool":
+            return []
+        return [PermissionRequest(str(message.get("request_id", "")), str(request.get("tool_name", "")),
+                                  request.get("input") or {}, str(request.get("tool_use_id", "")))]
     if kind in ("assistant", "user"):
         events: list[Event] = []
-        content = (message.get("message") or {}).get("content") or []
+        body = message.get("message") or {}
+        if kind == "assistant" and isinstance(body.get("usage"), dict):
+            events.append(UsageEvent(str(body.get("id", "")), str(body.get("model", "")), body["usage"]))
+        content = body.get("content") or []
         for block in content if isinstance(content, list) else []:
             btype = block.get("type")
             if btype == "text" and kind == "assistant" and block.get("text"):
@@ -166,6 +222,7 @@ def events_from_message(message: dict[str, Any]) -> list[Event]:
                 duration_ms=int(message.get("duration_ms") or 0),
                 permission_denials=list(message.get("permission_denials") or []),
                 session_id=message.get("session_id", ""),
+                structured_output=message.get("structured_output"),
             )
         ]
     return []
@@ -215,8 +272,29 @@ class ToolCall(BaseModel):
     output: str = ""
 
 
+class PermissionDecision(BaseModel):
+    """One answer the host gave Claude on whether a tool call may run: what was asked, when, by whom decided."""
+
+    tool: str = Field(description="The tool as Claude names it, e.g. mcp__gateway__create_issue.")
+    tool_use_id: str = ""
+    arguments: dict[str, Any] = Field(default_factory=dict, description="As asked (secrets redacted).")
+    asked_at: datetime
+    answered_at: datetime
+    allowed: bool
+    by: Literal["policy", "person", "silence", "error"] = Field(
+        description="policy: the run policy decided; person: someone answered; silence: nobody did in time; "
+        "error: asking failed (denied).")
+    via: str = Field("", description="Where the person answered: terminal, prefect-ui.")
+    reason: str = ""
+    edited: bool = Field(False, description="The person approved with changed arguments.")
+
+    @property
+    def waited_seconds(self) -> float:
+        return (self.answered_at - self.asked_at).total_seconds()
+
+
 class AgentRun(BaseModel):
-    """What a `claude -p` run did: its answer, tool calls, cost and why it may have failed."""
+    """What a Claude Code run did: its answer, tool calls, permission decisions, cost and why it may have failed."""
 
     result: str = ""
     subtype: str = ""
@@ -228,9 +306,20 @@ class AgentRun(BaseModel):
     model: str = ""
     mcp_servers: dict[str, str] = {}
     tool_calls: list[ToolCall] = []
-    permission_denials: list[str] = []
+    permission_denials: list[str] = Field(
+        default_factory=list, description="Tools denied by the run policy (not those a person was asked about).")
+    decisions: list[PermissionDecision] = Field(default_factory=list, description="Every permission answer given.")
+    structured_output: Any = None
+    estimated_cost_usd: float = Field(0.0, description="The host's running estimate from token usage.")
+    stopped: str = Field("", description="Why the host stopped Claude before it finished (budget), if it did.")
+    stderr: str = Field("", description="The last line Claude wrote on stderr (secrets redacted).")
     exit_code: int | None = None
     finished: bool = False
+
+    @property
+    def spent_usd(self) -> float:
+        """What the run cost: Claude Code's figure when it finished, else the host's estimate."""
+        return self.cost_usd if self.finished else self.estimated_cost_usd
 
     def apply(self, event: Event) -> None:
         if isinstance(event, InitEvent):
@@ -246,7 +335,14 @@ class AgentRun(BaseModel):
             self.finished = True
             self.result, self.subtype, self.is_error = event.result, event.subtype, event.is_error
             self.num_turns, self.cost_usd, self.duration_ms = event.num_turns, event.total_cost_usd, event.duration_ms
-            self.permission_denials = [d.get("tool_name", "?") for d in event.permission_denials]
+            asked = {d.tool_use_id for d in self.decisions if d.by != "policy"}
+            self.permission_denials = [d.get("tool_name", "?") for d in event.permission_denials
+                                       if not d.get("tool_use_id") or d.get("tool_use_id") not in asked]
+            self.structured_output = event.structured_output
+
+    def refused_by_people(self) -> list[PermissionDecision]:
+        """Calls that needed a person and were not approved (denied, or nobody answered where silence denies)."""
+        return [d for d in self.decisions if d.by != "policy" and not d.allowed]
 
     def successful_calls(self, tool: str) -> list[ToolCall]:
         return [c for c in self.tool_calls if c.tool == tool and c.ok]
@@ -271,6 +367,8 @@ def describe(event: Event) -> str | None:
         return f"tool result {'ERROR ' if event.is_error else ''}{_short(event.content)}"
     if isinstance(event, TextEvent):
         return f"Claude: {_short(event.text, 500)}"
+    if isinstance(event, PermissionRequest):
+        return f"Claude asks to use {event.tool_name} {_short(json.dumps(event.input, ensure_ascii=False))}"
     if isinstance(event, ResultEvent):
         denied = sorted({d.get("tool_name", "?") for d in event.permission_denials})
         return (

@@ -92,3 +92,17 @@ class PolicyViolation(AgentboxError):
 
 class ClaudeError(AgentboxError):
     """Claude Code could not be registered or its run failed."""
+
+
+class ApprovalDenied(AgentboxError):
+    """A person (or nobody, where silence denies) refused a tool call the run needed approval for."""
+
+
+class BudgetExceeded(AgentboxError):
+    """The run's spend passed its budget and the agent was stopped."""
+
+
+class RunCancelled(AgentboxError):
+    """The run was cancelled (from the Prefect UI or API) while it waited; its sandbox was torn down."""
+
+    exit_code = 130

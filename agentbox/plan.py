@@ -38,7 +38,8 @@ class Timeouts(BaseModel, frozen=True):
     """Seconds each bounded part of a session may take."""
 
     flow: float = Field(description="The flow run's own timeout: the one Prefect applies.")
-    claude: float = Field(description="`claude -p`, killed past this.")
+    claude: float = Field(description="Claude Code's own work, killed past this (waits for people come on top).")
+    approvals: float = Field(0.0, description="How long the run may wait for people, in all; 0 when none is asked.")
     gateway_ready: float = Field(description="Until the gateway lists every expected tool, across retries.")
     registration: float = Field(90.0, description="Each `claude mcp` command of the registration.")
 
@@ -84,6 +85,8 @@ class SessionPlan(BaseModel, frozen=True):
         envs = {
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "MCP_TIMEOUT": str(self.mcp_timeout_ms),
+            # the stream-json input mode starts without waiting for MCP servers: a first turn would lack their tools
+            "MCP_CONNECTION_NONBLOCKING": "false",
             MODEL_KEY_ENV: settings.resolve_reference(MODEL_KEY_ENV),
         }
         if self.anthropic_base_url:
@@ -110,6 +113,7 @@ def plan_session(
     stand_ins: StandIns | None = None,
     policy: RunPolicy | None = None,
     default_policy: RunPolicy | None = None,
+    output_schema: dict[str, Any] | None = None,
 ) -> SessionPlan:
     """Check everything that needs no sandbox, one error naming every problem of a kind, and decide the session.
 
@@ -139,8 +143,11 @@ def plan_session(
     settings.require("ANTHROPIC_API_KEY", *adapter.required_settings, *sorted(references_in(mcp)))
     policy = layered_policy(default_policy, settings_policy(settings), policy)
     adapter.check_network(options, Network(allow=policy.egress))
+    waits = float(policy.approval_timeout_seconds) if policy.require_approval else 0.0
+    check_room_for_approvals(waits, settings.claude_timeout_seconds, flow_timeout)
     claude = ClaudeOptions(max_turns=settings.claude_max_turns, model=settings.claude_model,
-                           bypass_permissions=bypass_permissions,
+                           bypass_permissions=bypass_permissions, max_budget_usd=policy.budget_usd,
+                           json_schema=output_schema,
                            allowed_tools=tuple(allowed_tools) if allowed_tools else policy.claude_tools())
     return SessionPlan(
         workflow=workflow,
@@ -153,7 +160,7 @@ def plan_session(
         claude=claude,
         policy=policy,
         timeouts=Timeouts(
-            flow=flow_timeout, claude=settings.claude_timeout_seconds,
+            flow=flow_timeout, claude=settings.claude_timeout_seconds, approvals=waits,
             gateway_ready=settings.gateway_ready_timeout_seconds,
         ),
         ttl_seconds=settings.sandbox_ttl_seconds,
@@ -166,13 +173,29 @@ def plan_session(
     )
 
 
-POLICY_SETTINGS = {"tools": "POLICY_TOOLS", "allow_commands": "POLICY_ALLOW_COMMANDS", "egress": "POLICY_EGRESS"}
+POLICY_FIELDS = ("tools", "allow_commands", "egress", "require_approval", "approval_timeout_seconds", "on_silence",
+                 "budget_usd")
+POLICY_SETTINGS = {name: f"POLICY_{name.upper()}" for name in POLICY_FIELDS}
 
 
 def settings_policy(settings: Settings) -> RunPolicy | None:
-    """The policy POLICY_TOOLS, POLICY_ALLOW_COMMANDS and POLICY_EGRESS set (only the fields they set)."""
-    return parse_policy(settings.policy_tools, settings.policy_allow_commands, settings.policy_egress,
-                        POLICY_SETTINGS, "List names separated by commas.")
+    """The policy the POLICY_* settings set (only the fields they set)."""
+    return parse_policy(POLICY_SETTINGS, "See the configuration table in the README.",
+                        **{name: getattr(settings, f"policy_{name}") for name in POLICY_FIELDS})
+
+
+SETUP_ROOM_SECONDS = 300  # creating the sandbox, the gateway's readiness, registration and teardown
+
+
+def check_room_for_approvals(waits: float, claude_timeout: float, flow_timeout: float) -> None:
+    """A run that may wait for people must be allowed to: its flow timeout must hold the wait and Claude's work."""
+    if waits and flow_timeout < waits + claude_timeout + SETUP_ROOM_SECONDS:
+        raise ConfigError(
+            f"The run may wait {waits:g} s for approvals, plus {claude_timeout:g} s of Claude's work, but the flow "
+            f"times out after {flow_timeout:g} s.",
+            f"Raise FLOW_TIMEOUT_SECONDS to at least {waits + claude_timeout + SETUP_ROOM_SECONDS:g} (and "
+            "SANDBOX_TTL_SECONDS above it), or lower the policy's approval_timeout_seconds.",
+        )
 
 
 def parse_resolve(text: str) -> dict[str, str]:

@@ -11,16 +11,20 @@ weakened in silence.
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agentbox.claude import GATEWAY_NAME
+from agentbox.claude import GATEWAY_NAME, split_tool_name
 from agentbox.errors import ConfigError
 
 BLOCKED = "Blocked by policy: do not retry."  # what every layer says to the agent when it refuses
 COMMAND_TOOLS = ("Bash",)
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,128}$")
+Silence = Literal["deny", "approve"]
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _EGRESS_HOST = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}(:[0-9]{{1,5}})?$")
 
@@ -43,6 +47,35 @@ class RunPolicy(BaseModel, frozen=True):
         "443 and 80), host:port or *.domain (its subdomains). Empty: none.",
         examples=[["pypi.org", "files.pythonhosted.org"]],
     )
+
+    require_approval: list[str] = Field(
+        default_factory=list,
+        description="Gateway tools a person must approve before each call, by name or pattern (create_issue, "
+        "API-patch-*). The run pauses and asks on its page in the Prefect UI (or on the terminal with --approve). "
+        "Empty: none.",
+        examples=[["create_issue"]],
+    )
+    approval_timeout_seconds: int = Field(
+        3600, ge=10, le=7 * 86400,
+        description="How long the run waits for people, over all its approvals; the flow and sandbox timeouts make "
+        "room for it.",
+    )
+    budget_usd: float | None = Field(
+        None, gt=0, le=10_000,
+        description="The most the run may spend on the model, in USD: Claude Code stops past it, and the run is "
+        "killed as soon as its reported usage passes it. Unset: no cap.",
+    )
+    on_silence: Silence = Field(
+        "deny", description="What it means when nobody answers in time: deny the call, or approve it.")
+
+    @field_validator("require_approval")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        patterns = [p.strip() for p in patterns if p.strip()]
+        bad = [p for p in patterns if not _TOOL_PATTERN.match(p)]
+        if bad:
+            raise ValueError(f"not tool names or patterns: {', '.join(repr(p[:40]) for p in bad[:5])}")
+        return list(dict.fromkeys(patterns))
 
     @field_validator("tools")
     @classmethod
@@ -68,18 +101,38 @@ class RunPolicy(BaseModel, frozen=True):
         workflow allows."""
         return base.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
 
+    def needs_approval(self, tool: str) -> bool:
+        """Whether a gateway tool (by the gateway's name for it) needs a person's approval before each call."""
+        return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.require_approval)
+
+    def allows(self, claude_tool: str) -> bool:
+        """Whether the policy lets Claude use a tool (by Claude's name for it) without asking anyone."""
+        server, tool = split_tool_name(claude_tool)
+        if server == GATEWAY_NAME:
+            return (self.tools is None or tool in self.tools) and not self.needs_approval(tool)
+        return self.allow_commands and claude_tool in COMMAND_TOOLS
+
     def claude_tools(self) -> tuple[str, ...]:
-        """Claude Code's `--allowedTools`: the gateway's allowed tools, and the command tool if commands are on."""
+        """Claude Code's `--allowedTools`: the gateway's allowed tools, and the command tool if commands are on.
+        Tools that need approval are left out, so Claude asks the host about each call of them; with every tool
+        allowed and some needing approval, none is listed and the host allows the others call by call."""
         prefix = f"mcp__{GATEWAY_NAME}"
-        gateway = (prefix,) if self.tools is None else tuple(f"{prefix}__{t}" for t in self.tools)
+        if self.tools is None:
+            gateway = () if self.require_approval else (prefix,)
+        else:
+            gateway = tuple(f"{prefix}__{t}" for t in self.tools if not self.needs_approval(t))
         return (*gateway, *(COMMAND_TOOLS if self.allow_commands else ()))
 
     def summary(self) -> list[str]:
         """The policy in a few lines, for the run's log and artifact."""
         tools = "every tool of the requested servers" if self.tools is None else ", ".join(self.tools) or "none"
         egress = ", ".join(["the model API", "the gateway", *self.egress])
-        return [f"Tools allowed: {tools}", f"Commands: {'allowed' if self.allow_commands else 'not allowed'}",
-                f"Network: {egress} only"]
+        lines = [f"Tools allowed: {tools}", f"Commands: {'allowed' if self.allow_commands else 'not allowed'}",
+                 f"Network: {egress} only"]
+        if self.require_approval:
+            lines.append(f"Approval by a person before each call of: {', '.join(self.require_approval)} (waiting "
+                         f"{self.approval_timeout_seconds} s at most in all; silence means {self.on_silence})")
+        return lines
 
 
 class GatewayCall(BaseModel):
@@ -136,11 +189,11 @@ def tool_list(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_policy(tools: str | None, allow_commands: bool | None, egress: str | None, sources: dict[str, str],
-                 hint: str) -> RunPolicy | None:
+def parse_policy(sources: dict[str, str], hint: str, **fields: str | bool | int | None) -> RunPolicy | None:
     """A policy from text, as settings or flags give it (only what they set; None if nothing); a bad value is one
-    ConfigError naming its setting or flag (`sources` maps a field to it)."""
-    given = {"tools": tool_list(tools), "allow_commands": allow_commands, "egress": tool_list(egress)}
+    ConfigError naming its setting or flag (`sources` maps a field to it). List fields come as comma-separated text."""
+    lists = {"tools", "egress", "require_approval"}
+    given = {name: tool_list(value) if name in lists else value for name, value in fields.items()}
     given = {name: value for name, value in given.items() if value is not None}
     if not given:
         return None

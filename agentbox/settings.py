@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     claude_timeout_seconds: float = Field(600, gt=0, description="Kills `claude -p` past this.")
     mcp_timeout_ms: int = Field(30_000, ge=1000, description="Claude's wait for MCP servers at start.")
     gateway_ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for the gateway to list its tools.")
-    flow_timeout_seconds: float = Field(1800, gt=0)
+    flow_timeout_seconds: float = Field(
+        5400, gt=0, description="A flow run's timeout; it makes room for the longest wait for a person's approval.")
     sandbox_concurrency_limit: str = Field(
         "agentbox-sandboxes",
         description="Prefect global concurrency limit each session holds a slot of (deployments.bootstrap creates "
@@ -80,12 +81,25 @@ class Settings(BaseSettings):
         None, description="Default run policy: comma-separated hosts (host, host:port, *.domain) the sandbox may "
         "reach besides the model API and the gateway."
     )
+    policy_require_approval: str | None = Field(
+        None, description="Default run policy: comma-separated gateway tools (names or patterns) a person must "
+        "approve before each call (empty: none)."
+    )
+    policy_approval_timeout_seconds: int | None = Field(
+        None, description="Default run policy: how long a run waits for people, over all its approvals."
+    )
+    policy_on_silence: str | None = Field(
+        None, description="Default run policy: deny or approve a call nobody answered in time."
+    )
+    policy_budget_usd: float | None = Field(
+        None, description="Default run policy: the most a run may spend on the model, in USD."
+    )
     egress_resolve: str = Field(
         "", description="Names the egress proxy resolves to fixed addresses, like curl --resolve: "
         "'name=address,...'. Pinned names may resolve to loopback or private addresses; others may not."
     )
     sandbox_ttl_seconds: int = Field(
-        2100, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
+        5700, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )
 
     @field_validator("sandbox_backend")

@@ -39,14 +39,27 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--egress", default=None,
                         help="comma-separated hosts (host, host:port, *.domain) the sandbox may reach besides the "
                         "model API and the gateway (default: POLICY_EGRESS, else none)")
+    parser.add_argument("--require-approval", default=None, metavar="TOOLS",
+                        help="comma-separated gateway tools (names or patterns) a person must approve before each "
+                        "call (default: POLICY_REQUIRE_APPROVAL, else the workflow's); empty: none")
+    parser.add_argument("--approve", action="store_true",
+                        help="ask on this terminal for each call that needs approval")
+    parser.add_argument("--approval-timeout", dest="approval_timeout_seconds", type=int, default=None,
+                        metavar="SECONDS", help="how long to wait for approvals in all (default: 3600)")
+    parser.add_argument("--on-silence", choices=["deny", "approve"], default=None,
+                        help="what no answer in time means (default: deny)")
+    parser.add_argument("--budget", dest="budget_usd", type=float, default=None, metavar="USD",
+                        help="the most the run may spend on the model (default: POLICY_BUDGET_USD, else no cap)")
 
 
-POLICY_FLAGS = {"tools": "--tools", "allow_commands": "--allow-commands", "egress": "--egress"}
+POLICY_FLAGS = {"tools": "--tools", "allow_commands": "--allow-commands", "egress": "--egress",
+                "require_approval": "--require-approval", "approval_timeout_seconds": "--approval-timeout",
+                "on_silence": "--on-silence", "budget_usd": "--budget"}
 
 
 def policy_from(args: argparse.Namespace) -> RunPolicy | None:
     """The run policy the command line asks for: only what its flags set, over the settings' and workflow's."""
-    return parse_policy(args.tools, args.allow_commands, args.egress, POLICY_FLAGS, "See --help.")
+    return parse_policy(POLICY_FLAGS, "See --help.", **{name: getattr(args, name) for name in POLICY_FLAGS})
 
 
 def read_text(path: Path, option: str) -> str:

@@ -8,6 +8,7 @@ A flow builds the plan once, with what only Prefect knows (its run's labels and 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import Settings, redact
-from tasks.claude import register_claude, run_prompt
+from tasks.claude import check_run, register_claude, run_prompt
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 
@@ -49,6 +50,7 @@ class SessionResult(BaseModel):
         None, description="The egress proxy's decisions on the sandbox's connections; None where none can be read."
     )
     steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
+    budget_usd: float | None = Field(None, description="The run's budget for the model, if it had one.")
     run: AgentRun = Field(default_factory=AgentRun)
 
     @computed_field
@@ -63,9 +65,13 @@ class SessionResult(BaseModel):
         return blocked + len(self.run.permission_denials)
 
     def cost(self) -> str:
+        how = "" if self.run.finished else " (estimated from token usage: Claude Code was stopped)"
+        spent = f"${self.run.spent_usd:.4f}{how}"
+        if self.budget_usd is not None:
+            spent += f" of a ${self.budget_usd:g} budget"
         if self.rehearsal:
-            return "nothing (a rehearsal: Claude Code's figure comes from the stand-in's token counts)"
-        return f"${self.run.cost_usd:.4f}"
+            return f"nothing (a rehearsal: {spent} by the stand-in's token counts)"
+        return spent
 
 
 def session_metadata() -> dict[str, str]:
@@ -115,7 +121,7 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
 
     `result` is filled as the session goes, so a failure still reports the steps that ran."""
     handle: SandboxHandle | None = None
-    result.policy = policy_lines(plan)
+    result.policy, result.budget_usd = policy_lines(plan), plan.policy.budget_usd
     clock = time.monotonic()
 
     def step(label: str) -> None:
@@ -135,6 +141,7 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
             step("register")
             result.run = await run_prompt(plan, handle)
             step("prompt")
+            check_run(result.run, plan)
             failed = False
         finally:
             clock = time.monotonic()
@@ -229,6 +236,7 @@ def session_markdown(title: str, result: SessionResult, error: str = "", extra: 
         "|---|---|",
         *(f"| `{c.name}` | {'ok' if c.ok else 'failed'} |" for c in result.run.tool_calls),
         "",
+        *approvals_table(result),
         *audit_table(result),
         *egress_table(result),
         "## Answer",
@@ -236,6 +244,28 @@ def session_markdown(title: str, result: SessionResult, error: str = "", extra: 
         result.run.result or "_none_",
     ]
     return "\n".join(lines)
+
+
+def approvals_table(result: SessionResult) -> list[str]:
+    """Every call put to a person (or refused by the policy when asked), with its answer, as a markdown table."""
+    shown = [d for d in result.run.decisions if d.by != "policy" or not d.allowed]
+    if not shown:
+        return []
+    answers = {"person": "{via}", "silence": "nobody, in time", "error": "nobody could be asked", "policy": "policy"}
+    rows = [
+        f"| {d.asked_at:%H:%M:%S} | `{d.tool}` | `{cell(json.dumps(d.arguments, ensure_ascii=False))}` "
+        f"| {'approved' if d.allowed else 'denied'}{' (edited)' if d.edited else ''} | "
+        f"{answers[d.by].format(via=d.via or 'a person')} | {d.waited_seconds:.0f} | {cell(d.reason) or '-'} |"
+        for d in shown
+    ]
+    header = ["## Approvals", "", "| asked (UTC) | tool | arguments | answer | by | waited (s) | reason |",
+              "|---|---|---|---|---|---|---|"]
+    return [*header, *rows, ""]
+
+
+def cell(text: str, limit: int = 120) -> str:
+    """Text for one cell of a markdown table: one line, short, no column breaks."""
+    return one_line(text, limit=limit, empty="").replace("|", "\\|")
 
 
 def audit_table(result: SessionResult) -> list[str]:

@@ -1,8 +1,8 @@
-"""Claude Code command lines and the stream-json parser.
+"""Claude Code command lines, the stream-json parser and the control protocol's messages.
 
-The parser is fed a realistic `claude -p --output-format stream-json --verbose` transcript split at every position
-and in random chunks; the command lines are parsed back with `shlex` and also run by a real bash against a stand-in
-`claude` executable that records its argv, stdin and environment.
+The parser is fed a realistic transcript of the bidirectional stream-json mode (events, a permission request, noise)
+split at every position and in random chunks; the command lines are parsed back with `shlex` and also run by a real
+bash against a stand-in `claude` executable that records its argv, stdin and environment.
 """
 
 from __future__ import annotations
@@ -20,21 +20,24 @@ import pytest
 
 from agentbox.claude import (
     GATEWAY_NAME,
-    PROMPT_PATH,
     TOKEN_ENV,
     AgentRun,
     ClaudeOptions,
     InitEvent,
+    PermissionRequest,
     ResultEvent,
     StreamParser,
     TextEvent,
     ToolCallEvent,
     ToolResultEvent,
+    UsageEvent,
     mcp_add_command,
     mcp_get_command,
     mcp_get_status,
+    permission_response,
     prompt_command,
     split_tool_name,
+    user_message,
 )
 
 SESSION = "5f0c2a8e-1b7d-4c1e-9d5a-0a1b2c3d4e5f"
@@ -84,7 +87,7 @@ LINES = [
             "tools": ["Task", "Bash", "Read", "mcp__gateway__create_issue", "mcp__gateway__API-post-search"],
             "mcp_servers": [{"name": "gateway", "status": "connected"}],
             "model": MODEL,
-            "permissionMode": "dontAsk",
+            "permissionMode": "default",
             "apiKeySource": "ANTHROPIC_API_KEY",
         }
     ),
@@ -108,6 +111,10 @@ LINES = [
             {"type": "tool_use", "id": "toolu_02Issue", "name": "mcp__gateway__create_issue", "input": ISSUE_INPUT},
         )
     ),
+    line({"type": "control_request", "request_id": "req-1", "request": {
+        "subtype": "can_use_tool", "tool_name": "mcp__gateway__create_issue", "display_name": "create_issue",
+        "input": ISSUE_INPUT, "permission_suggestions": [], "tool_use_id": "toolu_02Issue"}}),
+    line({"type": "control_request", "request_id": "req-2", "request": {"subtype": "hook_callback"}}),  # not ours
     line(user({"tool_use_id": "toolu_02Issue", "type": "tool_result", "content": [{"type": "text", "text": ISSUE_OUTPUT}]})),
     "[1, 2, 3]",  # JSON, but not an event: ignored, not noise
     line(assistant({"type": "tool_use", "id": "toolu_03Bash", "name": "Bash", "input": {"command": "rm -rf /tmp/x"}})),
@@ -141,9 +148,11 @@ LINES = [
             "permission_denials": [
                 {"tool_name": "Bash", "tool_use_id": "toolu_03Bash", "tool_input": {"command": "rm -rf /tmp/x"}}
             ],
+            "structured_output": {"issue_url": "https://github.com/acme/roadmap/issues/42"},
         }
     ),
 ]
+USAGE = UsageEvent("msg_01XyZ", MODEL, {"input_tokens": 12, "output_tokens": 34})
 # The last line has no trailing newline: only close() can emit it.
 TRANSCRIPT = "\n".join(LINES)
 
@@ -154,14 +163,21 @@ EXPECTED_EVENTS = [
         ["Task", "Bash", "Read", "mcp__gateway__create_issue", "mcp__gateway__API-post-search"],
         {"gateway": "connected"},
     ),
+    USAGE,  # the thinking block: usage only
+    USAGE,
     ToolCallEvent("toolu_01Search", "mcp__gateway__API-post-search", {"query": "roadmap"}),
     ToolResultEvent("toolu_01Search", True, "Notion API error 401"),
+    USAGE,
     TextEvent("Notion failed; I will file the issue anyway — café ☕"),
     ToolCallEvent("toolu_02Issue", "mcp__gateway__create_issue", ISSUE_INPUT),
+    PermissionRequest("req-1", "mcp__gateway__create_issue", ISSUE_INPUT, "toolu_02Issue"),
     ToolResultEvent("toolu_02Issue", False, ISSUE_OUTPUT),
+    USAGE,
     ToolCallEvent("toolu_03Bash", "Bash", {"command": "rm -rf /tmp/x"}),
     ToolResultEvent("toolu_03Bash", True, "Claude requested permissions to use Bash, but you haven't granted it yet."),
+    USAGE,
     ToolCallEvent("toolu_04Never", "mcp__gateway__add_comment", {}),
+    USAGE,
     TextEvent("Created issue #42: https://github.com/acme/roadmap/issues/42"),
     ResultEvent(
         subtype="success",
@@ -174,6 +190,7 @@ EXPECTED_EVENTS = [
             {"tool_name": "Bash", "tool_use_id": "toolu_03Bash", "tool_input": {"command": "rm -rf /tmp/x"}}
         ],
         session_id=SESSION,
+        structured_output={"issue_url": "https://github.com/acme/roadmap/issues/42"},
     ),
 ]
 EXPECTED_NOISE = ["Warning: the node version is old; some features may not work", "{not json at all"]
@@ -255,6 +272,7 @@ def test_agent_run_sums_up_the_transcript() -> None:
     assert run.mcp_servers == {"gateway": "connected"}
     assert run.result == "Created issue #42: https://github.com/acme/roadmap/issues/42"
     assert run.permission_denials == ["Bash"]
+    assert run.structured_output == {"issue_url": "https://github.com/acme/roadmap/issues/42"}
 
     calls = {c.id: c for c in run.tool_calls}
     assert [c.id for c in run.tool_calls] == ["toolu_01Search", "toolu_02Issue", "toolu_03Bash", "toolu_04Never"]
@@ -302,45 +320,54 @@ def test_split_tool_name(name: str, expected: tuple[str, str]) -> None:
     assert split_tool_name(name) == expected
 
 
-# --------------------------------------------------------------------------- claude -p command line
+# --------------------------------------------------------------------------- the Claude command line
 
 
-def argv_and_stdin(command: str) -> tuple[list[str], str]:
-    """Split a `... < file` command line into the argv and the stdin path, checking the redirection is last."""
-    words = shlex.split(command)
-    assert words[-2] == "<", command
-    return words[:-2], words[-1]
-
-
-def test_prompt_command_defaults_only_allow_the_gateway_without_bypass() -> None:
-    argv, stdin = argv_and_stdin(prompt_command(ClaudeOptions()))
-    assert argv[:2] == ["claude", "-p"]
+def test_prompt_command_defaults_only_allow_the_gateway_and_ask_the_host_about_the_rest() -> None:
+    argv = shlex.split(prompt_command(ClaudeOptions()))
+    assert argv[0] == "claude" and "-p" not in argv and "<" not in argv  # the prompt comes on stdin, as JSON
+    assert argv[argv.index("--input-format") + 1] == "stream-json"
     assert argv[argv.index("--output-format") + 1] == "stream-json"
     assert "--verbose" in argv
     assert argv[argv.index("--max-turns") + 1] == "12"
     assert argv[argv.index("--allowedTools") + 1] == f"mcp__{GATEWAY_NAME}"
-    assert argv[argv.index("--permission-mode") + 1] == "dontAsk"
+    assert argv[argv.index("--permission-prompt-tool") + 1] == "stdio"
     assert "--dangerously-skip-permissions" not in argv
-    assert "--model" not in argv
-    assert stdin == PROMPT_PATH
+    assert not {"--model", "--max-budget-usd", "--json-schema"} & set(argv)
 
 
 def test_prompt_command_with_every_option() -> None:
+    schema = {"type": "object", "properties": {"url": {"type": "string", "description": "it's `$(x)`"}}}
     options = ClaudeOptions(
         max_turns=40,
         model="claude-opus-4-1",
         allowed_tools=("mcp__gateway", "Read"),
         bypass_permissions=True,
         append_system_prompt="Never touch 'main'; use $HOME && `echo` \"carefully\".",
+        max_budget_usd=0.25,
+        json_schema=schema,
     )
-    argv, stdin = argv_and_stdin(prompt_command(options, prompt_path="/tmp/dir with space/p's.txt"))
+    argv = shlex.split(prompt_command(options))
     assert argv[argv.index("--max-turns") + 1] == "40"
     assert argv[argv.index("--model") + 1] == "claude-opus-4-1"
     assert argv[argv.index("--allowedTools") + 1] == "mcp__gateway,Read"
     assert "--dangerously-skip-permissions" in argv
-    assert "--permission-mode" not in argv
+    assert "--permission-prompt-tool" not in argv
     assert argv[argv.index("--append-system-prompt") + 1] == options.append_system_prompt
-    assert stdin == "/tmp/dir with space/p's.txt"
+    assert argv[argv.index("--max-budget-usd") + 1] == "0.25"
+    assert json.loads(argv[argv.index("--json-schema") + 1]) == schema
+
+
+def test_control_protocol_lines() -> None:
+    prompt = "Create an issue titled 'x'\n— ✔"
+    message = json.loads(user_message(prompt))
+    assert message["type"] == "user" and message["message"] == {"role": "user", "content": prompt}
+    assert user_message(prompt).endswith("\n") and user_message(prompt).count("\n") == 1  # one JSON line
+    allow = json.loads(permission_response("req-1", True, updated_input={"a": 1}))
+    assert allow == {"type": "control_response", "response": {
+        "subtype": "success", "request_id": "req-1", "response": {"behavior": "allow", "updatedInput": {"a": 1}}}}
+    deny = json.loads(permission_response("req-2", False, message="No.\nReally"))["response"]["response"]
+    assert deny == {"behavior": "deny", "message": "No.\nReally", "interrupt": False}
 
 
 @pytest.fixture
@@ -358,23 +385,22 @@ def fake_claude(tmp_path: Path) -> Path:
     return bin_dir
 
 
-def run_in_bash(command: str, bin_dir: Path, cwd: Path, **env: str) -> dict:
+def run_in_bash(command: str, bin_dir: Path, cwd: Path, stdin: str = "", **env: str) -> dict:
     environment = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env}
     done = subprocess.run(
-        ["bash", "-c", command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        ["bash", "-c", command], cwd=cwd, env=environment, capture_output=True, text=True, timeout=30, input=stdin
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_prompt_reaches_claude_on_stdin_through_a_real_shell(fake_claude: Path, tmp_path: Path) -> None:
-    prompt_file = tmp_path / "my prompt; $(touch pwned) & `touch pwned2`.txt"
-    prompt = "Create an issue titled 'x' && echo $HOME\n— with unicode ✔\n"
-    prompt_file.write_text(prompt, encoding="utf-8")
-    options = ClaudeOptions(model="m; touch pwned3", append_system_prompt="$(touch pwned4)")
-    seen = run_in_bash(prompt_command(options, prompt_path=str(prompt_file)), fake_claude, tmp_path)
-    assert seen["stdin"] == prompt
-    assert seen["argv"] == shlex.split(prompt_command(options, prompt_path=str(prompt_file)))[1:-2]
+def test_the_command_line_reaches_claude_as_is_through_a_real_shell(fake_claude: Path, tmp_path: Path) -> None:
+    options = ClaudeOptions(model="m; touch pwned3", append_system_prompt="$(touch pwned4)",
+                            json_schema={"const": "`touch pwned5` $(touch pwned6)"})
+    stdin = user_message("Create an issue titled 'x' && echo $HOME $(touch pwned)\n— with unicode ✔")
+    seen = run_in_bash(prompt_command(options), fake_claude, tmp_path, stdin=stdin)
+    assert seen["stdin"] == stdin
+    assert seen["argv"] == shlex.split(prompt_command(options))[1:]
     assert not any(tmp_path.glob("pwned*"))
 
 

@@ -8,7 +8,7 @@ E2B cloud) implement `SandboxBackend`; none of them is a mock.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -153,10 +153,12 @@ class SandboxBackend(abc.ABC):
         timeout: float,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: AsyncIterator[str] | None = None,
     ) -> CommandResult:
         """Run a shell command inside the sandbox, streaming output; kill it and raise SandboxCommandTimeout
         past `timeout` seconds, and SandboxExpired when the sandbox reached its TTL under it. A non-zero exit is
-        returned, not raised."""
+        returned, not raised. `stdin`, when given, is written to the command's input as it comes (a conversation:
+        Claude Code's control protocol), and the input is closed when it ends; without it the command reads none."""
 
     @abc.abstractmethod
     async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:

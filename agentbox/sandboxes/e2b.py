@@ -219,15 +219,20 @@ class E2BSandboxes(SandboxBackend):
         timeout: float,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: AsyncIterator[str] | None = None,
     ) -> CommandResult:
         sandbox = await self._sandbox(handle.id)
+        feeding: asyncio.Future | None = None
         try:
             async with _translated("run a command", handle.id):
                 # Our own deadline, and a server-side one a little later as a net if this process dies: the SDK's
                 # 60 s default would silently kill long commands.
                 process = await sandbox.commands.run(
-                    command, background=True, envs=envs, timeout=timeout + 30, on_stdout=on_stdout, on_stderr=on_stderr
+                    command, background=True, envs=envs, timeout=timeout + 30, on_stdout=on_stdout,
+                    on_stderr=on_stderr, stdin=stdin is not None,
                 )
+                if stdin is not None:
+                    feeding = asyncio.ensure_future(_feed(process, stdin))
                 try:
                     result = await asyncio.wait_for(process.wait(), timeout)
                 except TimeoutError:
@@ -244,6 +249,10 @@ class E2BSandboxes(SandboxBackend):
             if handle.expired():
                 raise handle.expired_error() from None
             raise
+        finally:
+            if feeding:
+                feeding.cancel()
+                await asyncio.gather(feeding, return_exceptions=True)
         if result.exit_code != 0 and handle.expired():  # killed with its sandbox, not failed by itself
             raise handle.expired_error()
         return CommandResult(result.exit_code, result.stdout, result.stderr)
@@ -277,6 +286,17 @@ class E2BSandboxes(SandboxBackend):
                         )
                     )
         return found
+
+
+async def _feed(process: Any, chunks: AsyncIterator[str]) -> None:
+    """Send `chunks` to a command's input (envd's SendInput) in order as they come, then close it; a command that
+    already ended takes no more and ends the feeding quietly."""
+    try:
+        async for chunk in chunks:
+            await process.send_stdin(chunk)
+        await process.close_stdin()
+    except (NotFoundException, SandboxException):
+        pass
 
 
 @contextlib.asynccontextmanager

@@ -39,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -398,14 +398,15 @@ class LocalSandboxes(SandboxBackend):
         timeout: float,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: AsyncIterator[str] | None = None,
     ) -> CommandResult:
         state = self._require_running(handle.id)
         with _translated(f"run a command in {handle.id}", state=state):
             env = {**self._base_env(), **json.loads((state / "env.json").read_text()), **(envs or {})}
             proc = await asyncio.create_subprocess_exec(
                 *self._confined(state, self._bwrap(state, self._offline(state, ["/bin/bash", "-c", command]))),
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True,
+                env=env, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,
             )
             marker = state / "procs" / str(proc.pid)
             marker.touch()
@@ -416,6 +417,7 @@ class LocalSandboxes(SandboxBackend):
             asyncio.ensure_future(_pump(proc.stderr, err, on_stderr)),
             asyncio.ensure_future(proc.wait()),
         ]
+        feeding = asyncio.ensure_future(_feed(proc.stdin, stdin)) if stdin is not None else None
         try:
             _, pending = await asyncio.wait(parts, timeout=timeout)
             if pending:
@@ -425,9 +427,9 @@ class LocalSandboxes(SandboxBackend):
         finally:
             if proc.returncode is None:  # timed out, or this task was cancelled: the process goes too
                 _killpg(proc.pid)
-            for part in parts:
+            for part in [*parts, *([feeding] if feeding else [])]:
                 part.cancel()
-            await asyncio.shield(asyncio.gather(*parts, return_exceptions=True))
+            await asyncio.shield(asyncio.gather(*parts, *([feeding] if feeding else []), return_exceptions=True))
             await asyncio.shield(proc.wait())
             marker.unlink(missing_ok=True)
         if proc.returncode != 0 and handle.expired():  # the supervisor killed it with the sandbox
@@ -648,6 +650,19 @@ async def _pump(stream: asyncio.StreamReader, sink: list[str], callback: OutputC
         sink.append(tail)
         if callback:
             callback(tail)
+
+
+async def _feed(pipe: asyncio.StreamWriter, chunks: AsyncIterator[str]) -> None:
+    """Write `chunks` to a command's input as they come, then close it (EOF); a command that stopped reading (it
+    exited) ends the feeding quietly."""
+    try:
+        async for chunk in chunks:
+            pipe.write(chunk.encode())
+            await pipe.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        pipe.close()
 
 
 def _killpg(pid: int) -> None:

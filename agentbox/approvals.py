@@ -1,0 +1,198 @@
+"""Who answers Claude's permission requests: the run policy, or a person for the tools it says need one.
+
+Claude Code asks its host before every tool call it was not allowed in advance (`can_use_tool`). `PermissionHost`
+answers: a gateway tool the policy names under `require_approval` is put to an `Approver` (the Prefect UI, or the
+terminal with `--approve`), one request at a time and within the run's whole approval budget; anything else is
+allowed or refused by the policy alone. Every answer becomes a `PermissionDecision` for the log and the artifact.
+Nothing here knows Prefect: the approvers that need it live with the tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from agentbox.claude import GATEWAY_NAME, PermissionDecision, PermissionRequest, split_tool_name
+from agentbox.errors import ConfigError, RunCancelled, one_line
+from agentbox.policy import BLOCKED, RunPolicy
+from agentbox.settings import redact
+
+STRUCTURED_OUTPUT_TOOL = "StructuredOutput"  # how Claude hands over its answer when a JSON schema is asked for
+
+
+class ApprovalRequest(BaseModel, frozen=True):
+    """A call a person must approve: which server's tool, with which arguments (secrets redacted)."""
+
+    tool: str = Field(description="The gateway's name for the tool, e.g. create_issue.")
+    server: str = Field(description="The MCP server serving it, e.g. githubOfficial; empty if unknown.")
+    arguments: dict[str, Any]
+    tool_use_id: str = ""
+
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+class Answer(BaseModel, frozen=True):
+    """A person's answer: approve (perhaps with edited arguments) or deny, and why."""
+
+    approve: bool
+    reason: str = ""
+    arguments: dict[str, Any] | None = Field(None, description="Edited arguments to call the tool with instead.")
+    via: str = Field(description="Where the answer came from: terminal, prefect-ui.")
+
+
+class Approver(Protocol):
+    """Puts one request to a person and waits at most `timeout` seconds; None when nobody answered in time.
+    A cancelled run raises RunCancelled."""
+
+    via: str
+
+    async def ask(self, request: ApprovalRequest, timeout: float) -> Answer | None: ...
+
+
+def redact_value(value: Any, secrets: list[str]) -> Any:
+    """`redact` through a JSON value's strings."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: redact_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_value(v, secrets) for v in value]
+    return value
+
+
+class PermissionHost:
+    """Answers each `can_use_tool` request of one Claude run, and keeps what it decided."""
+
+    def __init__(self, policy: RunPolicy, approver: Approver | None, *, wait_budget: float,
+                 servers: dict[str, list[str]] | None = None, secrets: list[str] | None = None,
+                 structured_output: bool = False) -> None:
+        self.policy, self.approver = policy, approver
+        self.wait_budget = wait_budget
+        self.servers = servers or {}
+        self.secrets = secrets or []
+        self.structured_output = structured_output
+        self.waited = 0.0
+        self.decisions: list[PermissionDecision] = []
+        self._one_at_a_time = asyncio.Lock()
+
+    def server_of(self, tool: str) -> str:
+        return next((server for server, tools in self.servers.items() if tool in tools), "")
+
+    async def decide(self, request: PermissionRequest) -> tuple[PermissionDecision, dict[str, Any] | None]:
+        """The decision on one request, and the input to run the tool with when allowed."""
+        asked_at = datetime.now(timezone.utc)
+        server, tool = split_tool_name(request.tool_name)
+        shown = redact_value(request.input, self.secrets)
+
+        def decided(allowed: bool, by: str, reason: str = "", via: str = "", edited: bool = False
+                    ) -> PermissionDecision:
+            decision = PermissionDecision(
+                tool=request.tool_name, tool_use_id=request.tool_use_id, arguments=shown, asked_at=asked_at,
+                answered_at=datetime.now(timezone.utc), allowed=allowed, by=by, via=via,
+                reason=redact(reason, self.secrets), edited=edited)
+            self.decisions.append(decision)
+            return decision
+
+        permitted = self.policy.tools is None or tool in self.policy.tools
+        if server == GATEWAY_NAME and permitted and self.policy.needs_approval(tool):
+            ask = ApprovalRequest(tool=tool, server=self.server_of(tool), arguments=shown,
+                                  tool_use_id=request.tool_use_id)
+            answer, by, why = await self._ask(ask)
+            if answer is None:  # silence, or nobody could be asked: the policy says what that means
+                allowed = by == "silence" and self.policy.on_silence == "approve"
+                return decided(allowed, by, why), request.input if allowed else None
+            edited = answer.approve and answer.arguments is not None and answer.arguments != shown
+            decision = decided(answer.approve, "person", answer.reason, answer.via, edited)
+            return decision, (answer.arguments if edited else request.input) if answer.approve else None
+        if request.tool_name == STRUCTURED_OUTPUT_TOOL and self.structured_output:
+            return decided(True, "policy"), request.input
+        if self.policy.allows(request.tool_name):
+            return decided(True, "policy"), request.input
+        return decided(False, "policy", BLOCKED), None
+
+    async def _ask(self, request: ApprovalRequest) -> tuple[Answer | None, str, str]:
+        """A person's answer within what is left of the wait budget, how it was decided, and why when nobody did."""
+        if self.approver is None:
+            return None, "error", "nobody can be asked for approval on this run"
+        async with self._one_at_a_time:  # people answer one question at a time, in order
+            left = self.wait_budget - self.waited
+            started = time.monotonic()
+            try:
+                answer = await self.approver.ask(request, left) if left > 0 else None
+            except (RunCancelled, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken approver denies; the run goes on and says why
+                return None, "error", f"asking for approval failed ({one_line(exc)})"
+            finally:
+                self.waited += time.monotonic() - started
+        if answer is None:
+            return None, "silence", f"nobody answered within the run's {self.wait_budget:g} s for approvals"
+        return answer, "person", ""
+
+
+# -- the terminal -------------------------------------------------------------------------------------------------
+
+# The approver a command line installs for the run it starts (`--approve`); flows use it over the Prefect UI's.
+terminal_approver: contextvars.ContextVar[Approver | None] = contextvars.ContextVar("terminal_approver",
+                                                                                    default=None)
+
+
+class TerminalApprover:
+    """Asks on this process's terminal: the tool and its arguments, then y/n (n may be followed by a reason)."""
+
+    via = "terminal"
+
+    def __init__(self, fd: int = 0, write: Callable[[str], Any] | None = None) -> None:
+        if not os.isatty(fd):
+            raise ConfigError("--approve asks on a terminal, and standard input is not one.",
+                              "Run it in a terminal, or answer from the Prefect UI (set PREFECT_API_URL).")
+        self.fd = fd
+        self.write = write or (lambda text: (sys.stderr.write(text), sys.stderr.flush()))
+
+    async def ask(self, request: ApprovalRequest, timeout: float) -> Answer | None:
+        server = f" on {request.server}" if request.server else ""
+        self.write(f"\nThe agent wants to call {request.tool}{server} with:\n{request.arguments_json()}\n")
+        deadline = time.monotonic() + timeout
+        while True:
+            self.write(f"Allow {request.tool}? [y/n, or n followed by a reason] ")
+            line = await self._line(deadline - time.monotonic())
+            if line is None:
+                self.write("\n(no answer in time)\n")
+                return None
+            word, _, reason = line.strip().partition(" ")
+            if word.lower() in ("y", "yes"):
+                return Answer(approve=True, reason=reason.strip(), via=self.via)
+            if word.lower() in ("n", "no"):
+                return Answer(approve=False, reason=reason.strip() or "denied on the terminal", via=self.via)
+
+    async def _line(self, timeout: float) -> str | None:
+        """One line typed on the terminal, None at end of input or past `timeout`."""
+        if timeout <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        line: asyncio.Future[str | None] = loop.create_future()
+        buffer = bytearray()
+
+        def readable() -> None:
+            data = os.read(self.fd, 4096)
+            buffer.extend(data)
+            if (not data or b"\n" in buffer) and not line.done():
+                line.set_result(buffer.decode(errors="replace").split("\n", 1)[0] if data or buffer else None)
+
+        loop.add_reader(self.fd, readable)
+        try:
+            return await asyncio.wait_for(line, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            loop.remove_reader(self.fd)

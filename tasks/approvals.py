@@ -1,0 +1,116 @@
+"""Approval in the Prefect UI: the flow run pauses with a typed form on its page, and a person's answer resumes it.
+
+Prefect's own `pause_flow_run` fails the run when nobody answers in time; a run whose policy says silence approves
+(or denies and goes on to fail with that reason) must decide for itself. So this proposes the Paused state itself
+(with the form's schema, as `pause_flow_run` does), watches the run every second, and when its own deadline passes
+sets the run Running again and reports silence. A run cancelled while it waits raises RunCancelled, so the session
+tears its sandbox down as on any failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any, Literal
+
+import pydantic
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.input import RunInput, keyset_from_paused_state
+from prefect.input.actions import aread_flow_run_input
+from prefect.settings import PREFECT_UI_URL
+from prefect.states import Paused, Running
+from prefect.utilities.engine import propose_state
+
+from agentbox.approvals import Answer, ApprovalRequest, Approver, terminal_approver
+from agentbox.errors import ApprovalDenied, RunCancelled
+from agentbox.plan import SessionPlan
+
+PAUSE_MARGIN_SECONDS = 60  # the server fails a run resumed past its pause timeout: ours ends first
+POLL_SECONDS = 1.0
+
+
+def approval_form(request: ApprovalRequest) -> type[RunInput]:
+    """The form the run's page shows: the decision (a choice), a reason, the arguments (prefilled, editable)."""
+    form = pydantic.create_model(
+        "ApproveToolCall",
+        __base__=RunInput,
+        decision=(Literal["approve", "deny"], pydantic.Field(
+            title="Decision", description=f"Approve: {request.tool} runs with the arguments below. Deny: it does "
+            "not run, the agent is told why, and the run fails naming your reason.")),
+        reason=(str, pydantic.Field("", title="Reason", max_length=2000,
+                                    description="Why (kept in the run's log and artifact; told to the agent).")),
+        arguments=(dict[str, Any], pydantic.Field(
+            default=request.arguments, title="Arguments",
+            description="What the tool is called with. Edit them to approve a changed call.")),
+    )
+    server = f" of the MCP server `{request.server}`" if request.server else ""
+    form._description = (
+        f"## Approve `{request.tool}`?\n\nThe agent wants to call `{request.tool}`{server} with these arguments:\n\n"
+        f"```json\n{request.arguments_json()}\n```\n\nNothing runs until you answer.")
+    return form
+
+
+def run_page(flow_run_id: uuid.UUID) -> str:
+    ui = PREFECT_UI_URL.value()
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else f"flow run {flow_run_id}"
+
+
+class PrefectUIApprover:
+    """Asks on the flow run's page in the Prefect UI (or through the API: `resume_flow_run(id, run_input=...)`)."""
+
+    via = "prefect-ui"
+
+    async def ask(self, request: ApprovalRequest, timeout: float) -> Answer | None:
+        context = FlowRunContext.get()
+        if context is None or context.flow_run is None:
+            raise ApprovalDenied("An approval can only be asked inside a flow run.", "Run the session as a flow.")
+        flow_run_id = context.flow_run.id
+        form = approval_form(request)
+        paused = Paused(timeout_seconds=int(timeout) + PAUSE_MARGIN_SECONDS, reschedule=False,
+                        pause_key=f"approval-{request.tool_use_id or uuid.uuid4().hex}")
+        keyset = keyset_from_paused_state(paused)
+        paused.state_details.run_input_keyset = keyset
+        logger = get_run_logger()
+        async with get_client() as client:
+            state = await propose_state(client, paused, flow_run_id=flow_run_id)
+            if not state.is_paused():
+                raise ApprovalDenied(f"The run could not pause for approval (it is {state.type.value}).",
+                                     "See the run's state history.")
+            await form.asave(keyset, flow_run_id=flow_run_id)
+            logger.warning("Waiting up to %d s for a person to approve %s: %s", timeout, request.tool,
+                           run_page(flow_run_id))
+            deadline = time.monotonic() + timeout
+            while True:
+                current = (await client.read_flow_run(flow_run_id)).state
+                if current is None or current.is_cancelling() or current.is_cancelled():
+                    raise RunCancelled("The run was cancelled while it waited for approval; its sandbox was torn "
+                                       "down.", "Start it again when wanted.")
+                if current.is_final():
+                    raise RunCancelled(f"The run ended ({current.type.value}) while it waited for approval.",
+                                       "See the run's state history.")
+                if current.is_running():
+                    return await self._answer(form, keyset, flow_run_id)
+                if time.monotonic() >= deadline:  # nobody answered: the run goes on, and silence decides
+                    if (await propose_state(client, Running(), flow_run_id=flow_run_id)).is_running():
+                        return await self._answer(form, keyset, flow_run_id)
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def _answer(self, form: type[RunInput], keyset: dict[str, str], flow_run_id: uuid.UUID) -> Answer | None:
+        """The form's answer once the run is Running again; None if it was resumed without one (silence)."""
+        value = await aread_flow_run_input(keyset["response"], flow_run_id=flow_run_id)
+        if not value:
+            return None
+        answer = form(**value)
+        return Answer(approve=answer.decision == "approve", reason=answer.reason, arguments=answer.arguments,
+                      via=self.via)
+
+
+def current_approver(plan: SessionPlan) -> Approver | None:
+    """Who answers this run's approvals: the terminal its command line offers (`--approve`), else the Prefect UI;
+    nobody when the policy needs no approval."""
+    if not plan.policy.require_approval:
+        return None
+    return terminal_approver.get() or PrefectUIApprover()
