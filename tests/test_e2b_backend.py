@@ -68,7 +68,7 @@ def test_the_full_session_over_the_real_sdk(world, e2b):
         ({"kind": "create_error", "status": 500, "count": None}, SandboxUnavailable, "E2B failed to create a sandbox"),
         ({"kind": "create_error", "status": 429, "count": None}, SandboxUnavailable, "rate limit"),
         ({"kind": "gateway_error", "message": "docker: image pull failed"}, SandboxError, "MCP gateway failed to start"),
-        ({"kind": "vanish", "match": "claude -p"}, SandboxError, "is gone"),
+        ({"kind": "vanish", "match": "claude --input-format"}, SandboxError, "is gone"),
     ],
     ids=["create-401", "create-500", "create-429", "gateway-start", "vanished-mid-run"],
 )
@@ -89,7 +89,7 @@ def test_a_transient_create_error_is_retried_without_a_second_sandbox(e2b):
 
 def test_a_hanging_claude_is_killed_at_its_timeout(e2b, monkeypatch):
     monkeypatch.setenv("CLAUDE_TIMEOUT_SECONDS", "5")
-    e2b.inject("hang", match="claude -p")
+    e2b.inject("hang", match="claude --input-format")
     exc = failure(run())
     assert isinstance(exc, ClaudeError)
     assert "ran past its 5 s timeout" in str(exc)
