@@ -63,7 +63,9 @@ class Settings(BaseSettings):
 
     claude_model: str | None = Field(None, description="Model for Claude Code; unset = the CLI's default.")
     claude_max_turns: int = Field(12, ge=1, le=200)
-    claude_timeout_seconds: float = Field(600, gt=0, description="Kills the headless `claude` run past this (approval waits come on top).")
+    claude_timeout_seconds: float = Field(
+        600, gt=0, description="Kills the headless `claude` run past this (approval waits come on top)."
+    )
     mcp_timeout_ms: int = Field(30_000, ge=1000, description="Claude's wait for MCP servers at start.")
     gateway_ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for the gateway to list its tools.")
     flow_timeout_seconds: float = Field(

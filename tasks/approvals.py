@@ -10,6 +10,7 @@ tears its sandbox down as on any failure.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -53,6 +54,11 @@ def approval_form(request: ApprovalRequest) -> type[RunInput]:
     return form
 
 
+def pause_key(request: ApprovalRequest) -> str:
+    """The pause's key, from Claude's id for the call (input keys take only letters, digits and dashes)."""
+    return "approval-" + (re.sub(r"[^a-z0-9-]+", "-", request.tool_use_id.lower()) or uuid.uuid4().hex)
+
+
 def run_page(flow_run_id: uuid.UUID) -> str:
     ui = PREFECT_UI_URL.value()
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else f"flow run {flow_run_id}"
@@ -70,7 +76,7 @@ class PrefectUIApprover:
         flow_run_id = context.flow_run.id
         form = approval_form(request)
         paused = Paused(timeout_seconds=int(timeout) + PAUSE_MARGIN_SECONDS, reschedule=False,
-                        pause_key=f"approval-{request.tool_use_id or uuid.uuid4().hex}")
+                        pause_key=pause_key(request))
         keyset = keyset_from_paused_state(paused)
         paused.state_details.run_input_keyset = keyset
         logger = get_run_logger()

@@ -6,10 +6,13 @@ environment, before Prefect or the product reads either.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,3 +72,60 @@ async def latest_artifact(key: str) -> str:
 
 def sandbox_dirs() -> list[str]:
     return sorted(p.name for p in SANDBOX_ROOT.iterdir()) if SANDBOX_ROOT.exists() else []
+
+
+class Person:
+    """Someone who answers the approval form of the flow run named `run_name` the way the Prefect UI's form does:
+    waits (in a thread) until the run is Paused, reads the form's fields and defaults (`form`), then resumes the run
+    with the defaults and `answer` over them. `answers` > 1 answers that many pauses in turn."""
+
+    def __init__(self, run_name: str, answer: dict, answers: int = 1, timeout: float = 240) -> None:
+        self.run_name, self.answer, self.answers, self.timeout = run_name, answer, answers, timeout
+        self.form: dict = {}
+        self.forms: list[dict] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        # the test's Prefect settings (the harness's API) live in context variables: the thread gets a copy
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._play,), daemon=True)
+
+    def __enter__(self) -> "Person":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        if self.error and exc_info[0] is None:
+            raise self.error
+        assert exc_info[0] is not None or len(self.forms) == self.answers, f"answered {len(self.forms)} form(s)"
+
+    def _play(self) -> None:
+        try:
+            asyncio.run(self._answer_all())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            self.error = exc
+
+    async def _answer_all(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+        from prefect.flow_runs import aresume_flow_run
+        from prefect.input.actions import aread_flow_run_input
+
+        deadline = time.monotonic() + self.timeout
+        async with get_client() as client:
+            while len(self.forms) < self.answers and not self._stop.is_set():
+                assert time.monotonic() < deadline, f"{self.run_name} never paused for approval"
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[self.run_name])))
+                paused = [r for r in runs if r.state and r.state.is_paused()]
+                if not paused:
+                    await asyncio.sleep(0.2)
+                    continue
+                run = paused[0]
+                keyset = run.state.state_details.run_input_keyset
+                schema = await aread_flow_run_input(keyset["schema"], flow_run_id=run.id)
+                self.form = {name: field.get("default") for name, field in schema["properties"].items()}
+                self.forms.append(self.form)
+                await aresume_flow_run(run.id, run_input={**self.form, **self.answer})
+                while (await client.read_flow_run(run.id)).state.is_paused():
+                    await asyncio.sleep(0.1)
