@@ -12,6 +12,7 @@ create task, so Prefect stores only names.
 # parameter models' annotations to validate a deployment run's parameters.
 
 import argparse
+import sys
 from pathlib import Path
 
 from prefect import flow
@@ -97,13 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         prompt = args.prompt if args.prompt is not None else cli.read_text(args.prompt_file, "--prompt-file")
         mcp = read_config_argument(args.mcp, "--mcp")
         policy = cli.policy_from(args)
-        plan_session(  # every check, before Prefect starts
+        plan = plan_session(  # every check, before Prefect starts
             load_settings(), prompt, mcp, backend=args.backend, allowed_tools=args.allowed_tools, policy=policy,
             bypass_permissions=args.bypass_permissions, flow_timeout_seconds=agent_session.timeout_seconds,
         )
         request = cli.build(SessionRequest, prompt=prompt, mcp=mcp, allowed_tools=args.allowed_tools,
                             bypass_permissions=args.bypass_permissions, policy=policy)
-        return cli.run_flow(lambda: agent_session(request, args.backend), agent_session.timeout_seconds)
+        approvals, approver = cli.approvals_up_front(plan, args)
+        print(approvals, file=sys.stderr)
+        return cli.run_flow(lambda: agent_session(request, args.backend), agent_session.timeout_seconds, approver)
 
     return cli.run(start, args, human=report.session_lines)
 

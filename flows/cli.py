@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agentbox.approvals import Approver, TerminalApprover, terminal_approver
 from agentbox.errors import AgentboxError, ConfigError, RunTimedOut, one_line
+from agentbox.plan import SessionPlan
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import BACKENDS
 
@@ -62,6 +64,29 @@ def policy_from(args: argparse.Namespace) -> RunPolicy | None:
     return parse_policy(POLICY_FLAGS, "See --help.", **{name: getattr(args, name) for name in POLICY_FLAGS})
 
 
+def approvals_up_front(plan: SessionPlan, args: argparse.Namespace) -> tuple[str, Approver | None]:
+    """Who will answer the run's approvals (the terminal's approver with --approve), said in a line before the run
+    starts. A run that needs a person and can reach none (no --approve, no Prefect server with a UI) is refused
+    here, in one line, before anything is created."""
+    patterns = ", ".join(plan.policy.require_approval)
+    if not patterns:
+        return "Approvals: none needed (the run policy lets the agent use its tools without asking).", None
+    silence = f"silence after {plan.policy.approval_timeout_seconds} s means {plan.policy.on_silence}"
+    if args.approve:
+        return f"Approvals: calls of {patterns} are asked on this terminal ({silence}).", TerminalApprover()
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    if not PREFECT_API_URL.value():
+        raise ConfigError(
+            f"Calls of {patterns} need a person's approval, and this run has nobody to ask (no terminal, no "
+            "Prefect server).",
+            "Pass --approve to answer here, set PREFECT_API_URL to a Prefect server to answer in its UI, or "
+            "--require-approval '' to let the agent call them unasked.",
+        )
+    where = PREFECT_UI_URL.value() or PREFECT_API_URL.value()
+    return f"Approvals: calls of {patterns} wait for a person on the run's page at {where} ({silence}).", None
+
+
 def read_text(path: Path, option: str) -> str:
     """A text file named on the command line, as UTF-8; anything else is one ConfigError naming the option."""
     try:
@@ -88,10 +113,12 @@ def build(model: type[BaseModel], **values: object) -> BaseModel:
         raise ConfigError(f"Invalid option ({problems}).", "See --help.") from None
 
 
-def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_seconds: float | None) -> BaseModel:
+def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_seconds: float | None,
+             approver: Approver | None = None) -> BaseModel:
     """Run a flow from the command line. With no PREFECT_API_URL it runs on Prefect's temporary server, which
     nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap).
-    Prefect's timeouts become our own errors here, at the boundary, saying which timeout it was."""
+    Prefect's timeouts become our own errors here, at the boundary, saying which timeout it was. `approver`, when
+    given, answers the run's approvals instead of the Prefect UI (the terminal's, with --approve)."""
     from prefect.flow_engine import FlowRunTimeoutError
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
     from prefect.task_engine import TaskRunTimeoutError
@@ -100,6 +127,8 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
     from tasks.sandbox import ensure_sandbox_limit
 
     async def main() -> BaseModel:
+        if approver is not None:
+            terminal_approver.set(approver)
         if not PREFECT_API_URL.value():
             await ensure_sandbox_limit(load_settings())
         try:

@@ -194,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             rehearsal_backend(args.backend)
             enter_private_network_if_needed("flows.notion_to_github", sys.argv[1:] if argv is None else argv)
             stand_ins = rehearsal_stand_ins()  # placeholders: the stage itself starts inside the flow run
-        plan_session(  # every check, before Prefect starts
+        plan = plan_session(  # every check, before Prefect starts
             load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
             backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
             default_policy=POLICY, flow_timeout_seconds=notion_to_github.timeout_seconds,
         )
+        approvals, approver = cli.approvals_up_front(plan, args)
+        print(approvals, file=sys.stderr)
         return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend, policy),
-                            notion_to_github.timeout_seconds)
+                            notion_to_github.timeout_seconds, approver)
 
     return cli.run(start, args, human=human_lines)
 

@@ -21,12 +21,13 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field, computed_field
 
 from agentbox.claude import GATEWAY_NAME, AgentRun
-from agentbox.errors import AgentboxError, PolicyViolation, RunTimedOut, one_line
+from agentbox.errors import AgentboxError, PolicyViolation, RunCancelled, RunTimedOut, one_line
 from agentbox.plan import SessionPlan, plan_session
 from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import Settings, redact
+from tasks.approvals import end_cancelled
 from tasks.claude import check_run, register_claude, run_prompt
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
@@ -213,6 +214,8 @@ async def reported(key: str, result: SessionResult, settings: Settings) -> Async
             exc = RunTimedOut.after(timeout)
         why = str(exc) if isinstance(exc, AgentboxError) else f"{type(exc).__name__}: {one_line(exc)}"
         await asyncio.shield(session_artifact(key, result, error=redact(why, settings.secret_values())))
+        if isinstance(exc, RunCancelled):  # seen while waiting for a person: the run ends as the person asked
+            await asyncio.shield(end_cancelled(why))
         raise
     await session_artifact(key, result, extra=extra)
 

@@ -21,6 +21,9 @@ os.environ["PREFECT_HOME"] = str(SESSION_DIR / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
 os.environ["LOCAL_SANDBOX_ROOT"] = str(SESSION_DIR / "sandboxes")
+# Runs answer no approvals unless a test asks for them (tests/test_approvals.py sets its own policy): this is how a
+# user runs unattended, and the default (notion_to_github asks a person before create_issue) is tested on its own.
+os.environ["POLICY_REQUIRE_APPROVAL"] = ""
 for _name in ("E2B_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN",
               "SANDBOX_BACKEND", "LOCAL_MCP_CATALOG"):
     os.environ.pop(_name, None)
@@ -77,9 +80,10 @@ def sandbox_dirs() -> list[str]:
 class Person:
     """Someone who answers the approval form of the flow run named `run_name` the way the Prefect UI's form does:
     waits (in a thread) until the run is Paused, reads the form's fields and defaults (`form`), then resumes the run
-    with the defaults and `answer` over them. `answers` > 1 answers that many pauses in turn."""
+    with the defaults and `answer` over them. `answers` > 1 answers that many pauses in turn; an answer of None
+    cancels the run instead, as the UI's Cancel button does."""
 
-    def __init__(self, run_name: str, answer: dict, answers: int = 1, timeout: float = 240) -> None:
+    def __init__(self, run_name: str, answer: dict | None, answers: int = 1, timeout: float = 240) -> None:
         self.run_name, self.answer, self.answers, self.timeout = run_name, answer, answers, timeout
         self.form: dict = {}
         self.forms: list[dict] = []
@@ -110,6 +114,7 @@ class Person:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
         from prefect.flow_runs import aresume_flow_run
         from prefect.input.actions import aread_flow_run_input
+        from prefect.states import Cancelling
 
         deadline = time.monotonic() + self.timeout
         async with get_client() as client:
@@ -126,6 +131,9 @@ class Person:
                 schema = await aread_flow_run_input(keyset["schema"], flow_run_id=run.id)
                 self.form = {name: field.get("default") for name, field in schema["properties"].items()}
                 self.forms.append(self.form)
+                if self.answer is None:
+                    await client.set_flow_run_state(run.id, Cancelling(), force=True)
+                    return
                 await aresume_flow_run(run.id, run_input={**self.form, **self.answer})
                 while (await client.read_flow_run(run.id)).state.is_paused():
                     await asyncio.sleep(0.1)

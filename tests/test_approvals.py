@@ -9,14 +9,20 @@ must be what happened at GitHub's stand-in, in the run's log and in its artifact
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
-from agentbox.errors import ApprovalDenied
+from agentbox.errors import ApprovalDenied, RunCancelled
 from agentbox.policy import RunPolicy
 from agentbox.rehearsal.seed import notion_to_github_script
 from flows.notion_to_github import IssueRequest, notion_to_github
-from tests.support import Person, latest_artifact
+from tests.support import WORKDIR, Person, latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -86,3 +92,92 @@ def test_silence_denies_by_default_and_approves_when_the_policy_says_so(world):
                                          on_silence="approve"))
     assert state.is_completed(), state.result(raise_on_failure=False)
     assert [i["title"] for i in world.issues("octo/silent")] == ["T"]
+
+
+def test_a_run_cancelled_while_it_waits_tears_its_sandbox_down(world):
+    world.play(notion_to_github_script("octo", "cancelled", "T", "B"))
+    with Person("notion-to-github octo/cancelled", None):
+        state = run("octo/cancelled")
+
+    assert state.is_cancelled(), state
+    assert isinstance(state.result(raise_on_failure=False), RunCancelled)
+    assert "cancelled while it waited for approval" in str(state.result(raise_on_failure=False))
+    assert world.issues("octo/cancelled") == []
+    sandbox = state.state_details.flow_run_id and asyncio.run(latest_artifact("notion-to-github"))
+    assert "FAILED: The run was cancelled while it waited for approval" in sandbox
+    assert world.alive() == set()
+
+
+class Terminal:
+    """A command run on a pseudo-terminal (its stdin and stderr, where it asks), stdout kept apart for the result."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.primary, secondary = os.openpty()
+        self.proc = subprocess.Popen(command, cwd=WORKDIR, env=env, stdin=secondary, stderr=secondary,
+                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        os.close(secondary)
+        self.screen = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.primary, 4096)
+            except OSError:  # the command closed its side
+                return
+            if not data:
+                return
+            self.screen += data.decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.screen:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before showing {text!r}: {self.screen[-3000:]}"
+            assert time.monotonic() < deadline, f"never showed {text!r}: {self.screen[-3000:]}"
+            time.sleep(0.1)
+
+    def type(self, line: str) -> None:
+        os.write(self.primary, line.encode() + b"\n")
+
+    def finish(self, timeout: float = 180) -> tuple[int, str]:
+        stdout, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(5)
+        os.close(self.primary)
+        return self.proc.returncode, stdout
+
+
+@pytest.mark.parametrize("world", ["local"], indirect=True)
+@pytest.mark.parametrize("answer", ["y", "n not on this repository"])
+def test_the_cli_asks_on_its_terminal_with_approve(world, monkeypatch, answer):
+    """`--approve` shows the call and its arguments on the terminal and takes y or n (and a reason)."""
+    from prefect.settings import PREFECT_API_URL
+
+    repo = f"octo/terminal-{answer[0]}"
+    world.play(notion_to_github_script("octo", repo.split("/")[1], "T", "B"))
+    monkeypatch.delenv("POLICY_REQUIRE_APPROVAL")  # the mission's own policy: create_issue needs a person
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    terminal = Terminal([sys.executable, "-m", "flows.notion_to_github", "--repo", repo, "--title", "T", "--body",
+                         "B", "--approve"], env)
+    try:
+        terminal.wait_for("Approvals: calls of create_issue are asked on this terminal (silence after 3600 s means "
+                          "deny).")
+        terminal.wait_for("Allow create_issue? [y/n, or n followed by a reason]")
+        assert f'The agent wants to call create_issue on githubOfficial with:\r\n{{\r\n  "body": "B",' in terminal.screen
+        terminal.type(answer)
+        code, stdout = terminal.finish()
+    finally:
+        if terminal.proc.poll() is None:
+            os.killpg(terminal.proc.pid, signal.SIGTERM)
+            terminal.proc.wait(60)
+    if answer == "y":
+        assert code == 0, terminal.screen[-3000:]
+        assert f"Issue: https://github.com/{repo}/issues/1" in stdout
+        assert [i["title"] for i in world.issues(repo)] == ["T"]
+        assert "ALLOWED mcp__gateway__create_issue by a person (terminal)" in terminal.screen
+    else:
+        assert code != 0 and stdout == ""
+        assert world.issues(repo) == []
+        assert terminal.screen.rstrip().splitlines()[-1] == (
+            "error: create_issue was not approved: a person denied it on the terminal (not on this repository). "
+            "Run it again to ask again; see the run's artifact for every decision.")

@@ -14,11 +14,13 @@ from tests.support import WORKDIR, sandbox_dirs
 CREDENTIALS = {"ANTHROPIC_API_KEY": "sk-x", "NOTION_INTEGRATION_TOKEN": "ntn-x", "GITHUB_TOKEN": "ghp-x"}
 
 
-def cli(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def cli(module: str, *args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in CREDENTIALS}
     environment.update(env or {})
+    environment = {k: v for k, v in environment.items() if v is not None}  # None: unset
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=WORKDIR, env=environment, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module, *args], cwd=WORKDIR, env=environment, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120,
     )
 
 
@@ -150,3 +152,20 @@ def test_a_malformed_policy_tool_is_refused():
         cli("flows.notion_to_github", "--repo", "octo/demo", "--tools", "create_issue,rm -rf /", env=CREDENTIALS),
         "Invalid --tools (not tool names: 'rm -rf /')",
     )
+
+
+def test_a_run_that_needs_a_person_and_has_nobody_to_ask_is_refused():
+    """notion_to_github asks a person before create_issue; from a command line with neither --approve nor a Prefect
+    server behind it, nobody could answer."""
+    env = {**CREDENTIALS, "POLICY_REQUIRE_APPROVAL": None, "PREFECT_API_URL": None}
+    assert_one_line_error(
+        cli("flows.notion_to_github", "--repo", "octo/demo", env=env),
+        "Calls of create_issue need a person's approval, and this run has nobody to ask",
+        "Pass --approve to answer here, set PREFECT_API_URL",
+    )
+
+
+def test_approve_without_a_terminal_is_refused():
+    env = {**CREDENTIALS, "POLICY_REQUIRE_APPROVAL": None}
+    assert_one_line_error(cli("flows.notion_to_github", "--repo", "octo/demo", "--approve", env=env),
+                          "--approve asks on a terminal, and standard input is not one.")

@@ -16,7 +16,7 @@ from agentbox.settings import load_settings
 def credentials(monkeypatch):
     for name in ("ANTHROPIC_API_KEY", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN"):
         monkeypatch.setenv(name, "x-not-used")
-    for name in ("POLICY_TOOLS", "POLICY_ALLOW_COMMANDS"):
+    for name in ("POLICY_TOOLS", "POLICY_ALLOW_COMMANDS", "POLICY_REQUIRE_APPROVAL"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -33,9 +33,45 @@ def test_the_default_policy_lets_claude_use_the_servers_tools_and_no_command():
 
 def test_the_mission_policy_becomes_claudes_allow_list_and_what_readiness_waits_for():
     decided = plan(default_policy=POLICY)
-    assert decided.claude.allowed_tools == tuple(f"mcp__gateway__{t}" for t in POLICY.tools)
+    # create_issue needs a person: it is served, but left out of Claude's list so that Claude asks before each call
+    assert decided.policy.require_approval == ["create_issue"]
+    assert decided.claude.allowed_tools == tuple(f"mcp__gateway__{t}" for t in POLICY.tools if t != "create_issue")
     assert "Bash" not in decided.claude.allowed_tools
     assert decided.expected_tools == {"notion": ["API-post-search"], "githubOfficial": ["create_issue"]}
+    assert decided.timeouts.approvals == 3600
+    assert "Approval by a person before each call of: create_issue (waiting 3600 s at most in all; silence means " \
+        "deny)" in decided.policy.summary()
+
+
+def test_approval_patterns_match_gateway_tools_and_leave_them_out_of_claudes_list():
+    policy = RunPolicy(require_approval=["create_*", "API-patch-page"])
+    assert [t for t in ("create_issue", "create_pull_request", "API-patch-page", "API-post-search")
+            if policy.needs_approval(t)] == ["create_issue", "create_pull_request", "API-patch-page"]
+    assert policy.claude_tools() == ()  # every tool allowed, some asked about: the host allows the others per call
+    assert not policy.allows("mcp__gateway__create_issue") and policy.allows("mcp__gateway__API-post-search")
+    assert not policy.allows("Bash")
+    with pytest.raises(ValueError, match="not tool names or patterns: 'rm -rf'"):
+        RunPolicy(require_approval=["rm -rf"])
+
+
+def test_approvals_settings_and_flags_are_checked_in_one_line(monkeypatch):
+    monkeypatch.setenv("POLICY_ON_SILENCE", "maybe")
+    with pytest.raises(ConfigError, match=r"^Invalid POLICY_ON_SILENCE \("):
+        plan()
+    monkeypatch.setenv("POLICY_ON_SILENCE", "approve")
+    monkeypatch.setenv("POLICY_APPROVAL_TIMEOUT_SECONDS", "5")
+    with pytest.raises(ConfigError, match=r"^Invalid POLICY_APPROVAL_TIMEOUT_SECONDS \("):
+        plan()
+
+
+def test_a_run_that_may_wait_for_people_must_have_the_time_to(monkeypatch):
+    monkeypatch.setenv("FLOW_TIMEOUT_SECONDS", "1800")
+    monkeypatch.setenv("SANDBOX_TTL_SECONDS", "2000")
+    with pytest.raises(ConfigError) as info:
+        plan(default_policy=POLICY)
+    assert str(info.value).startswith("The run may wait 3600 s for approvals, plus 600 s of Claude's work, but the "
+                                      "flow times out after 1800 s. Raise FLOW_TIMEOUT_SECONDS to at least 4500")
+    assert plan(default_policy=POLICY, policy=RunPolicy(approval_timeout_seconds=600)).timeouts.approvals == 600
 
 
 def test_a_run_policy_wins_over_the_settings_which_win_over_the_workflow(monkeypatch):
@@ -43,8 +79,8 @@ def test_a_run_policy_wins_over_the_settings_which_win_over_the_workflow(monkeyp
     assert plan(default_policy=POLICY).policy.tools == ["API-post-search", "API-retrieve-a-page"]
     run = RunPolicy(tools=["create_issue"], allow_commands=True)
     decided = plan(default_policy=POLICY, policy=run)
-    assert decided.policy == run
-    assert decided.claude.allowed_tools == ("mcp__gateway__create_issue", "Bash")
+    assert decided.policy == run.model_copy(update={"require_approval": ["create_issue"]})  # field by field
+    assert decided.claude.allowed_tools == ("Bash",)  # create_issue is asked about, call by call
     assert decided.expected_tools == {"githubOfficial": ["create_issue"]}  # notion's proving tool is not served
 
 

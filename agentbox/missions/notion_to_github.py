@@ -20,13 +20,14 @@ MCP = {
     "notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"},
     "githubOfficial": {"githubPersonalAccessToken": "${GITHUB_TOKEN}"},
 }
-# What the mission needs, and no more: Notion's reading and search tools, and opening one issue. Every other GitHub
-# and Notion write (about a hundred tools) stays out of the agent's reach, whatever a page it reads tells it.
+# What the mission needs, and no more: Notion's reading and search tools, and opening one issue, which a person
+# approves (the agent reads untrusted pages before it writes). Every other GitHub and Notion write (about a hundred
+# tools) stays out of the agent's reach, whatever a page it reads tells it.
 POLICY = RunPolicy(tools=[
     "API-post-search", "API-retrieve-a-database", "API-retrieve-a-data-source", "API-query-data-source",
     "API-retrieve-a-page", "API-retrieve-page-markdown", "API-get-block-children", "API-retrieve-a-block",
     "create_issue",
-])
+], require_approval=["create_issue"])
 REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 NOTION_SEARCH = "API-post-search"
 
