@@ -21,13 +21,16 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from agentbox.claude import GATEWAY_NAME, PermissionDecision, PermissionRequest, split_tool_name
+from agentbox.claude import (
+    GATEWAY_NAME,
+    STRUCTURED_OUTPUT_TOOL,
+    PermissionDecision,
+    PermissionRequest,
+    split_tool_name,
+)
 from agentbox.errors import ConfigError, RunCancelled, one_line
 from agentbox.policy import BLOCKED, RunPolicy
 from agentbox.settings import redact
-
-STRUCTURED_OUTPUT_TOOL = "StructuredOutput"  # how Claude hands over its answer when a JSON schema is asked for
-
 
 class ApprovalRequest(BaseModel, frozen=True):
     """A call a person must approve: which server's tool, with which arguments (secrets redacted)."""

@@ -23,6 +23,7 @@ GATEWAY_NAME = "gateway"
 MODEL_KEY_ENV = "ANTHROPIC_API_KEY"  # how Claude Code finds the model key, and where
 MODEL_URL_ENV = "ANTHROPIC_BASE_URL"
 TOKEN_ENV = "AGENTBOX_GATEWAY_TOKEN"
+STRUCTURED_OUTPUT_TOOL = "StructuredOutput"  # how Claude hands over its answer when a JSON schema is asked for
 MAX_OUTPUT_KEPT = 65_536
 
 

@@ -11,13 +11,14 @@ plan, so the same code runs against them.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from agentbox.claude import MODEL_KEY_ENV, MODEL_URL_ENV, ClaudeOptions
-from agentbox.errors import ConfigError
+from agentbox.errors import ConfigError, one_line
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
 from agentbox.sandboxes.base import DEFAULT_MODEL_URL, Network
@@ -145,6 +146,9 @@ def plan_session(
     adapter.check_network(options, Network(allow=policy.egress))
     waits = float(policy.approval_timeout_seconds) if policy.require_approval else 0.0
     check_room_for_approvals(waits, settings.claude_timeout_seconds, flow_timeout)
+    if output_schema is not None and (problem := output_schema_problem(output_schema)):
+        raise ConfigError(f"Invalid output schema: {problem}.", "Pass a JSON Schema object, e.g. "
+                          '{"type": "object", "properties": {"summary": {"type": "string"}}}.')
     claude = ClaudeOptions(max_turns=settings.claude_max_turns, model=settings.claude_model,
                            bypass_permissions=bypass_permissions, max_budget_usd=policy.budget_usd,
                            json_schema=output_schema,
@@ -229,6 +233,24 @@ def allowed_expected_tools(expected: dict[str, list[str]], policy: RunPolicy) ->
     allowed = set(policy.tools)
     kept = {server: [t for t in tools if t in allowed] for server, tools in expected.items()}
     return {server: tools for server, tools in kept.items() if tools}
+
+
+MAX_OUTPUT_SCHEMA_BYTES = 50_000
+
+
+def output_schema_problem(schema: Any) -> str | None:
+    """What is wrong with a JSON Schema asked of the agent's answer, if anything."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        return "the output schema must be a JSON object (a JSON Schema)"
+    if len(json.dumps(schema)) > MAX_OUTPUT_SCHEMA_BYTES:
+        return f"the output schema is over {MAX_OUTPUT_SCHEMA_BYTES:,} bytes"
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"the output schema is not a valid JSON Schema ({one_line(exc.message, limit=200)})"
+    return None
 
 
 def check_prompt(prompt: Any) -> None:

@@ -14,13 +14,14 @@ create task, so Prefect stores only names.
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentbox.gateway.catalog import read_config_argument
-from agentbox.plan import MAX_PROMPT_CHARS, plan_session
+from agentbox.plan import MAX_PROMPT_CHARS, output_schema_problem, plan_session
 from agentbox.policy import RunPolicy
 from agentbox.settings import configured_flow_timeout, load_settings
 from flows import cli, report
@@ -49,6 +50,26 @@ class SessionRequest(BaseModel):
         None, description="Claude Code's own --allowedTools, as is (default: the policy's)."
     )
     bypass_permissions: bool = Field(False, description="Let Claude use every tool without asking.")
+    output_schema: dict[str, Any] | None = Field(
+        None, description="A JSON Schema the agent's final answer must match (Claude Code's --json-schema); the "
+        "result's run.structured_output then holds it, checked. Python callers may pass a pydantic model class.",
+        examples=[{"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}],
+    )
+
+    @field_validator("output_schema", mode="before")
+    @classmethod
+    def _schema_of_a_model(cls, value: Any) -> Any:
+        """A pydantic model class stands for its JSON Schema."""
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value.model_json_schema()
+        return value
+
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None and (problem := output_schema_problem(schema)):
+            raise ValueError(problem)
+        return schema
 
 
 def run_name() -> str:
@@ -76,7 +97,8 @@ async def agent_session(request: SessionRequest, backend: BackendName | None = N
     result = SessionResult(backend=backend or settings.backend)
     async with reported("agent-session", result, settings):
         plan = plan_this_run(settings, request.prompt, request.mcp, backend=backend, policy=request.policy,
-                             allowed_tools=request.allowed_tools, bypass_permissions=request.bypass_permissions)
+                             allowed_tools=request.allowed_tools, bypass_permissions=request.bypass_permissions,
+                             output_schema=request.output_schema)
         await run_session(plan, result)
     return result
 
@@ -90,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-tools", nargs="*", default=None,
                         help="tools Claude may use (default: the gateway's)")
     parser.add_argument("--bypass-permissions", action="store_true", help="let Claude use every tool without asking")
+    parser.add_argument("--output-schema", default=None, metavar="SCHEMA",
+                        help="a JSON Schema (JSON or @file) the final answer must match; printed as structured output")
     cli.add_policy_arguments(parser)
     cli.add_common_arguments(parser)
     args = parser.parse_args(argv)
@@ -97,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     def start() -> SessionResult:
         prompt = args.prompt if args.prompt is not None else cli.read_text(args.prompt_file, "--prompt-file")
         mcp = read_config_argument(args.mcp, "--mcp")
+        schema = read_config_argument(args.output_schema, "--output-schema") if args.output_schema else None
         policy = cli.policy_from(args)
         plan = plan_session(  # every check, before Prefect starts
             load_settings(), prompt, mcp, backend=args.backend, allowed_tools=args.allowed_tools, policy=policy,
             bypass_permissions=args.bypass_permissions, flow_timeout_seconds=agent_session.timeout_seconds,
+            output_schema=schema,
         )
         request = cli.build(SessionRequest, prompt=prompt, mcp=mcp, allowed_tools=args.allowed_tools,
-                            bypass_permissions=args.bypass_permissions, policy=policy)
+                            bypass_permissions=args.bypass_permissions, policy=policy, output_schema=schema)
         approvals, approver = cli.approvals_up_front(plan, args)
         print(approvals, file=sys.stderr)
         return cli.run_flow(lambda: agent_session(request, args.backend), agent_session.timeout_seconds, approver)

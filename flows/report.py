@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from flows.session import REHEARSAL_BANNER, SessionResult
 
 
@@ -19,4 +21,6 @@ def session_lines(result: SessionResult) -> list[str]:
         "Agent answer:",
         result.run.result,
     ]
+    if result.run.structured_output is not None:
+        lines += ["", "Structured output:", json.dumps(result.run.structured_output, indent=2, ensure_ascii=False)]
     return lines

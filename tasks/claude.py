@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from prefect import get_run_logger
-
 import jsonschema
+from prefect import get_run_logger
 
 from agentbox.approvals import PermissionHost
 from agentbox.claude import (
     GATEWAY_NAME,
+    STRUCTURED_OUTPUT_TOOL,
     TOKEN_ENV,
     AgentRun,
     InitEvent,
@@ -237,14 +237,19 @@ def check_run(run: AgentRun, plan: SessionPlan) -> None:
             "Allow them with --allowed-tools if they are wanted.",
         )
     if options.json_schema is not None:
-        check_structured_output(run.structured_output, options.json_schema)
+        check_structured_output(run, options.json_schema)
 
 
-def check_structured_output(output: object, schema: dict) -> None:
-    """The answer must be there and match the requested JSON Schema."""
+def check_structured_output(run: AgentRun, schema: dict) -> None:
+    """The answer must be there and match the requested JSON Schema (Claude Code checks it too; this does not rely
+    on that)."""
+    output = run.structured_output
     if output is None:
-        raise ClaudeError("Claude Code gave no structured output although the run asked for one.",
-                          "See the run's logs; the model must finish with the requested JSON.")
+        attempts = [c for c in run.tool_calls if c.name == STRUCTURED_OUTPUT_TOOL]
+        why = (f"its last of {len(attempts)} attempt(s) was refused: {one_line(attempts[-1].output, limit=200)}"
+               if attempts else "the agent never gave one")
+        raise ClaudeError(f"Claude Code gave no valid structured output ({why}).",
+                          "See the run's logs; the model must finish with JSON matching the output schema.")
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(output))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"

@@ -163,7 +163,7 @@ def test_the_cli_asks_on_its_terminal_with_approve(world, monkeypatch, answer):
         terminal.wait_for("Approvals: calls of create_issue are asked on this terminal (silence after 3600 s means "
                           "deny).")
         terminal.wait_for("Allow create_issue? [y/n, or n followed by a reason]")
-        assert f'The agent wants to call create_issue on githubOfficial with:\r\n{{\r\n  "body": "B",' in terminal.screen
+        assert 'The agent wants to call create_issue on githubOfficial with:\r\n{\r\n  "body": "B",' in terminal.screen
         terminal.type(answer)
         code, stdout = terminal.finish()
     finally:

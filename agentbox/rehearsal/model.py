@@ -66,6 +66,9 @@ class Step(BaseModel):
     text: str | None = None
     error: ErrorSpec | None = None
     hang_seconds: float | None = Field(default=None, ge=0)
+    usage: dict[str, int] | None = Field(
+        default=None, description="Token counts to report for this turn (input_tokens, output_tokens, ...) instead "
+        "of the estimate from its size: a run's spend climbing as a test wants.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -375,6 +378,7 @@ def model_app(script: ModelScript) -> Starlette:
                 "output_tokens": _estimate_tokens(content),
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0,
+                **(step.usage or {}),
             },
         }
         headers = {"request-id": request_id}
