@@ -25,9 +25,11 @@ from agentbox.missions.notion_to_github import (
     DEFAULT_BODY,
     DEFAULT_TITLE,
     MCP,
+    OUTPUT_SCHEMA,
     POLICY,
     REPO,
     build_prompt,
+    check_answer,
     created_issue,
     notion_databases,
     parse_repo,
@@ -120,13 +122,14 @@ async def notion_to_github(
     async with reported("notion-to-github", result, settings) as extra:
         with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
             plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins,
-                                 policy=policy, default_policy=POLICY)
+                                 policy=policy, default_policy=POLICY, output_schema=OUTPUT_SCHEMA)
             try:
                 await run_session(plan, result)
             finally:
                 recorded = recorded_issues(stage)
         issue_url, number = created_issue(result.run, owner, name)
         databases = notion_databases(result.run)
+        check_answer(result.run, issue_url, databases)
         extra += [f"- Issue: [{owner}/{name}#{number}]({issue_url})",
                   f"- Notion databases: {', '.join(databases) or 'none'}"]
     return NotionToGithubResult(
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_session(  # every check, before Prefect starts
             load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
             backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
-            default_policy=POLICY, flow_timeout_seconds=notion_to_github.timeout_seconds,
+            default_policy=POLICY, flow_timeout_seconds=notion_to_github.timeout_seconds, output_schema=OUTPUT_SCHEMA,
         )
         approvals, approver = cli.approvals_up_front(plan, args)
         print(approvals, file=sys.stderr)

@@ -18,9 +18,9 @@ def session_lines(result: SessionResult) -> list[str]:
         f"Turns: {result.run.num_turns}, cost: {result.cost()}, steps: "
         + ", ".join(f"{k} {v:.2f}s" for k, v in result.steps.items()),
         "",
-        "Agent answer:",
-        result.run.result,
     ]
-    if result.run.structured_output is not None:
-        lines += ["", "Structured output:", json.dumps(result.run.structured_output, indent=2, ensure_ascii=False)]
+    if result.run.structured_output is not None:  # Claude Code's result is then that JSON, on one line
+        lines += ["Agent answer (structured):", json.dumps(result.run.structured_output, indent=2, ensure_ascii=False)]
+    else:
+        lines += ["Agent answer:", result.run.result]
     return lines

@@ -45,7 +45,7 @@ def test_the_full_session_over_the_real_sdk(world, e2b):
     assert result.issue_url == f"https://github.com/octo/e2b/issues/{before + 1}"
     assert world.issues("octo/e2b")[-1]["title"] == "T"
     assert result.session.backend == "e2b"
-    assert [c.tool for c in result.session.run.tool_calls] == ["API-post-search", "create_issue"]
+    assert [c.tool for c in result.session.run.tool_calls] == ["API-post-search", "create_issue", "StructuredOutput"]
 
     creates = [r for r in e2b.requests if r.method == "POST" and r.path == "/v2/sandboxes"]
     body = creates[-1].json

@@ -35,9 +35,10 @@ def test_notion_to_github_rehearsal_opens_the_issue_in_the_github_stand_in():
     assert [(c.server, c.tool, c.ok) for c in calls] == [
         ("gateway", "API-post-search", True),
         ("gateway", "create_issue", True),
+        ("", "StructuredOutput", True),  # the typed answer, checked against the two calls before it
     ]
     assert result.session.run.mcp_servers == {"gateway": "connected"}
-    assert result.turns == 3
+    assert result.turns == 4
     assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
     assert result.session.tools == len(POLICY.tools)  # the mission's tools of notion's and github's, one gateway
     assert "octo-org/demo-repo" in result.answer
@@ -74,6 +75,6 @@ def test_cli_human_output_follows_the_seed():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert out.startswith("REHEARSAL")
-    for expected in ("Sandbox created: local-", "MCP gateway: http://127.0.0.1:", "Claude connected", "Agent answer:",
+    for expected in ("Sandbox created: local-", "MCP gateway: http://127.0.0.1:", "Claude connected", "Agent answer (structured):",
                      "Issue: https://github.com/octo/human/issues/1"):
         assert expected in out

@@ -43,9 +43,12 @@ def test_notion_to_github_opens_the_issue(world):
     assert (issue["number"], issue["title"]) == (number, "Weekly summary")
     assert issue["body"].startswith("From the agent.")
     assert result.notion_databases == DATABASES
+    # the typed answer (--json-schema), checked against the calls: the URL GitHub returned, the databases found
+    assert result.session.run.structured_output == {"issue_url": result.issue_url, "notion_databases": DATABASES}
     assert [(c.server, c.tool, c.ok) for c in result.session.run.tool_calls] == [
         ("gateway", "API-post-search", True),
         ("gateway", "create_issue", True),
+        ("", "StructuredOutput", True),
     ]
     assert result.session.run.mcp_servers == {"gateway": "connected"}
     assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
@@ -91,7 +94,7 @@ def test_the_cli_reports_the_run_the_same_way(world):
     sandbox_line = next(line for line in lines if line.startswith("Sandbox created: "))
     assert sandbox_line.endswith(f"({world.backend})")
     assert "Claude connected to the gateway" in lines
-    assert "Tool calls: API-post-search, create_issue" in lines
+    assert "Tool calls: API-post-search, create_issue, StructuredOutput" in lines
     number = len(world.issues("octo/cli"))
     assert f"Issue: https://github.com/octo/cli/issues/{number}" in lines
     assert "Notion databases: " + ", ".join(DATABASES) in lines

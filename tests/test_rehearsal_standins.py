@@ -30,6 +30,7 @@ from agentbox.rehearsal.model import (
     user_texts,
 )
 from agentbox.rehearsal.notion_api import notion_app
+from agentbox.missions.notion_to_github import OUTPUT_SCHEMA
 from agentbox.rehearsal.seed import (
     NOTION_SEARCH_DATABASE_FILTER_VALUE,
     default_notion_seed,
@@ -475,11 +476,13 @@ def test_rehearsal_end_to_end_notion_to_github(tmp_path: Path, notion: Backgroun
             "--strict-mcp-config",
             "--allowedTools",
             "mcp__notion__API-post-search,mcp__github__create_issue",
+            "--json-schema",
+            json.dumps(OUTPUT_SCHEMA),
             timeout=180,
         )
     result = [e for e in events if e.get("type") == "result"]
     assert proc.returncode == 0, proc.stderr
-    assert result and "Fix Safari login" in result[-1]["result"] and not result[-1]["is_error"]
+    assert result and not result[-1]["is_error"]
     assert [(i["owner"], i["repo"], i["title"]) for i in github.app.state.issues] == [
         ("acme", "widgets", "Fix Safari login")
     ]
@@ -491,6 +494,9 @@ def test_rehearsal_end_to_end_notion_to_github(tmp_path: Path, notion: Backgroun
         for block in e["message"]["content"]
         if block.get("type") == "tool_result"
     ]
-    assert len(tool_results) == 2 and not any(b.get("is_error") for b in tool_results)
+    assert len(tool_results) == 3 and not any(b.get("is_error") for b in tool_results)
     assert "Bug Tracker" in json.dumps(tool_results[0]["content"])
     assert "https://github.com/acme/widgets/issues/1" in json.dumps(tool_results[1]["content"])
+    # the typed answer names the URL GitHub returned ({{result:create_issue.html_url}} in the script)
+    assert result[-1]["structured_output"] == {"issue_url": "https://github.com/acme/widgets/issues/1",
+                                               "notion_databases": ["Product Roadmap", "Bug Tracker", "Meeting Notes"]}

@@ -9,7 +9,9 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from agentbox.errors import BudgetExceeded, ClaudeError
+from agentbox.claude import AgentRun
+from agentbox.errors import AgentboxError, BudgetExceeded, ClaudeError
+from agentbox.missions.notion_to_github import check_answer
 from agentbox.policy import RunPolicy
 from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
 from tests.support import latest_artifact
@@ -76,3 +78,17 @@ def test_a_run_past_its_budget_is_stopped_by_its_reported_usage(world):
     assert writes == writes_before
     markdown = asyncio.run(latest_artifact("agent-session"))
     assert "(estimated from token usage: Claude Code was stopped) of a $0.5 budget" in markdown
+
+
+def test_the_missions_typed_answer_must_agree_with_its_tool_calls():
+    url = "https://github.com/octo/x/issues/7"
+    run = AgentRun(structured_output={"issue_url": url + "/", "notion_databases": ["Bug Tracker"]})
+    assert check_answer(run, url, ["Product Roadmap", "Bug Tracker"]).issue_url == url + "/"
+
+    wrong = run.model_copy(update={"structured_output": {"issue_url": url[:-1] + "8", "notion_databases": []}})
+    with pytest.raises(AgentboxError, match=r"^The agent's answer names the issue https://github.com/octo/x/issues/8, "
+                                            r"but its create_issue call opened https://github.com/octo/x/issues/7\."):
+        check_answer(wrong, url, ["Bug Tracker"])
+    invented = run.model_copy(update={"structured_output": {"issue_url": url, "notion_databases": ["Payroll"]}})
+    with pytest.raises(AgentboxError, match="names Notion databases its searches never returned: Payroll"):
+        check_answer(invented, url, ["Bug Tracker"])

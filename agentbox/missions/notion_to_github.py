@@ -1,7 +1,8 @@
 """Search Notion, open a GitHub issue: the mission's MCP config, prompt, and verification from the agent's own calls.
 
 A run succeeds only when the agent's tool calls show a Notion search and a GitHub `create_issue` on the requested
-repository that both succeeded: its final text is never taken on trust.
+repository that both succeeded: its final text is never taken on trust, and its typed answer (the issue's URL, the
+databases) must agree with those calls.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+
+from pydantic import BaseModel, Field
 
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, ConfigError, one_line
@@ -28,6 +31,16 @@ POLICY = RunPolicy(tools=[
     "API-retrieve-a-page", "API-retrieve-page-markdown", "API-get-block-children", "API-retrieve-a-block",
     "create_issue",
 ], require_approval=["create_issue"])
+
+
+class MissionAnswer(BaseModel):
+    """The agent's typed answer (Claude Code's --json-schema), checked against its own tool calls."""
+
+    issue_url: str = Field(description="The URL of the GitHub issue you created.")
+    notion_databases: list[str] = Field(description="The titles of the Notion databases you found.")
+
+
+OUTPUT_SCHEMA = MissionAnswer.model_json_schema()
 REPO = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
 NOTION_SEARCH = "API-post-search"
 
@@ -94,3 +107,19 @@ def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
         f"GitHub refused to create the issue on {owner}/{name}: {one_line(on_repo[-1].output, limit=200)}.",
         "Check that GITHUB_TOKEN may open issues on that repository.",
     )
+
+
+def check_answer(run: AgentRun, issue_url: str, databases: list[str]) -> MissionAnswer:
+    """The typed answer must say what the tool calls did: the issue create_issue opened, and only databases the
+    Notion searches returned (a model's summary may leave some out; it may not invent one)."""
+    answer = MissionAnswer.model_validate(run.structured_output)
+    if answer.issue_url.strip().rstrip("/") != issue_url:
+        raise AgentboxError(
+            f"The agent's answer names the issue {one_line(answer.issue_url, limit=200)}, but its create_issue call "
+            f"opened {issue_url}.", "See the run's tool calls; the issue that was opened is the one in them.")
+    invented = [name for name in answer.notion_databases if name not in databases]
+    if invented:
+        raise AgentboxError(
+            f"The agent's answer names Notion databases its searches never returned: {', '.join(invented)}.",
+            "See the run's tool calls for what Notion returned.")
+    return answer

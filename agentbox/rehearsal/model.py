@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -56,7 +57,8 @@ class Step(BaseModel):
     """One model turn: a tool call, a text answer, an error, or a hang.
 
     `{"tool": name, "input": {...}}` may carry `text` said before the call; `hang_seconds` delays any step, and on
-    its own makes a step that answers with a short text after the delay (for rehearsing timeouts).
+    its own makes a step that answers with a short text after the delay (for rehearsing timeouts). A string of the
+    input written `{{result:<tool>.<field>}}` becomes that field of the tool's last result in the conversation.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -163,6 +165,44 @@ def count_tool_results(request_body: dict[str, Any]) -> int:
         for block in _blocks(message)
         if isinstance(block, dict) and block.get("type") == "tool_result"
     )
+
+
+_RESULT_REFERENCE = re.compile(r"^\{\{result:([A-Za-z0-9_-]+)\.([A-Za-z0-9_]+)\}\}$")
+
+
+def latest_results(request_body: dict[str, Any]) -> dict[str, Any]:
+    """The last result of each tool called so far, parsed as JSON where it is JSON, by the tool's name (without
+    Claude Code's `mcp__<server>__` prefix)."""
+    names: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    for message in request_body.get("messages") or []:
+        for block in _blocks(message):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use":
+                names[str(block.get("id"))] = str(block.get("name", "")).rsplit("__", 1)[-1]
+            elif block.get("type") == "tool_result" and str(block.get("tool_use_id")) in names:
+                content = block.get("content")
+                text = content if isinstance(content, str) else "".join(
+                    b.get("text", "") for b in content or [] if isinstance(b, dict))
+                try:
+                    results[names[str(block["tool_use_id"])]] = json.loads(text)
+                except ValueError:
+                    results[names[str(block["tool_use_id"])]] = text
+    return results
+
+
+def fill_results(value: Any, results: dict[str, Any]) -> Any:
+    """Replace each string `{{result:<tool>.<field>}}` by that field of the tool's last result (a step can answer
+    with what an earlier call returned, such as the URL of the issue it opened); unknown ones stay as written."""
+    if isinstance(value, str) and (match := _RESULT_REFERENCE.match(value)):
+        result = results.get(match.group(1))
+        return result.get(match.group(2), value) if isinstance(result, dict) else value
+    if isinstance(value, dict):
+        return {k: fill_results(v, results) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill_results(v, results) for v in value]
+    return value
 
 
 def resolve_tool_name(wanted: str, tools: list[dict[str, Any]]) -> str | None:
@@ -364,6 +404,8 @@ def model_app(script: ModelScript) -> Starlette:
             return Response(status_code=499)  # the client gave up; nobody reads this
         if step.error is not None:
             return error_response(step.error, request_id)
+        if step.input:
+            step = step.model_copy(update={"input": fill_results(step.input, latest_results(body))})
         content, stop_reason = _plan(step, tools)
         message = {
             "id": _message_id(),

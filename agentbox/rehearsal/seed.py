@@ -108,7 +108,9 @@ def default_notion_seed() -> NotionSeed:
 
 
 def notion_to_github_script(owner: str, repo: str, title: str, body: str) -> ModelScript:
-    """The flow's rehearsal: search Notion for databases, file the GitHub issue, then say so."""
+    """The flow's rehearsal: search Notion for databases, file the GitHub issue, give the typed answer (the URL
+    GitHub returned, the databases of the default workspace), then say so."""
+    databases = [db.title for db in default_notion_seed().databases]
     return ModelScript(
         [
             {
@@ -121,6 +123,10 @@ def notion_to_github_script(owner: str, repo: str, title: str, body: str) -> Mod
             {
                 "tool": "create_issue",
                 "input": {"owner": owner, "repo": repo, "title": title, "body": body},
+            },
+            {
+                "tool": "StructuredOutput",
+                "input": {"issue_url": "{{result:create_issue.html_url}}", "notion_databases": databases},
             },
             {"text": f'I searched the Notion workspace and created the GitHub issue "{title}" in {owner}/{repo}.'},
         ]
