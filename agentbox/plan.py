@@ -222,7 +222,7 @@ def layered_policy(*layers: RunPolicy | None) -> RunPolicy:
     for layer in layers:
         if layer is not None:
             policy = layer.over(policy)
-    return policy
+    return policy.resolved()
 
 
 def allowed_expected_tools(expected: dict[str, list[str]], policy: RunPolicy) -> dict[str, list[str]]:

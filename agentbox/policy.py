@@ -25,6 +25,7 @@ COMMAND_TOOLS = ("Bash",)
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,128}$")
 Silence = Literal["deny", "approve"]
+DEFAULT_APPROVAL_WAIT = 3600
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _EGRESS_HOST = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}(:[0-9]{{1,5}})?$")
 
@@ -37,7 +38,8 @@ class RunPolicy(BaseModel, frozen=True):
     tools: list[str] | None = Field(
         None,
         description="Gateway tools the agent may call, by the names the gateway lists (e.g. API-post-search, "
-        "create_issue). Empty list: none. Unset: every tool of the requested servers.",
+        "create_issue). Empty list: none. None: the workflow's list (every tool of the requested servers if it "
+        "names none).",
         examples=[["API-post-search", "create_issue"]],
     )
     allow_commands: bool = Field(False, description="Let the agent run shell commands in its sandbox.")
@@ -48,29 +50,31 @@ class RunPolicy(BaseModel, frozen=True):
         examples=[["pypi.org", "files.pythonhosted.org"]],
     )
 
-    require_approval: list[str] = Field(
-        default_factory=list,
+    require_approval: list[str] | None = Field(
+        None,
         description="Gateway tools a person must approve before each call, by name or pattern (create_issue, "
         "API-patch-*). The run pauses and asks on its page in the Prefect UI (or on the terminal with --approve). "
-        "Empty: none.",
+        "Empty list: none. None: the settings' or the workflow's (notion-to-github: create_issue).",
         examples=[["create_issue"]],
     )
-    approval_timeout_seconds: int = Field(
-        3600, ge=10, le=7 * 86400,
-        description="How long the run waits for people, over all its approvals; the flow and sandbox timeouts make "
-        "room for it.",
+    approval_timeout_seconds: int | None = Field(
+        None, ge=10, le=7 * 86400,
+        description=f"How long the run waits for people, over all its approvals; the flow and sandbox timeouts make "
+        f"room for it. None: the settings' (POLICY_APPROVAL_TIMEOUT_SECONDS), else {DEFAULT_APPROVAL_WAIT} s.",
     )
     budget_usd: float | None = Field(
         None, gt=0, le=10_000,
         description="The most the run may spend on the model, in USD: Claude Code stops past it, and the run is "
-        "killed as soon as its reported usage passes it. Unset: no cap.",
+        "killed as soon as its reported usage passes it. None: the settings' (POLICY_BUDGET_USD), else no cap.",
     )
     on_silence: Silence = Field(
         "deny", description="What it means when nobody answers in time: deny the call, or approve it.")
 
     @field_validator("require_approval")
     @classmethod
-    def _patterns(cls, patterns: list[str]) -> list[str]:
+    def _patterns(cls, patterns: list[str] | None) -> list[str] | None:
+        if patterns is None:
+            return None
         patterns = [p.strip() for p in patterns if p.strip()]
         bad = [p for p in patterns if not _TOOL_PATTERN.match(p)]
         if bad:
@@ -98,12 +102,20 @@ class RunPolicy(BaseModel, frozen=True):
 
     def over(self, base: RunPolicy) -> RunPolicy:
         """This policy's explicitly set fields over `base`: a run that only allows commands keeps the tools its
-        workflow allows."""
-        return base.model_copy(update={name: getattr(self, name) for name in self.model_fields_set})
+        workflow allows. A field set to None keeps base's: the Prefect UI's form sends every field, and a field left
+        None there must not lift a workflow's tool list, approvals or budget."""
+        return base.model_copy(update={name: getattr(self, name) for name in self.model_fields_set
+                                       if getattr(self, name) is not None})
+
+    def resolved(self) -> RunPolicy:
+        """The policy with its unset approval fields at their defaults: no approval, an hour's wait."""
+        return self.model_copy(update={"require_approval": self.require_approval or [],
+                                       "approval_timeout_seconds": self.approval_timeout_seconds
+                                       or DEFAULT_APPROVAL_WAIT})
 
     def needs_approval(self, tool: str) -> bool:
         """Whether a gateway tool (by the gateway's name for it) needs a person's approval before each call."""
-        return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.require_approval)
+        return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.require_approval or [])
 
     def allows(self, claude_tool: str) -> bool:
         """Whether the policy lets Claude use a tool (by Claude's name for it) without asking anyone."""

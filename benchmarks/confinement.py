@@ -48,12 +48,15 @@ class UnconfinedSandboxes(LocalSandboxes):
 
 
 def session(adapter: str, index: int) -> tuple[float, dict[str, float]]:
+    from agentbox.policy import RunPolicy
     from flows.notion_to_github import IssueRequest, notion_to_github
 
     BACKENDS["local"] = adapter
     try:
         started = time.monotonic()
-        result = asyncio.run(notion_to_github(IssueRequest(repo=f"octo/bench-{index}"), rehearsal=True))
+        unattended = RunPolicy(require_approval=[])  # nobody approves create_issue in a benchmark
+        result = asyncio.run(notion_to_github(IssueRequest(repo=f"octo/bench-{index}"), rehearsal=True,
+                                              policy=unattended))
         return time.monotonic() - started, result.session.steps
     finally:
         BACKENDS["local"] = CONFINED

@@ -71,11 +71,14 @@ async def readiness_latency(probes: int) -> list[tuple[float, float]]:
 
 
 def sessions(runs: int) -> list[dict[str, float]]:
+    from agentbox.policy import RunPolicy
     from flows.notion_to_github import IssueRequest, notion_to_github
 
     steps = []
+    unattended = RunPolicy(require_approval=[])  # nobody approves create_issue in a benchmark
     for i in range(runs):
-        result = asyncio.run(notion_to_github(IssueRequest(repo=f"octo/bench-{i}"), rehearsal=True))
+        result = asyncio.run(notion_to_github(IssueRequest(repo=f"octo/bench-{i}"), rehearsal=True,
+                                              policy=unattended))
         steps.append(result.session.steps)
     return steps
 

@@ -16,17 +16,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import State, flow
+from prefect.states import Cancelled
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agentbox.errors import RunCancelled
 from agentbox.gateway.catalog import read_config_argument
 from agentbox.plan import MAX_PROMPT_CHARS, output_schema_problem, plan_session
 from agentbox.policy import RunPolicy
 from agentbox.settings import configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
-from flows.session import BackendName, SessionResult, plan_this_run, reported, run_session
+from flows.session import (
+    AUTO_BACKEND,
+    BackendChoice,
+    SessionResult,
+    backend_named,
+    plan_this_run,
+    reported,
+    run_session,
+)
 
 EXAMPLE_MCP = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
 
@@ -43,8 +53,8 @@ class SessionRequest(BaseModel):
         examples=[EXAMPLE_MCP],
     )
     policy: RunPolicy | None = Field(
-        None, description="What the agent may do: its gateway tools and whether it may run commands (default: "
-        "POLICY_TOOLS / POLICY_ALLOW_COMMANDS, else every tool of the servers and no commands)."
+        None, description="What the agent may do, over the POLICY_* settings (default: every tool of the servers, "
+        "no commands, no approvals, no budget); fields left None keep the settings'."
     )
     allowed_tools: list[str] | None = Field(
         None, description="Claude Code's own --allowedTools, as is (default: the policy's)."
@@ -86,20 +96,25 @@ def run_name() -> str:
     on_crashed=[kill_run_sandboxes_hook],
     on_cancellation=[kill_run_sandboxes_hook],
 )
-async def agent_session(request: SessionRequest, backend: BackendName | None = None) -> SessionResult:
+async def agent_session(request: SessionRequest, backend: BackendChoice = AUTO_BACKEND) -> SessionResult | State:
     """Run a prompt with Claude Code in a sandbox whose gateway serves the requested MCP servers.
 
     Args:
         request: The prompt, the MCP servers and Claude's permissions.
-        backend: Where the sandbox runs: e2b or local (default: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set).
+        backend: Where the sandbox runs. auto: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set, else local (a
+            bubblewrap sandbox on the worker).
     """
     settings = load_settings()
+    backend = backend_named(backend)
     result = SessionResult(backend=backend or settings.backend)
-    async with reported("agent-session", result, settings):
-        plan = plan_this_run(settings, request.prompt, request.mcp, backend=backend, policy=request.policy,
-                             allowed_tools=request.allowed_tools, bypass_permissions=request.bypass_permissions,
-                             output_schema=request.output_schema)
-        await run_session(plan, result)
+    try:
+        async with reported("agent-session", result, settings):
+            plan = plan_this_run(settings, request.prompt, request.mcp, backend=backend, policy=request.policy,
+                                 allowed_tools=request.allowed_tools, bypass_permissions=request.bypass_permissions,
+                                 output_schema=request.output_schema)
+            await run_session(plan, result)
+    except RunCancelled as exc:  # cancelled while it waited for a person: the run ends Cancelled, not Failed
+        return Cancelled(message=str(exc))
     return result
 
 
@@ -132,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                             bypass_permissions=args.bypass_permissions, policy=policy, output_schema=schema)
         approvals, approver = cli.approvals_up_front(plan, args)
         print(approvals, file=sys.stderr)
-        return cli.run_flow(lambda: agent_session(request, args.backend), agent_session.timeout_seconds, approver)
+        return cli.run_flow(lambda: agent_session(request, args.backend or AUTO_BACKEND), agent_session.timeout_seconds,
+                            approver)
 
     return cli.run(start, args, human=report.session_lines)
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from agentbox.approvals import Approver, TerminalApprover, terminal_approver
-from agentbox.errors import AgentboxError, ConfigError, RunTimedOut, one_line
+from agentbox.errors import AgentboxError, ConfigError, RunCancelled, RunTimedOut, one_line
 from agentbox.plan import SessionPlan
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import BACKENDS
@@ -119,6 +119,7 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
     nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap).
     Prefect's timeouts become our own errors here, at the boundary, saying which timeout it was. `approver`, when
     given, answers the run's approvals instead of the Prefect UI (the terminal's, with --approve)."""
+    from prefect.exceptions import CancelledRun
     from prefect.flow_engine import FlowRunTimeoutError
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
     from prefect.task_engine import TaskRunTimeoutError
@@ -133,6 +134,8 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
             await ensure_sandbox_limit(load_settings())
         try:
             return await flow_call()
+        except CancelledRun as exc:  # from the Prefect UI or API, while it waited for a person, say
+            raise RunCancelled(one_line(exc, empty="The run was cancelled."), "") from None
         except FlowRunTimeoutError:
             raise RunTimedOut.after(timeout_seconds or 0) from None
         except TaskRunTimeoutError as exc:

@@ -17,8 +17,9 @@ import argparse
 import contextlib
 import sys
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.missions.notion_to_github import (
@@ -34,12 +35,22 @@ from agentbox.missions.notion_to_github import (
     notion_databases,
     parse_repo,
 )
+from agentbox.errors import RunCancelled
 from agentbox.plan import plan_session, rehearsal_backend
 from agentbox.policy import RunPolicy
 from agentbox.settings import configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
-from flows.session import REHEARSAL_BANNER, BackendName, SessionResult, plan_this_run, reported, run_session
+from flows.session import (
+    AUTO_BACKEND,
+    REHEARSAL_BANNER,
+    BackendChoice,
+    SessionResult,
+    backend_named,
+    plan_this_run,
+    reported,
+    run_session,
+)
 
 
 class IssueRequest(BaseModel):
@@ -101,37 +112,41 @@ def run_name() -> str:
 async def notion_to_github(
     issue: IssueRequest,
     rehearsal: bool = False,
-    backend: BackendName | None = None,
+    backend: BackendChoice = AUTO_BACKEND,
     policy: RunPolicy | None = None,
-) -> NotionToGithubResult:
+) -> NotionToGithubResult | State:
     """Search Notion and open a GitHub issue with Claude Code in a sandbox.
 
     Args:
         issue: The repository, title and body of the issue to open.
         rehearsal: Replace Anthropic, Notion and GitHub by local stand-ins: nothing leaves the machine, nothing is paid.
-        backend: Where the sandbox runs: e2b or local (default: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set).
-        policy: What the agent may do (default: POLICY_TOOLS / POLICY_ALLOW_COMMANDS, else Notion's reading and
-            search tools and create_issue, no commands).
+        backend: Where the sandbox runs. auto: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set, else local (a
+            bubblewrap sandbox on the worker).
+        policy: What the agent may do, over the POLICY_* settings and the workflow's (Notion's reading and search
+            tools, create_issue approved by a person, no commands); fields left None keep theirs.
     """
     owner, name = parse_repo(issue.repo)
     settings = load_settings()
-    backend = rehearsal_backend(backend) if rehearsal else backend or settings.backend
+    backend = rehearsal_backend(backend_named(backend)) if rehearsal else backend_named(backend) or settings.backend
     result = SessionResult(backend=backend, rehearsal=rehearsal)
     prompt = build_prompt(owner, name, issue.title, issue.body)
     recorded: list[RecordedIssue] = []
-    async with reported("notion-to-github", result, settings) as extra:
-        with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
-            plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins,
-                                 policy=policy, default_policy=POLICY, output_schema=OUTPUT_SCHEMA)
-            try:
-                await run_session(plan, result)
-            finally:
-                recorded = recorded_issues(stage)
-        issue_url, number = created_issue(result.run, owner, name)
-        databases = notion_databases(result.run)
-        check_answer(result.run, issue_url, databases)
-        extra += [f"- Issue: [{owner}/{name}#{number}]({issue_url})",
-                  f"- Notion databases: {', '.join(databases) or 'none'}"]
+    try:
+        async with reported("notion-to-github", result, settings) as extra:
+            with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
+                plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins,
+                                     policy=policy, default_policy=POLICY, output_schema=OUTPUT_SCHEMA)
+                try:
+                    await run_session(plan, result)
+                finally:
+                    recorded = recorded_issues(stage)
+            issue_url, number = created_issue(result.run, owner, name)
+            databases = notion_databases(result.run)
+            check_answer(result.run, issue_url, databases)
+            extra += [f"- Issue: [{owner}/{name}#{number}]({issue_url})",
+                      f"- Notion databases: {', '.join(databases) or 'none'}"]
+    except RunCancelled as exc:  # cancelled while it waited for a person: the run ends Cancelled, not Failed
+        return Cancelled(message=str(exc))
     return NotionToGithubResult(
         rehearsal=rehearsal,
         repo=f"{owner}/{name}",
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         approvals, approver = cli.approvals_up_front(plan, args)
         print(approvals, file=sys.stderr)
-        return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend, policy),
+        return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend or AUTO_BACKEND, policy),
                             notion_to_github.timeout_seconds, approver)
 
     return cli.run(start, args, human=human_lines)

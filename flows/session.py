@@ -21,19 +21,26 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field, computed_field
 
 from agentbox.claude import GATEWAY_NAME, AgentRun
-from agentbox.errors import AgentboxError, PolicyViolation, RunCancelled, RunTimedOut, one_line
+from agentbox.errors import AgentboxError, PolicyViolation, RunTimedOut, one_line
 from agentbox.plan import SessionPlan, plan_session
 from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import Settings, redact
-from tasks.approvals import end_cancelled
 from tasks.claude import check_run, register_claude, run_prompt
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 
 
-BackendName = Literal[tuple(BACKENDS)]  # the registered backends, a choice in the Prefect UI's run form
+AUTO_BACKEND = "auto"
+# "auto" or a registered backend: a select with a default in the Prefect UI's run form (an Optional would show as a
+# type picker)
+BackendChoice = Literal[(AUTO_BACKEND, *BACKENDS)]
+
+
+def backend_named(choice: str | None) -> str | None:
+    """The backend a run's choice names; None for auto, where the settings decide."""
+    return None if choice in (None, AUTO_BACKEND) else choice
 REHEARSAL_BANNER = "REHEARSAL: local stand-ins of Anthropic, Notion and GitHub; nothing left this machine."
 
 
@@ -60,9 +67,10 @@ class SessionResult(BaseModel):
         """Everything a layer blocked: connections the egress proxy refused, calls the gateway refused, tools Claude
         Code denied."""
         blocked = sum(c.blocked for c in self.audit or []) + sum(e.blocked for e in self.egress or [])
+        refused_by_claude = {d.tool_use_id for d in self.run.decisions if not d.allowed}  # counted once, below
         for call in self.run.tool_calls:  # where a layer's log is unreadable: its refusals as the agent saw them
             unlogged = self.audit is None if call.server == GATEWAY_NAME else self.egress is None
-            blocked += unlogged and BLOCKED in call.output
+            blocked += unlogged and BLOCKED in call.output and call.id not in refused_by_claude
         return blocked + len(self.run.permission_denials)
 
     def cost(self) -> str:
@@ -130,6 +138,7 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         result.steps[label] = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
 
+    problem: AgentboxError | None = None
     async with sandbox_slot(plan):  # held until the sandbox is gone
         failed = True
         try:
@@ -142,8 +151,11 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
             step("register")
             result.run = await run_prompt(plan, handle)
             step("prompt")
-            check_run(result.run, plan)
-            failed = False
+            try:
+                check_run(result.run, plan)
+            except AgentboxError as exc:  # said after the audit: what the agent tried and was kept from comes first
+                problem = exc
+            failed = problem is not None
         finally:
             clock = time.monotonic()
             if handle:
@@ -154,7 +166,9 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         raise PolicyViolation(
             f"The agent tried {result.violations} thing(s) the run policy forbids; each was blocked.",
             "See the run's audit (gateway calls, network) for what it tried; look at what it read.",
-        )
+        ) from problem
+    if problem is not None:
+        raise problem
     return result
 
 
@@ -214,8 +228,6 @@ async def reported(key: str, result: SessionResult, settings: Settings) -> Async
             exc = RunTimedOut.after(timeout)
         why = str(exc) if isinstance(exc, AgentboxError) else f"{type(exc).__name__}: {one_line(exc)}"
         await asyncio.shield(session_artifact(key, result, error=redact(why, settings.secret_values())))
-        if isinstance(exc, RunCancelled):  # seen while waiting for a person: the run ends as the person asked
-            await asyncio.shield(end_cancelled(why))
         raise
     await session_artifact(key, result, extra=extra)
 

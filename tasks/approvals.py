@@ -22,7 +22,7 @@ from prefect.context import FlowRunContext
 from prefect.input import RunInput, keyset_from_paused_state
 from prefect.input.actions import aread_flow_run_input
 from prefect.settings import PREFECT_UI_URL
-from prefect.states import Cancelled, Paused, Running
+from prefect.states import Paused, Running
 from prefect.utilities.engine import propose_state
 
 from agentbox.approvals import Answer, ApprovalRequest, Approver, terminal_approver
@@ -112,18 +112,6 @@ class PrefectUIApprover:
         answer = form(**value)
         return Answer(approve=answer.decision == "approve", reason=answer.reason, arguments=answer.arguments,
                       via=self.via)
-
-
-async def end_cancelled(message: str) -> None:
-    """Move the flow run in progress from Cancelling to Cancelled once its sandbox is gone: a run cancelled while
-    it waited in this process (not a worker's, which the worker ends) would otherwise stay Cancelling."""
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None:
-        return
-    async with get_client() as client:
-        current = (await client.read_flow_run(context.flow_run.id)).state
-        if current is not None and current.is_cancelling():
-            await propose_state(client, Cancelled(message=message), flow_run_id=context.flow_run.id)
 
 
 def current_approver(plan: SessionPlan) -> Approver | None:

@@ -14,6 +14,8 @@ import pytest
 
 from tests.support import SESSION_DIR, WORKDIR, sandbox_dirs, sandbox_processes, wait_for_no_sandbox_processes
 
+pytest_plugins = ["tests.deployed"]  # a real Prefect server with the deployments, for the tests that ask for it
+
 
 @pytest.fixture(scope="session", autouse=True)
 def away_from_the_checkout():
@@ -90,3 +92,11 @@ def world(request, services, monkeypatch, no_leftovers):
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (`item.rep_call`), so a fixture can tell that its test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

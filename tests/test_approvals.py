@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from agentbox.errors import ApprovalDenied, RunCancelled
+from agentbox.errors import ApprovalDenied
 from agentbox.policy import RunPolicy
 from agentbox.rehearsal.seed import notion_to_github_script
 from flows.notion_to_github import IssueRequest, notion_to_github
@@ -29,20 +29,24 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 APPROVE_ISSUES = RunPolicy(require_approval=["create_issue"], approval_timeout_seconds=180)  # a lost answer fails, not hangs
 
 
-def run(repo: str, policy: RunPolicy = APPROVE_ISSUES):
-    return asyncio.run(notion_to_github(IssueRequest(repo=repo, title="T", body="B"), policy=policy,
+def run(world, case: str, policy: RunPolicy = APPROVE_ISSUES, title: str = "T"):
+    """notion_to_github on `octo/<case>-<backend>` (GitHub's stand-in serves every test of the session), with the
+    model playing the mission; returns the final state."""
+    repo = f"{case}-{world.backend}"
+    world.play(notion_to_github_script("octo", repo, title, "B"))
+    return asyncio.run(notion_to_github(IssueRequest(repo=f"octo/{repo}", title=title, body="B"), policy=policy,
                                         return_state=True))
 
 
 def test_an_approved_call_runs_and_the_decision_is_recorded(world, caplog):
     caplog.set_level("INFO")
-    world.play(notion_to_github_script("octo", "approved", "T", "B"))
-    with Person("notion-to-github octo/approved", {"decision": "approve", "reason": "looks right"}) as person:
-        state = run("octo/approved")
+    repo = f"approved-{world.backend}"
+    with Person(f"notion-to-github octo/{repo}", {"decision": "approve", "reason": "looks right"}) as person:
+        state = run(world, "approved")
 
     assert state.is_completed(), state.result(raise_on_failure=False)
-    assert person.form["arguments"] == {"owner": "octo", "repo": "approved", "title": "T", "body": "B"}
-    assert [i["title"] for i in world.issues("octo/approved")] == ["T"]
+    assert person.form["arguments"] == {"owner": "octo", "repo": repo, "title": "T", "body": "B"}
+    assert [i["title"] for i in world.issues(f"octo/{repo}")] == ["T"]
     [decision] = [d for d in state.result().session.run.decisions if d.by != "policy"]
     assert (decision.tool, decision.allowed, decision.by, decision.via, decision.reason) == (
         "mcp__gateway__create_issue", True, "person", "prefect-ui", "looks right")
@@ -52,29 +56,28 @@ def test_an_approved_call_runs_and_the_decision_is_recorded(world, caplog):
 
 
 def test_a_denied_call_never_runs_and_the_run_fails_naming_the_denial(world):
-    world.play(notion_to_github_script("octo", "denied", "T", "B"))
-    with Person("notion-to-github octo/denied", {"decision": "deny", "reason": "wrong repository"}):
-        state = run("octo/denied")
+    repo = f"denied-{world.backend}"
+    with Person(f"notion-to-github octo/{repo}", {"decision": "deny", "reason": "wrong repository"}):
+        state = run(world, "denied")
 
     assert state.is_failed(), state
     error = state.result(raise_on_failure=False)
     assert isinstance(error, ApprovalDenied)
     assert str(error).startswith("create_issue was not approved: a person denied it on the prefect-ui "
                                  "(wrong repository).")
-    assert world.issues("octo/denied") == []
+    assert world.issues(f"octo/{repo}") == []
     markdown = asyncio.run(latest_artifact("notion-to-github"))
     assert "FAILED: create_issue was not approved" in markdown and "| denied | prefect-ui |" in markdown
 
 
 def test_a_call_approved_with_edited_arguments_runs_as_edited(world):
-    world.play(notion_to_github_script("octo", "edited", "Draft title", "B"))
-    edited = {"owner": "octo", "repo": "edited", "title": "Reviewed title", "body": "Checked by a person."}
-    with Person("notion-to-github octo/edited", {"decision": "approve", "arguments": edited}):
-        state = asyncio.run(notion_to_github(IssueRequest(repo="octo/edited", title="Draft title", body="B"),
-                                             policy=APPROVE_ISSUES, return_state=True))
+    repo = f"edited-{world.backend}"
+    edited = {"owner": "octo", "repo": repo, "title": "Reviewed title", "body": "Checked by a person."}
+    with Person(f"notion-to-github octo/{repo}", {"decision": "approve", "arguments": edited}):
+        state = run(world, "edited", title="Draft title")
 
     assert state.is_completed(), state.result(raise_on_failure=False)
-    [issue] = world.issues("octo/edited")
+    [issue] = world.issues(f"octo/{repo}")
     assert (issue["title"], issue["body"]) == ("Reviewed title", "Checked by a person.")
     [decision] = [d for d in state.result().session.run.decisions if d.by != "policy"]
     assert decision.allowed and decision.edited
@@ -82,29 +85,27 @@ def test_a_call_approved_with_edited_arguments_runs_as_edited(world):
 
 
 def test_silence_denies_by_default_and_approves_when_the_policy_says_so(world):
-    world.play(notion_to_github_script("octo", "silent", "T", "B"))
-    state = run("octo/silent", RunPolicy(require_approval=["create_issue"], approval_timeout_seconds=10))
+    repo = f"octo/silent-{world.backend}"
+    state = run(world, "silent", RunPolicy(require_approval=["create_issue"], approval_timeout_seconds=10))
     assert state.is_failed(), state
     assert "create_issue was not approved: nobody answered in time" in str(state.result(raise_on_failure=False))
-    assert world.issues("octo/silent") == []
+    assert world.issues(repo) == []
 
-    state = run("octo/silent", RunPolicy(require_approval=["create_issue"], approval_timeout_seconds=10,
-                                         on_silence="approve"))
+    state = run(world, "silent", RunPolicy(require_approval=["create_issue"], approval_timeout_seconds=10,
+                                           on_silence="approve"))
     assert state.is_completed(), state.result(raise_on_failure=False)
-    assert [i["title"] for i in world.issues("octo/silent")] == ["T"]
+    assert [i["title"] for i in world.issues(repo)] == ["T"]
 
 
-def test_a_run_cancelled_while_it_waits_tears_its_sandbox_down(world):
-    world.play(notion_to_github_script("octo", "cancelled", "T", "B"))
-    with Person("notion-to-github octo/cancelled", None):
-        state = run("octo/cancelled")
+def test_a_run_cancelled_while_it_waits_ends_cancelled_with_its_sandbox_gone(world):
+    repo = f"cancelled-{world.backend}"
+    with Person(f"notion-to-github octo/{repo}", None):
+        state = run(world, "cancelled")
 
     assert state.is_cancelled(), state
-    assert isinstance(state.result(raise_on_failure=False), RunCancelled)
-    assert "cancelled while it waited for approval" in str(state.result(raise_on_failure=False))
-    assert world.issues("octo/cancelled") == []
-    sandbox = state.state_details.flow_run_id and asyncio.run(latest_artifact("notion-to-github"))
-    assert "FAILED: The run was cancelled while it waited for approval" in sandbox
+    assert state.message.startswith("The run was cancelled while it waited for approval; its sandbox was torn down.")
+    assert world.issues(f"octo/{repo}") == []
+    assert "FAILED: The run was cancelled while it waited for approval" in asyncio.run(latest_artifact("notion-to-github"))
     assert world.alive() == set()
 
 

@@ -1,162 +1,28 @@
-"""The deployments on a real Prefect server, as a user runs them: `prefect server start` on loopback with its own
-home and database, `python -m deployments.bootstrap`, `prefect deploy --all` from this checkout and a real process
-worker (`prefect worker start`). Runs are triggered through the API, cancelled, limited to two sandboxes at once, and
-a served schedule fires on its own. Sessions run on the local backend against the stand-ins of tests/worlds.py.
+"""The deployments on a real Prefect server, as a user runs them (the server, deployments and worker of
+tests/deployed.py): runs are triggered through the API, cancelled, limited to two sandboxes at once, and a served
+schedule fires on its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
-import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling
 
-from flows.agent_session import EXAMPLE_MCP
+from tests.deployed import SESSION, call, final_state, start, trigger
 from tests.support import PROJECT, WORKDIR, sandbox_dirs, stop_process_group
 from tests.worlds import World
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
-
-BIN = Path(sys.executable).parent
-FAST = {  # the same services, polled more often than production needs, so the tests do not wait on timers
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_WORKER_QUERY_SECONDS": "1",
-    "PREFECT_WORKER_CANCELLATION_POLL_SECONDS": "1",
-    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-}
-SESSION = {"request": {"prompt": "Wait for the model.", "mcp": EXAMPLE_MCP}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(command: list[str], env: dict[str, str], log: Path, cwd: Path = WORKDIR) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, services):
-    """`prefect server start` with its own home (so its own sqlite database), and the environment of its users."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    server_env = {**base, **FAST, "PREFECT_HOME": str(home / "server"), "PREFECT_UI_ENABLED": "false",
-                  "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
-                  "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1"}
-    log = home / "server.log"
-    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env, log)
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the Prefect server did not start"
-        time.sleep(0.25)
-    env = {**base, **FAST, "PREFECT_API_URL": url, "PREFECT_HOME": str(home / "client")}
-    try:
-        yield SimpleNamespace(url=url, env=env, home=home, logs=[log])
-    finally:
-        stop_process_group(proc)
-
-
-def call(server, coroutine_fn):
-    """Run `coroutine_fn(client)` against the test's server."""
-    async def main():
-        async with PrefectClient(server.url) as client:
-            return await coroutine_fn(client)
-
-    return asyncio.run(main())
-
-
-def cli(server, *command: str, cwd: Path = WORKDIR, extra_env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(list(command), cwd=cwd, env={**server.env, **(extra_env or {})}, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def deployed(server):
-    """bootstrap (twice: it is idempotent) and `prefect deploy --all` from a copy of this checkout."""
-    first = cli(server, sys.executable, "-m", "deployments.bootstrap", "--sandboxes", "2")
-    again = cli(server, sys.executable, "-m", "deployments.bootstrap", "--sandboxes", "2")
-    checkout = server.home / "checkout"  # `prefect deploy` may write next to prefect.yaml: keep the real one clean
-    shutil.copytree(PROJECT, checkout, ignore=shutil.ignore_patterns(".venv", "node_modules", ".git", "__pycache__"))
-    for link in (".venv", "node_modules"):
-        (checkout / link).symlink_to(PROJECT / link)
-    output = cli(server, str(BIN / "prefect"), "--no-prompt", "deploy", "--all", cwd=checkout)
-    return SimpleNamespace(bootstrap=(first, again), output=output, checkout=checkout)
-
-
-@pytest.fixture(scope="module")
-def worker(server, deployed, services):
-    """A real process worker on the `agentbox` pool whose runs use the local backend and a model that answers after
-    4 s (so sessions overlap); a run can point ANTHROPIC_BASE_URL at `never`, a model that never answers."""
-    world = World("local", services)
-    model = world.model([{"hang_seconds": 4}])
-    never = world.model([{"hang_seconds": 600}])
-    env = {**server.env, **world.environment(model)}
-    log = server.home / "worker.log"
-    server.logs.append(log)
-    proc = start([str(BIN / "prefect"), "worker", "start", "--pool", "agentbox", "--limit", "6"], env, log,
-                 cwd=deployed.checkout)
-    try:
-        yield SimpleNamespace(proc=proc, world=world, never=never)
-    finally:
-        stop_process_group(proc)
-        world.close()
-
-
-async def deployment_id(client: PrefectClient, name: str) -> str:
-    return str((await client.read_deployment_by_name(name)).id)
-
-
-def trigger(server, name: str, parameters: dict | None = None, env: dict[str, str] | None = None) -> str:
-    async def go(client: PrefectClient) -> str:
-        run = await client.create_flow_run_from_deployment(
-            await deployment_id(client, name), parameters=parameters or {},
-            job_variables={"env": env} if env else None,
-        )
-        return str(run.id)
-
-    return call(server, go)
-
-
-def final_state(server, run_id: str, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-
-    async def read(client: PrefectClient):
-        return await client.read_flow_run(run_id)
-
-    while time.monotonic() < deadline:
-        run = call(server, read)
-        if run.state and run.state.is_final():
-            return run
-        time.sleep(0.25)
-    raise TimeoutError(f"run {run_id} never finished: {run.state}; logs in {server.logs}")
 
 
 def test_a_served_schedule_fires_on_its_own(server, tmp_path):
@@ -249,7 +115,9 @@ def test_bootstrap_and_deploy_all_create_the_deployments_with_their_schedules(se
 
 def test_a_triggered_rehearsal_completes_and_reports_in_an_artifact(server, worker):
     started = time.monotonic()
-    run_id = trigger(server, "notion-to-github/notion-to-github", {"issue": {"repo": "octo/deployed"}})
+    # unattended: this run's policy lifts the approval the workflow asks for (tests/test_ui.py gives it in the UI)
+    run_id = trigger(server, "notion-to-github/notion-to-github",
+                     {"issue": {"repo": "octo/deployed"}, "policy": {"require_approval": []}})
     run = final_state(server, run_id)
     elapsed = time.monotonic() - started
     assert run.state.is_completed(), run.state

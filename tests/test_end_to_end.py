@@ -122,9 +122,11 @@ def test_a_tool_outside_the_policy_is_out_of_reach(world):
         assert state.is_completed(), state
         assert state.result().tools == 1
         assert not any(c.tool == "API-post-page" and c.ok for c in state.result().run.tool_calls)
-    else:  # offered by a gateway that serves every tool, refused by Claude Code's allow-list
+    else:  # offered by a gateway that serves every tool, refused when Claude Code asked the run's policy
         assert state.is_failed(), state
-        assert "denied tools: mcp__gateway__API-post-page" in str(state.result(raise_on_failure=False))
+        assert str(state.result(raise_on_failure=False)).startswith("The agent tried 1 thing(s) the run policy forbids")
+        [decision] = [d for d in asyncio.run(latest_artifact("agent-session")).splitlines() if "API-post-page" in d and "| denied |" in d]
+        assert "| policy |" in decision
 
 
 def test_a_secret_sent_through_a_tool_is_blocked_at_the_gateway(world):

@@ -26,7 +26,7 @@ def plan(**choices):
 
 def test_the_default_policy_lets_claude_use_the_servers_tools_and_no_command():
     decided = plan()
-    assert decided.policy == RunPolicy()
+    assert decided.policy == RunPolicy(require_approval=[], approval_timeout_seconds=3600)
     assert decided.claude.allowed_tools == ("mcp__gateway",)
     assert decided.expected_tools == {"notion": ["API-post-search"], "githubOfficial": ["create_issue"]}
 
@@ -79,7 +79,7 @@ def test_a_run_policy_wins_over_the_settings_which_win_over_the_workflow(monkeyp
     assert plan(default_policy=POLICY).policy.tools == ["API-post-search", "API-retrieve-a-page"]
     run = RunPolicy(tools=["create_issue"], allow_commands=True)
     decided = plan(default_policy=POLICY, policy=run)
-    assert decided.policy == run.model_copy(update={"require_approval": ["create_issue"]})  # field by field
+    assert decided.policy == run.model_copy(update={"require_approval": ["create_issue"], "approval_timeout_seconds": 3600})
     assert decided.claude.allowed_tools == ("Bash",)  # create_issue is asked about, call by call
     assert decided.expected_tools == {"githubOfficial": ["create_issue"]}  # notion's proving tool is not served
 
@@ -127,3 +127,16 @@ def test_the_run_says_which_layers_enforce_its_policy():
     assert policy_lines(e2b)[-1] == "Enforced by: not the gateway (on e2b it serves all), Claude Code's --allowedTools"
     bypassed = plan(default_policy=POLICY, bypass_permissions=True)
     assert "not Claude Code (its permissions are bypassed)" in policy_lines(bypassed)[-1]
+
+
+def test_a_policy_from_the_ui_form_keeps_what_it_leaves_none(monkeypatch):
+    """The Prefect UI's form sends every field: None ones must not lift the workflow's tool list, its approvals or
+    the settings' budget; the others replace them."""
+    monkeypatch.setenv("POLICY_BUDGET_USD", "2")
+    form = RunPolicy.model_validate({"tools": None, "allow_commands": False, "egress": [], "require_approval": None,
+                                     "approval_timeout_seconds": None, "budget_usd": None, "on_silence": "deny"})
+    decided = plan(default_policy=POLICY, policy=form).policy
+    assert (decided.tools, decided.require_approval, decided.budget_usd) == (POLICY.tools, ["create_issue"], 2.0)
+    form = form.model_copy(update={"require_approval": [], "budget_usd": 0.5})
+    decided = plan(default_policy=POLICY, policy=RunPolicy.model_validate(form.model_dump())).policy
+    assert (decided.require_approval, decided.budget_usd) == ([], 0.5)

@@ -1,0 +1,142 @@
+"""A person in the Prefect UI, in a real browser: headless Chromium (Debian's, driven by Playwright) against the real
+server, deployments and worker of tests/deployed.py.
+
+The person triggers notion-to-github from its deployment's Run form, waits on the run's page until it pauses for
+approval of `create_issue`, and answers the form: approve (the run completes and its artifact says so), or deny with
+a reason (the run fails naming the denial). A failing test leaves a screenshot of the page in .screenshots/.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import shutil
+import time
+
+import pytest
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
+
+from tests.deployed import call, final_state
+from tests.support import PROJECT
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root and offline: no sandbox of Chromium's own (it runs as a test's child), and none of its background traffic.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+SCREENSHOTS = PROJECT / ".screenshots"
+WAIT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        path = SCREENSHOTS / f"{request.node.name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        print(f"screenshot of the failing page: {path}")
+    page.close()
+
+
+def off_the_page(function, *args):
+    """Run `function` (which may use asyncio.run: the Prefect client) in a thread of its own: Playwright's sync API
+    holds an event loop in this one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(function, *args).result()
+
+
+def run_from_the_deployment_form(page, server, repo: str) -> str:
+    """Deployments → notion-to-github → Run → Custom run, the repository typed into the form, Submit; the new run's
+    id once the worker has named it."""
+    page.goto(f"{server.ui}/deployments")
+    page.get_by_role("link", name="notion-to-github", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").click()
+    form_field(page, page, "Repo").locator("textarea").fill(repo)
+    assert form_field(page, page, "backend").locator(".p-select-button__value").inner_text() == "auto"  # a choice
+    page.get_by_role("button", name="Submit").click()
+
+    async def named(client: PrefectClient):
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"notion-to-github {repo}"])))
+
+    deadline = time.monotonic() + 60
+    while not (runs := off_the_page(call, server, named)):
+        assert time.monotonic() < deadline, f"no run for {repo} was created"
+        time.sleep(0.5)
+    return str(runs[0].id)
+
+
+def form_field(page, scope, label: str):
+    """One field of a Prefect schema form in `scope` (the page, a dialog), by its label."""
+    title = page.locator(".schema-form-property__label",  # rooted at the page: `has` locators are relative
+                         has_text=re.compile(rf"^\s*{re.escape(label)}( \(Optional\))?\s*$"))
+    return scope.locator(".schema-form-property").filter(has=title).last
+
+
+def answer_the_approval(page, server, run_id: str, decision: str, reason: str) -> None:
+    """On the run's page: wait for Paused, Resume, choose the decision, give the reason, Submit."""
+    page.goto(f"{server.ui}/runs/flow-run/{run_id}")
+    resume = page.get_by_role("button", name="Resume")
+    resume.wait_for(timeout=WAIT_MS)  # shown once the run is Paused
+    resume.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Approve create_issue?").wait_for()
+    assert '"repo": ' in dialog.inner_text()  # the call's arguments, shown before anything runs
+    select = form_field(page, dialog, "Decision").locator(".p-select-button__control")
+    select.focus()
+    page.keyboard.press("Space")  # opens the choices (a click toggles them open and shut again)
+    page.get_by_text(decision, exact=True).click()
+    form_field(page, dialog, "Reason").locator("textarea").fill(reason)
+    dialog.get_by_role("button", name="Submit").click()
+
+
+def artifact_of(server, run_id: str) -> str:
+    async def read(client: PrefectClient):
+        return await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+
+    return next(str(a.data) for a in off_the_page(call, server, read) if a.key == "notion-to-github")
+
+
+def test_a_person_approves_create_issue_from_the_runs_page(page, server, worker):
+    run_id = run_from_the_deployment_form(page, server, "octo/ui-approved")
+    answer_the_approval(page, server, run_id, "approve", "Checked the repository")
+
+    page.get_by_text("Completed", exact=True).first.wait_for(timeout=WAIT_MS)
+    run = off_the_page(final_state, server, run_id)
+    assert run.state.is_completed(), run.state
+    markdown = artifact_of(server, run_id)
+    assert "**Outcome:** succeeded" in markdown and "https://github.com/octo/ui-approved/issues/1" in markdown
+    assert "| approved | prefect-ui |" in markdown and "Checked the repository" in markdown
+    page.get_by_text("Artifacts", exact=True).click()
+    page.get_by_text("Notion to github run summary").first.wait_for()  # the artifact, listed on the run's page
+
+
+def test_a_person_denies_create_issue_and_the_run_fails_naming_the_denial(page, server, worker):
+    run_id = run_from_the_deployment_form(page, server, "octo/ui-denied")
+    answer_the_approval(page, server, run_id, "deny", "Not this repository")
+
+    page.get_by_text("Failed", exact=True).first.wait_for(timeout=WAIT_MS)
+    run = off_the_page(final_state, server, run_id)
+    assert run.state.is_failed(), run.state
+    denial = "create_issue was not approved: a person denied it on the prefect-ui (Not this repository)."
+    assert denial in run.state.message
+    assert denial in artifact_of(server, run_id) and "| denied | prefect-ui |" in artifact_of(server, run_id)
