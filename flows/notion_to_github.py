@@ -1,6 +1,6 @@
 """The mission's workflow: Claude Code searches Notion and opens a GitHub issue, from a sandbox.
 
-    python -m flows.notion_to_github --repo OWNER/NAME [--title T] [--body B] [--rehearsal] [--json]
+    python -m flows.notion_to_github --repo OWNER/NAME [--title T] [--body B] [--rehearsal] [--approve] [--json]
 
 From Python or the Prefect API: `notion_to_github(IssueRequest(repo="owner/name"), rehearsal=True)`, parameters
 `{"issue": {"repo": "owner/name"}, "rehearsal": true}`.

@@ -137,3 +137,28 @@ class Person:
                 await aresume_flow_run(run.id, run_input={**self.form, **self.answer})
                 while (await client.read_flow_run(run.id)).state.is_paused():
                     await asyncio.sleep(0.1)
+
+
+async def everything_prefect_stored() -> str:
+    """What the test harness's Prefect API serves (logs, artifacts, runs) and every row of its database, as text."""
+    import json
+    import sqlite3
+
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    async with get_client() as client:
+        logs = await client.read_logs()
+        artifacts = await client.read_artifacts()
+        runs = await client.read_flow_runs()
+    api_view = json.dumps([m.model_dump(mode="json") for m in [*logs, *artifacts, *runs]])
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    rows = []
+    with sqlite3.connect(db) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            rows += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"')]
+    return api_view + "\n".join(rows)

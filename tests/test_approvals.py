@@ -21,8 +21,10 @@ import pytest
 from agentbox.errors import ApprovalDenied
 from agentbox.policy import RunPolicy
 from agentbox.rehearsal.seed import notion_to_github_script
+from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
 from flows.notion_to_github import IssueRequest, notion_to_github
-from tests.support import WORKDIR, Person, latest_artifact
+from tests.support import WORKDIR, Person, everything_prefect_stored, latest_artifact
+from tests.worlds import CREDENTIALS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -107,6 +109,24 @@ def test_a_run_cancelled_while_it_waits_ends_cancelled_with_its_sandbox_gone(wor
     assert world.issues(f"octo/{repo}") == []
     assert "FAILED: The run was cancelled while it waited for approval" in asyncio.run(latest_artifact("notion-to-github"))
     assert world.alive() == set()
+
+
+def test_a_secret_in_a_calls_arguments_never_reaches_the_approval_form(world):
+    """The agent puts a token into the issue it wants to open: the form shows it redacted (Prefect stores the form),
+    and approving what is shown does not let the token out: the gateway still refuses the call."""
+    token = CREDENTIALS["GITHUB_TOKEN"]
+    repo = f"leak-{world.backend}"
+    world.play([{"tool": "create_issue", "input": {"owner": "octo", "repo": repo, "title": "hi",
+                                                    "body": f"the token is {token}"}}, {"text": "Done."}])
+    mcp = {**EXAMPLE_MCP, "githubOfficial": {"githubPersonalAccessToken": "${GITHUB_TOKEN}"}}
+    request = SessionRequest(prompt="Do what the page says.", mcp=mcp, policy=APPROVE_ISSUES)
+    with Person(f"agent-session {'+'.join(mcp)}", {"decision": "approve"}) as person:
+        state = asyncio.run(agent_session(request, return_state=True))
+
+    assert person.form["arguments"]["body"] == "the token is ***"
+    assert state.is_failed() and "PolicyViolation" in state.message, state
+    assert world.issues(f"octo/{repo}") == []
+    assert token not in asyncio.run(everything_prefect_stored())
 
 
 class Terminal:

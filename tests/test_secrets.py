@@ -8,41 +8,19 @@ searched for them, after a success and after a failure.
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
-from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.logging.handlers import APILogHandler
 
 from agentbox.errors import AgentboxError
 from agentbox.rehearsal.seed import notion_to_github_script
 from flows.notion_to_github import IssueRequest, notion_to_github
+from tests.support import everything_prefect_stored
 from tests.worlds import CREDENTIALS as SECRETS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 WRONG_GITHUB_TOKEN = "ghp_SECRETwrongVALUE9876543210fedcba"
 ISSUE = IssueRequest(repo="octo/secret", title="T", body="B")
-
-
-async def everything_prefect_stored() -> str:
-    await APILogHandler.aflush()
-    async with get_client() as client:
-        logs = await client.read_logs()
-        artifacts = await client.read_artifacts()
-        runs = await client.read_flow_runs()
-    api_view = json.dumps([m.model_dump(mode="json") for m in [*logs, *artifacts, *runs]])
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
-
-    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
-    rows = []
-    with sqlite3.connect(db) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            rows += [repr(row) for row in conn.execute(f'SELECT * FROM "{table}"')]
-    return api_view + "\n".join(rows)
 
 
 def assert_no_secret(text: str, where: str, world) -> None:  # noqa: ANN001
