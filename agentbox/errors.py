@@ -99,7 +99,8 @@ class ApprovalDenied(AgentboxError):
 
 
 class BudgetExceeded(AgentboxError):
-    """The run's spend passed its budget and the agent was stopped."""
+    """The run's spend passed its budget and the agent was stopped, or today's runs spent their daily budget and
+    it did not start."""
 
 
 class RunCancelled(AgentboxError):

@@ -60,6 +60,7 @@ class SessionPlan(BaseModel, frozen=True):
     timeouts: Timeouts
     ttl_seconds: int
     concurrency_limit: str = Field(description="Global limit each session holds a slot of; empty: none.")
+    daily_budget_usd: float | None = Field(None, description="What the runs of its deployment may spend per day.")
     anthropic_base_url: str | None = None
     egress_resolve: dict[str, str] = Field(default_factory=dict, description="Names pinned to addresses.")
     mcp_timeout_ms: int
@@ -169,6 +170,7 @@ def plan_session(
         ),
         ttl_seconds=settings.sandbox_ttl_seconds,
         concurrency_limit=settings.sandbox_concurrency_limit,
+        daily_budget_usd=None if stand_ins else settings.daily_budget_usd,  # a rehearsal spends nothing
         anthropic_base_url=settings.anthropic_base_url,
         egress_resolve=parse_resolve(settings.egress_resolve),
         mcp_timeout_ms=settings.mcp_timeout_ms,

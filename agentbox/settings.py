@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     policy_budget_usd: float | None = Field(
         None, description="Default run policy: the most a run may spend on the model, in USD."
     )
+    daily_budget_usd: float | None = Field(
+        None, gt=0, description="The most the runs of one deployment (outside deployments: of one flow) may spend on "
+        "the model per UTC day, as their recorded spend; a run that would start past it is refused."
+    )
     egress_resolve: str = Field(
         "", description="Names the egress proxy resolves to fixed addresses, like curl --resolve: "
         "'name=address,...'. Pinned names may resolve to loopback or private addresses; others may not."

@@ -14,6 +14,7 @@ from agentbox.errors import AgentboxError, BudgetExceeded, ClaudeError
 from agentbox.missions.notion_to_github import check_answer
 from agentbox.policy import RunPolicy
 from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
+from tasks.budget import spent_today
 from tests.support import latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -78,6 +79,27 @@ def test_a_run_past_its_budget_is_stopped_by_its_reported_usage(world):
     assert writes == writes_before
     markdown = asyncio.run(latest_artifact("agent-session"))
     assert "(estimated from token usage: Claude Code was stopped) of a $0.5 budget" in markdown
+
+
+def test_a_daily_budget_refuses_runs_once_todays_runs_have_spent_it(world, monkeypatch):
+    """DAILY_BUDGET_USD, over the recorded spend of today's runs of the flow (of the deployment, when deployed): a
+    run under it goes, and records what it spent; the next one, past it, does not start."""
+    world.play([{"text": "Done.", "usage": {"input_tokens": 10_000}}])
+    spent = asyncio.run(spent_today("agent-session"))  # this test session's earlier runs count too
+    monkeypatch.setenv("DAILY_BUDGET_USD", f"{spent + 0.01:.6f}")
+
+    first = session("Say done.")
+    assert first.is_completed(), first.result(raise_on_failure=False)
+    cost = first.result().run.cost_usd
+    assert cost > 0.01 and asyncio.run(spent_today("agent-session")) == pytest.approx(spent + cost, abs=1e-5)
+
+    second = session("Say done again.")
+    assert second.is_failed(), second
+    error = second.result(raise_on_failure=False)
+    assert isinstance(error, BudgetExceeded)
+    assert str(error).startswith(f"The runs of flow agent-session spent ${spent + cost:.4f} today (UTC) of their $")
+    assert "daily budget; this run was not started. Raise DAILY_BUDGET_USD" in str(error)
+    assert "FAILED: The runs of flow agent-session" in asyncio.run(latest_artifact("agent-session"))
 
 
 def test_the_missions_typed_answer_must_agree_with_its_tool_calls():

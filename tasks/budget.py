@@ -1,0 +1,78 @@
+"""A daily budget per deployment: each run records what it spent as a small table artifact, and a run starts only
+while the recorded spend of today's runs (UTC) of its deployment is under the budget.
+
+Runs outside a deployment (the command lines, a Python call) count per flow. The record is Prefect's own, so every
+worker and served process sees the same figures; two runs starting at the same moment may both pass the check,
+and each is still capped by its own budget (the run policy's budget_usd).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from prefect.artifacts import acreate_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterStartTime,
+)
+from prefect.runtime import deployment, flow_run
+
+from agentbox.errors import BudgetExceeded
+from agentbox.plan import SessionPlan
+
+SPEND_KEY = "agentbox-spend"
+
+
+async def record_spend(usd: float) -> None:
+    """What this run spent on the model, where the daily budget finds it."""
+    await acreate_table_artifact(key=SPEND_KEY, table=[{"usd": round(usd, 6)}],
+                                 description="What this run spent on the model, in USD")
+
+
+def spending_group() -> str:
+    """Whose spend this run counts towards: its deployment's, else its flow's."""
+    return f"deployment {deployment.name}" if deployment.id else f"flow {flow_run.flow_name}"
+
+
+async def spent_today(flow_name: str, deployment_id: str | None = None, besides: str | None = None) -> float:
+    """The recorded spend of today's (UTC) runs of a deployment, or of a flow's runs outside deployments, but for
+    the run `besides`."""
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    started_today = FlowRunFilterStartTime(after_=midnight)
+    async with get_client() as client:
+        if deployment_id:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(start_time=started_today),
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        else:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(start_time=started_today,
+                                              deployment_id=FlowRunFilterDeploymentId(is_null_=True)),
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+        ids = [r.id for r in runs if str(r.id) != str(besides)]
+        records = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[SPEND_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=ids))) if ids else []
+    return sum(float(row.get("usd") or 0) for record in records for row in json.loads(str(record.data) or "[]"))
+
+
+async def check_daily_budget(plan: SessionPlan) -> None:
+    """Refuse to start once today's runs have spent the daily budget (DAILY_BUDGET_USD)."""
+    if plan.daily_budget_usd is None:
+        return
+    spent = await spent_today(str(flow_run.flow_name), deployment.id, besides=flow_run.id)
+    if spent >= plan.daily_budget_usd:
+        raise BudgetExceeded(
+            f"The runs of {spending_group()} spent ${spent:.4f} today (UTC) of their ${plan.daily_budget_usd:g} "
+            "daily budget; this run was not started.",
+            "Raise DAILY_BUDGET_USD, or wait until tomorrow (UTC).",
+        )
