@@ -109,6 +109,10 @@ def test_bootstrap_and_deploy_all_create_the_deployments_with_their_schedules(se
     issue = form["definitions"]["IssueRequest"]["properties"]
     assert issue["repo"]["description"].startswith("GitHub repository") and "pattern" in issue["repo"]
     assert issue["title"]["default"] and form["properties"]["rehearsal"]["description"].startswith("Replace")
+    # choices are selects with a default, not a "str / None" type picker
+    assert (form["properties"]["backend"]["enum"], form["properties"]["backend"]["default"]) == (["auto", "local", "e2b"], "auto")
+    policy = form["definitions"]["RunPolicy"]["properties"]
+    assert policy["on_silence"]["enum"] == ["deny", "approve"] and policy["require_approval"]["description"]
     session_form = deployments["agent-session"].parameter_openapi_schema
     assert session_form["definitions"]["SessionRequest"]["properties"]["mcp"]["description"].startswith("MCP servers")
 
@@ -144,6 +148,25 @@ def test_a_triggered_rehearsal_completes_and_reports_in_an_artifact(server, work
 def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server, worker):
     run_id = trigger(server, "agent-session/agent-session", SESSION, env={"ANTHROPIC_BASE_URL": worker.never.url})
     sandbox = worker.world.wait_for_sandbox_of(run_id)
+
+    async def cancel(client: PrefectClient):
+        await client.set_flow_run_state(run_id, Cancelling(), force=True)
+
+    call(server, cancel)
+    run = final_state(server, run_id)
+    assert run.state.is_cancelled(), run.state
+    assert worker.world.wait_gone(sandbox)
+
+
+def test_a_deployed_run_cancelled_while_it_waits_for_approval_leaves_no_sandbox(server, worker):
+    """notion-to-github pauses before create_issue (its default policy); cancelled then, from the API as from the
+    UI's Cancel button, the worker stops it and nothing is left running."""
+    run_id = trigger(server, "notion-to-github/notion-to-github", {"issue": {"repo": "octo/cancel-paused"}})
+    sandbox = worker.world.wait_for_sandbox_of(run_id)
+    deadline = time.monotonic() + 120
+    while not call(server, lambda c: c.read_flow_run(run_id)).state.is_paused():
+        assert time.monotonic() < deadline, "the run never paused for approval"
+        time.sleep(0.25)
 
     async def cancel(client: PrefectClient):
         await client.set_flow_run_state(run_id, Cancelling(), force=True)
