@@ -42,6 +42,8 @@ BackendChoice = Literal[(AUTO_BACKEND, *BACKENDS)]
 def backend_named(choice: str | None) -> str | None:
     """The backend a run's choice names; None for auto, where the settings decide."""
     return None if choice in (None, AUTO_BACKEND) else choice
+
+
 REHEARSAL_BANNER = "REHEARSAL: local stand-ins of Anthropic, Notion and GitHub; nothing left this machine."
 
 
