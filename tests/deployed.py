@@ -2,7 +2,8 @@
 (test_deployments.py, test_ui.py): `prefect server start` on loopback with its own home, database and UI,
 `python -m deployments.bootstrap`, `prefect deploy --all` from a copy of this checkout, and a real process worker
 (`prefect worker start`) whose sessions run on the local backend against the stand-ins of tests/worlds.py.
-One of each for the test session: they are slow to start. Registered as a plugin by conftest.py.
+One of each per test module that asks for them, stopped with it: the deployed reaper would otherwise kill the
+sandboxes of the other tests, whose runs this server does not know. Registered as a plugin by conftest.py.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def start(command: list[str], env: dict[str, str], log: Path, cwd: Path = WORKDI
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(tmp_path_factory, services):
     """`prefect server start` with its own home (so its own sqlite database), and the environment of its users."""
     home = tmp_path_factory.mktemp("prefect-server")
@@ -93,7 +94,7 @@ def cli(server, *command: str, cwd: Path = WORKDIR, extra_env: dict[str, str] | 
     return proc.stdout
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def deployed(server):
     """bootstrap (twice: it is idempotent) and `prefect deploy --all` from a copy of this checkout."""
     first = cli(server, sys.executable, "-m", "deployments.bootstrap", "--sandboxes", "2")
@@ -106,7 +107,7 @@ def deployed(server):
     return SimpleNamespace(bootstrap=(first, again), output=output, checkout=checkout)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(server, deployed, services):
     """A real process worker on the `agentbox` pool whose runs use the local backend and a model that answers after
     4 s (so sessions overlap); a run can point ANTHROPIC_BASE_URL at `never`, a model that never answers."""
