@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agentbox.claude import MODEL_KEY_ENV, MODEL_URL_ENV, ClaudeOptions
+from agentbox.claude import GATEWAY_NAME, MODEL_KEY_ENV, MODEL_URL_ENV, ClaudeOptions
 from agentbox.errors import ConfigError, one_line
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
@@ -145,6 +145,7 @@ def plan_session(
     settings.require("ANTHROPIC_API_KEY", *adapter.required_settings, *sorted(references_in(mcp)))
     policy = layered_policy(default_policy, settings_policy(settings), policy)
     adapter.check_network(options, Network(allow=policy.egress))
+    check_approvals_are_asked(policy, allowed_tools, bypass_permissions)
     waits = float(policy.approval_timeout_seconds) if policy.require_approval else 0.0
     check_room_for_approvals(waits, settings.claude_timeout_seconds, flow_timeout)
     if output_schema is not None and (problem := output_schema_problem(output_schema)):
@@ -202,6 +203,23 @@ def check_room_for_approvals(waits: float, claude_timeout: float, flow_timeout: 
             f"Raise FLOW_TIMEOUT_SECONDS to at least {waits + claude_timeout + SETUP_ROOM_SECONDS:g} (and "
             "SANDBOX_TTL_SECONDS above it), or lower the policy's approval_timeout_seconds.",
         )
+
+
+def check_approvals_are_asked(policy: RunPolicy, allowed_tools: list[str] | None, bypass_permissions: bool) -> None:
+    """Claude Code asks its host only about tools it was not allowed in advance: a run whose Claude may call a tool
+    that needs a person's approval unasked would never ask anyone."""
+    if not policy.require_approval:
+        return
+    patterns, no_approval = ", ".join(policy.require_approval), "or require no approval (--require-approval '')."
+    if bypass_permissions:
+        raise ConfigError(f"Calls of {patterns} need a person's approval, but bypassing permissions lets Claude Code "
+                          "make them unasked.", f"Drop bypass_permissions, {no_approval}")
+    prefix = f"mcp__{GATEWAY_NAME}"
+    unasked = [t for t in allowed_tools or [] if t == prefix
+               or (t.startswith(prefix + "__") and policy.needs_approval(t.removeprefix(prefix + "__")))]
+    if unasked:
+        raise ConfigError(f"Calls of {patterns} need a person's approval, but the allowed tools let Claude Code make "
+                          f"them unasked ({', '.join(unasked)}).", f"Leave those out of allowed_tools, {no_approval}")
 
 
 def parse_resolve(text: str) -> dict[str, str]:

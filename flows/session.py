@@ -27,7 +27,7 @@ from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
 from agentbox.settings import Settings, redact
-from tasks.budget import check_daily_budget, record_spend
+from tasks.budget import check_daily_budget
 from tasks.claude import check_run, register_claude, run_prompt
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
@@ -166,7 +166,6 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
                 result.audit, result.egress = await audit(plan, handle, result)
             await teardown(plan, handle, session_failed=failed)
             step("kill")
-            await record_spend_of(plan, result)
     if result.violations:
         raise PolicyViolation(
             f"The agent tried {result.violations} thing(s) the run policy forbids; each was blocked.",
@@ -193,17 +192,6 @@ async def audit(
     tool_uses = [(c.tool, c.id) for c in result.run.tool_calls]
     return (None if calls is None else audit_of(calls, tool_uses),
             None if egress is None else [EgressAttempt.model_validate(e) for e in egress])
-
-
-async def record_spend_of(plan: SessionPlan, result: SessionResult) -> None:
-    """Record what a real run spent, for the daily budget; a failure to is logged, never raised over the session's
-    own outcome."""
-    if plan.rehearsal or not result.run.spent_usd:
-        return
-    try:
-        await asyncio.shield(record_spend(result.run.spent_usd))
-    except Exception as exc:  # noqa: BLE001 - the budget record must not hide why the session ended
-        get_run_logger().warning("Could not record the run's spend (%s).", one_line(exc))
 
 
 async def teardown(plan: SessionPlan, handle: SandboxHandle | None, session_failed: bool = False) -> None:

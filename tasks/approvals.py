@@ -10,6 +10,7 @@ tears its sandbox down as on any failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -17,8 +18,9 @@ from typing import Any, Literal
 
 import pydantic
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.context import FlowRunContext
+from prefect.exceptions import Abort, Pause
 from prefect.input import RunInput, keyset_from_paused_state
 from prefect.input.actions import aread_flow_run_input
 from prefect.settings import PREFECT_UI_URL
@@ -26,7 +28,7 @@ from prefect.states import Paused, Running
 from prefect.utilities.engine import propose_state
 
 from agentbox.approvals import Answer, ApprovalRequest, Approver, terminal_approver
-from agentbox.errors import ApprovalDenied, RunCancelled
+from agentbox.errors import ApprovalDenied, RunCancelled, one_line
 from agentbox.plan import SessionPlan
 
 PAUSE_MARGIN_SECONDS = 60  # the server fails a run resumed past its pause timeout: ours ends first
@@ -81,28 +83,42 @@ class PrefectUIApprover:
         paused.state_details.run_input_keyset = keyset
         logger = get_run_logger()
         async with get_client() as client:
-            state = await propose_state(client, paused, flow_run_id=flow_run_id)
+            try:
+                state = await propose_state(client, paused, flow_run_id=flow_run_id)
+            except (Abort, Pause) as exc:  # Prefect refused the pause: the run is over or going
+                raise RunCancelled(f"The run could not pause for approval ({one_line(exc)}).",
+                                   "See the run's state history.") from None
             if not state.is_paused():
                 raise ApprovalDenied(f"The run could not pause for approval (it is {state.type.value}).",
                                      "See the run's state history.")
-            await form.asave(keyset, flow_run_id=flow_run_id)
-            logger.warning("Waiting up to %d s for a person to approve %s: %s", timeout, request.tool,
-                           run_page(flow_run_id))
-            deadline = time.monotonic() + timeout
-            while True:
-                current = (await client.read_flow_run(flow_run_id)).state
-                if current is None or current.is_cancelling() or current.is_cancelled():
-                    raise RunCancelled("The run was cancelled while it waited for approval; its sandbox was torn "
-                                       "down.", "Start it again when wanted.")
-                if current.is_final():
-                    raise RunCancelled(f"The run ended ({current.type.value}) while it waited for approval.",
-                                       "See the run's state history.")
-                if current.is_running():
-                    return await self._answer(form, keyset, flow_run_id)
-                if time.monotonic() >= deadline:  # nobody answered: the run goes on, and silence decides
+            try:
+                await form.asave(keyset, flow_run_id=flow_run_id)
+                logger.warning("Waiting up to %d s for a person to approve %s: %s", timeout, request.tool,
+                               run_page(flow_run_id))
+                return await self._wait(client, form, keyset, flow_run_id, timeout)
+            finally:  # however the wait ends (Claude gone, the run's budget or timeout), a paused run goes on
+                await asyncio.shield(resume_if_paused(client, flow_run_id))
+
+    async def _wait(self, client: PrefectClient, form: type[RunInput], keyset: dict[str, str],
+                    flow_run_id: uuid.UUID, timeout: float) -> Answer | None:
+        """Watch the paused run until a person resumes it (their answer), `timeout` passes (None: silence) or it
+        is cancelled (RunCancelled)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = (await client.read_flow_run(flow_run_id)).state
+            if current is None or current.is_cancelling() or current.is_cancelled():
+                raise RunCancelled("The run was cancelled while it waited for approval; its sandbox was torn "
+                                   "down.", "Start it again when wanted.")
+            if current.is_final():
+                raise RunCancelled(f"The run ended ({current.type.value}) while it waited for approval.",
+                                   "See the run's state history.")
+            if current.is_running():
+                return await self._answer(form, keyset, flow_run_id)
+            if time.monotonic() >= deadline:  # nobody answered: the run goes on, and silence decides
+                with contextlib.suppress(Pause):  # refused, still paused: look again
                     if (await propose_state(client, Running(), flow_run_id=flow_run_id)).is_running():
                         return await self._answer(form, keyset, flow_run_id)
-                await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(POLL_SECONDS)
 
     async def _answer(self, form: type[RunInput], keyset: dict[str, str], flow_run_id: uuid.UUID) -> Answer | None:
         """The form's answer once the run is Running again; None if it was resumed without one (silence)."""
@@ -112,6 +128,17 @@ class PrefectUIApprover:
         answer = form(**value)
         return Answer(approve=answer.decision == "approve", reason=answer.reason, arguments=answer.arguments,
                       via=self.via)
+
+
+async def resume_if_paused(client: PrefectClient, flow_run_id: uuid.UUID) -> None:
+    """Set a run that is still Paused Running again (its later tasks would wait for it otherwise)."""
+    try:
+        current = (await client.read_flow_run(flow_run_id)).state
+        if current is not None and current.is_paused():
+            await propose_state(client, Running(), flow_run_id=flow_run_id)
+    except (Exception, Abort, Pause) as exc:  # noqa: BLE001 - said, never raised over why the wait ended
+        get_run_logger().warning("Could not set the run Running again after its approval wait (%s).",
+                                 one_line(exc))
 
 
 def current_approver(plan: SessionPlan) -> Approver | None:

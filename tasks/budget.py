@@ -9,7 +9,9 @@ and each is still capped by its own budget (the run policy's budget_usd).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
+from typing import Any
 
 from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
@@ -31,6 +33,7 @@ from agentbox.errors import BudgetExceeded
 from agentbox.plan import SessionPlan
 
 SPEND_KEY = "agentbox-spend"
+PAGE = 200  # the API's largest page
 
 
 async def record_spend(usd: float) -> None:
@@ -49,20 +52,42 @@ async def spent_today(flow_name: str, deployment_id: str | None = None, besides:
     the run `besides`."""
     midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     started_today = FlowRunFilterStartTime(after_=midnight)
+    if deployment_id:
+        runs_filter = {"flow_run_filter": FlowRunFilter(start_time=started_today),
+                       "deployment_filter": DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))}
+    else:
+        runs_filter = {"flow_run_filter": FlowRunFilter(start_time=started_today,
+                                                        deployment_id=FlowRunFilterDeploymentId(is_null_=True)),
+                       "flow_filter": FlowFilter(name=FlowFilterName(any_=[flow_name]))}
     async with get_client() as client:
-        if deployment_id:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(start_time=started_today),
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-        else:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(start_time=started_today,
-                                              deployment_id=FlowRunFilterDeploymentId(is_null_=True)),
-                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+        runs = await every_page(lambda offset: client.read_flow_runs(**runs_filter, limit=PAGE, offset=offset))
         ids = [r.id for r in runs if str(r.id) != str(besides)]
-        records = await client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[SPEND_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=ids))) if ids else []
-    return sum(float(row.get("usd") or 0) for record in records for row in json.loads(str(record.data) or "[]"))
+        records = []
+        for start in range(0, len(ids), PAGE):
+            chunk = ArtifactFilter(key=ArtifactFilterKey(any_=[SPEND_KEY]),
+                                   flow_run_id=ArtifactFilterFlowRunId(any_=ids[start:start + PAGE]))
+            records += await every_page(lambda offset, chunk=chunk: client.read_artifacts(
+                artifact_filter=chunk, limit=PAGE, offset=offset))
+    return sum(usd for record in records for usd in recorded_usd(record.data))
+
+
+async def every_page(read: Callable[[int], Awaitable[list[Any]]]) -> list[Any]:
+    """All the items a paged API call returns, page by page."""
+    items: list[Any] = []
+    while True:
+        page = await read(len(items))
+        items += page
+        if len(page) < PAGE:
+            return items
+
+
+def recorded_usd(data: Any) -> list[float]:
+    """The amounts a spend record holds (its table's rows); nothing from a record that is not one."""
+    try:
+        rows = json.loads(data) if isinstance(data, str) else data
+        return [float(row["usd"]) for row in rows or [] if isinstance(row, dict) and "usd" in row]
+    except (ValueError, TypeError):
+        return []
 
 
 async def check_daily_budget(plan: SessionPlan) -> None:

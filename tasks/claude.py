@@ -36,6 +36,7 @@ from agentbox.policy import BLOCKED
 from agentbox.settings import redact
 from agentbox.spend import Spend
 from tasks.approvals import current_approver
+from tasks.budget import record_spend
 from tasks.defaults import session_task
 
 # Two `claude mcp` commands of at most `Timeouts.registration` each, and a margin.
@@ -166,12 +167,24 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
         for task in (command, *answering):
             task.cancel()
         await asyncio.gather(command, *answering, return_exceptions=True)
-    for event in parser.close():
-        run.apply(event)
+        for event in parser.close():
+            run.apply(event)
+        if not plan.rehearsal:  # what it spent counts towards the daily budget, whichever way it ended
+            await record_spend_of(run)
     if result is not None:
         run.exit_code = result.exit_code
         run.stderr = redact(one_line(result.stderr, last=True, empty=""), secrets)
     return run
+
+
+async def record_spend_of(run: AgentRun) -> None:
+    """Record what a run spent, for the daily budget; a failure to is logged, never raised over how it ended."""
+    if not run.spent_usd:
+        return
+    try:
+        await asyncio.shield(record_spend(run.spent_usd))
+    except Exception as exc:  # noqa: BLE001 - the record must not hide why the run ended
+        get_run_logger().warning("Could not record the run's spend (%s).", one_line(exc))
 
 
 class BudgetStop(Exception):

@@ -148,7 +148,11 @@ def test_a_triggered_rehearsal_completes_and_reports_in_an_artifact(server, work
 def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server, worker):
     run_id = trigger(server, "agent-session/agent-session", SESSION, env={"ANTHROPIC_BASE_URL": worker.never.url})
     sandbox = worker.world.wait_for_sandbox_of(run_id)
+    cancel_and_see_it_gone(server, worker, run_id, sandbox)
 
+
+def cancel_and_see_it_gone(server, worker, run_id: str, sandbox: str) -> None:
+    """Cancel a run as the UI's Cancel button does; it must end Cancelled with its sandbox gone."""
     async def cancel(client: PrefectClient):
         await client.set_flow_run_state(run_id, Cancelling(), force=True)
 
@@ -167,14 +171,7 @@ def test_a_deployed_run_cancelled_while_it_waits_for_approval_leaves_no_sandbox(
     while not call(server, lambda c: c.read_flow_run(run_id)).state.is_paused():
         assert time.monotonic() < deadline, "the run never paused for approval"
         time.sleep(0.25)
-
-    async def cancel(client: PrefectClient):
-        await client.set_flow_run_state(run_id, Cancelling(), force=True)
-
-    call(server, cancel)
-    run = final_state(server, run_id)
-    assert run.state.is_cancelled(), run.state
-    assert worker.world.wait_gone(sandbox)
+    cancel_and_see_it_gone(server, worker, run_id, sandbox)
 
 
 def test_five_sessions_never_hold_more_than_two_sandboxes(server, worker):

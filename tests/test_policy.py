@@ -125,7 +125,7 @@ def test_the_run_says_which_layers_enforce_its_policy():
     )
     e2b = plan_session(load_settings(E2B_API_KEY="e2b-x"), "Do it.", MCP, backend="e2b", default_policy=POLICY)
     assert policy_lines(e2b)[-1] == "Enforced by: not the gateway (on e2b it serves all), Claude Code's --allowedTools"
-    bypassed = plan(default_policy=POLICY, bypass_permissions=True)
+    bypassed = plan(default_policy=POLICY, bypass_permissions=True, policy=RunPolicy(require_approval=[]))
     assert "not Claude Code (its permissions are bypassed)" in policy_lines(bypassed)[-1]
 
 
@@ -140,3 +140,14 @@ def test_a_policy_from_the_ui_form_keeps_what_it_leaves_none(monkeypatch):
     form = form.model_copy(update={"require_approval": [], "budget_usd": 0.5})
     decided = plan(default_policy=POLICY, policy=RunPolicy.model_validate(form.model_dump())).policy
     assert (decided.require_approval, decided.budget_usd) == ([], 0.5)
+
+
+def test_a_run_whose_claude_could_skip_an_approval_is_refused():
+    """Claude Code asks only about tools it was not allowed in advance: bypassing permissions, or allowing a tool
+    that needs approval, would let it call that tool unasked."""
+    with pytest.raises(ConfigError, match=r"^Calls of create_issue need a person's approval, but bypassing"):
+        plan(default_policy=POLICY, bypass_permissions=True)
+    for allowed in (["mcp__gateway"], ["mcp__gateway__API-post-search", "mcp__gateway__create_issue"]):
+        with pytest.raises(ConfigError, match=r"but the allowed tools let Claude Code make them unasked \(mcp__gateway"):
+            plan(default_policy=POLICY, allowed_tools=allowed)
+    assert plan(default_policy=POLICY, allowed_tools=["mcp__gateway__API-post-search"]).policy.require_approval

@@ -14,7 +14,7 @@ from agentbox.errors import AgentboxError, BudgetExceeded, ClaudeError
 from agentbox.missions.notion_to_github import check_answer
 from agentbox.policy import RunPolicy
 from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
-from tasks.budget import spent_today
+from tasks.budget import PAGE, every_page, recorded_usd, spent_today
 from tests.support import latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -100,6 +100,13 @@ def test_a_daily_budget_refuses_runs_once_todays_runs_have_spent_it(world, monke
     assert str(error).startswith(f"The runs of flow agent-session spent ${spent + cost:.4f} today (UTC) of their $")
     assert "daily budget; this run was not started. Raise DAILY_BUDGET_USD" in str(error)
     assert "FAILED: The runs of flow agent-session" in asyncio.run(latest_artifact("agent-session"))
+
+
+def test_spend_records_are_read_page_by_page_and_a_bad_one_counts_nothing():
+    items = list(range(2 * PAGE + 50))
+    assert asyncio.run(every_page(lambda offset: asyncio.sleep(0, items[offset:offset + PAGE]))) == items
+    assert recorded_usd('[{"usd": 0.5}, {"usd": "0.25"}]') == [0.5, 0.25]
+    assert recorded_usd(None) == recorded_usd("None") == recorded_usd([{"x": 1}]) == recorded_usd('[{"usd": "x"}]') == []
 
 
 def test_the_missions_typed_answer_must_agree_with_its_tool_calls():

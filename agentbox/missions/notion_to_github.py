@@ -120,6 +120,7 @@ def check_answer(run: AgentRun, issue_url: str, databases: list[str]) -> Mission
     invented = [name for name in answer.notion_databases if name not in databases]
     if invented:
         raise AgentboxError(
-            f"The agent's answer names Notion databases its searches never returned: {', '.join(invented)}.",
+            f"The agent's answer names Notion databases its searches never returned: "
+            f"{one_line(', '.join(invented), limit=200)}.",
             "See the run's tool calls for what Notion returned.")
     return answer
