@@ -30,7 +30,7 @@ from agentbox.claude import (
 )
 from agentbox.errors import ConfigError, RunCancelled, one_line
 from agentbox.policy import BLOCKED, RunPolicy
-from agentbox.settings import redact
+from agentbox.settings import map_strings, redact
 
 class ApprovalRequest(BaseModel, frozen=True):
     """A call a person must approve: which server's tool, with which arguments (secrets redacted)."""
@@ -64,13 +64,7 @@ class Approver(Protocol):
 
 def redact_value(value: Any, secrets: list[str]) -> Any:
     """`redact` through a JSON value's strings."""
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, dict):
-        return {k: redact_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_value(v, secrets) for v in value]
-    return value
+    return map_strings(value, lambda text: redact(text, secrets))
 
 
 class PermissionHost:

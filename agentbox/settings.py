@@ -194,18 +194,23 @@ def configured_flow_timeout() -> float:
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def map_strings(value: object, change: Callable[[str], object]) -> object:
+    """A JSON-like value with `change` applied to each of its strings (dict keys stay as they are)."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {k: map_strings(v, change) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_strings(v, change) for v in value]
+    return value
+
+
 def resolve_references(value: object, lookup: Callable[[str], str]) -> object:
     """Replace every `${NAME}` inside strings of a JSON-like value with `lookup(NAME)`.
 
     Flows hand MCP configs around with references only, so Prefect stores names, never values.
     """
-    if isinstance(value, str):
-        return _REFERENCE.sub(lambda m: lookup(m.group(1)), value)
-    if isinstance(value, dict):
-        return {k: resolve_references(v, lookup) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_references(v, lookup) for v in value]
-    return value
+    return map_strings(value, lambda text: _REFERENCE.sub(lambda m: lookup(m.group(1)), text))
 
 
 def references_in(value: object) -> set[str]:

@@ -12,7 +12,6 @@ create task, so Prefect stores only names.
 # parameter models' annotations to validate a deployment run's parameters.
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         request = cli.build(SessionRequest, prompt=prompt, mcp=mcp, allowed_tools=args.allowed_tools,
                             bypass_permissions=args.bypass_permissions, policy=policy, output_schema=schema)
-        approvals, approver = cli.approvals_up_front(plan, args)
-        print(approvals, file=sys.stderr)
+        approver = cli.approvals_up_front(plan, args)
         return cli.run_flow(lambda: agent_session(request, args.backend or AUTO_BACKEND), agent_session.timeout_seconds,
                             approver)
 

@@ -64,16 +64,19 @@ def policy_from(args: argparse.Namespace) -> RunPolicy | None:
     return parse_policy(POLICY_FLAGS, "See --help.", **{name: getattr(args, name) for name in POLICY_FLAGS})
 
 
-def approvals_up_front(plan: SessionPlan, args: argparse.Namespace) -> tuple[str, Approver | None]:
-    """Who will answer the run's approvals (the terminal's approver with --approve), said in a line before the run
-    starts. A run that needs a person and can reach none (no --approve, no Prefect server with a UI) is refused
-    here, in one line, before anything is created."""
+def approvals_up_front(plan: SessionPlan, args: argparse.Namespace) -> Approver | None:
+    """Say on stderr, before the run starts, who will answer its approvals; the terminal's approver with --approve.
+    A run that needs a person and can reach none (no --approve, no Prefect server with a UI) is refused here, in one
+    line, before anything is created."""
     patterns = ", ".join(plan.policy.require_approval)
     if not patterns:
-        return "Approvals: none needed (the run policy lets the agent use its tools without asking).", None
+        print("Approvals: none needed (the run policy lets the agent use its tools without asking).", file=sys.stderr)
+        return None
     silence = f"silence after {plan.policy.approval_timeout_seconds} s means {plan.policy.on_silence}"
     if args.approve:
-        return f"Approvals: calls of {patterns} are asked on this terminal ({silence}).", TerminalApprover()
+        approver = TerminalApprover()
+        print(f"Approvals: calls of {patterns} are asked on this terminal ({silence}).", file=sys.stderr)
+        return approver
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
     if not PREFECT_API_URL.value():
@@ -84,7 +87,9 @@ def approvals_up_front(plan: SessionPlan, args: argparse.Namespace) -> tuple[str
             "--require-approval '' to let the agent call them unasked.",
         )
     where = PREFECT_UI_URL.value() or PREFECT_API_URL.value()
-    return f"Approvals: calls of {patterns} wait for a person on the run's page at {where} ({silence}).", None
+    print(f"Approvals: calls of {patterns} wait for a person on the run's page at {where} ({silence}).",
+          file=sys.stderr)
+    return None
 
 
 def read_text(path: Path, option: str) -> str:

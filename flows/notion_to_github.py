@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
             default_policy=POLICY, flow_timeout_seconds=notion_to_github.timeout_seconds, output_schema=OUTPUT_SCHEMA,
         )
-        approvals, approver = cli.approvals_up_front(plan, args)
-        print(approvals, file=sys.stderr)
+        approver = cli.approvals_up_front(plan, args)
         return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend or AUTO_BACKEND, policy),
                             notion_to_github.timeout_seconds, approver)
 

@@ -8,11 +8,13 @@ and each is still capped by its own budget (the run policy's budget_usd).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -29,7 +31,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.runtime import deployment, flow_run
 
-from agentbox.errors import BudgetExceeded
+from agentbox.errors import BudgetExceeded, one_line
 from agentbox.plan import SessionPlan
 
 SPEND_KEY = "agentbox-spend"
@@ -37,9 +39,15 @@ PAGE = 200  # the API's largest page
 
 
 async def record_spend(usd: float) -> None:
-    """What this run spent on the model, where the daily budget finds it."""
-    await acreate_table_artifact(key=SPEND_KEY, table=[{"usd": round(usd, 6)}],
-                                 description="What this run spent on the model, in USD")
+    """What this run spent on the model, where the daily budget finds it; a failure to record it is logged, never
+    raised over how the run ended."""
+    if not usd:
+        return
+    try:
+        await asyncio.shield(acreate_table_artifact(key=SPEND_KEY, table=[{"usd": round(usd, 6)}],
+                                                    description="What this run spent on the model, in USD"))
+    except Exception as exc:  # noqa: BLE001 - the record must not hide why the run ended
+        get_run_logger().warning("Could not record the run's spend (%s).", one_line(exc))
 
 
 def spending_group() -> str:

@@ -170,21 +170,11 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
         for event in parser.close():
             run.apply(event)
         if not plan.rehearsal:  # what it spent counts towards the daily budget, whichever way it ended
-            await record_spend_of(run)
+            await record_spend(run.spent_usd)
     if result is not None:
         run.exit_code = result.exit_code
         run.stderr = redact(one_line(result.stderr, last=True, empty=""), secrets)
     return run
-
-
-async def record_spend_of(run: AgentRun) -> None:
-    """Record what a run spent, for the daily budget; a failure to is logged, never raised over how it ended."""
-    if not run.spent_usd:
-        return
-    try:
-        await asyncio.shield(record_spend(run.spent_usd))
-    except Exception as exc:  # noqa: BLE001 - the record must not hide why the run ended
-        get_run_logger().warning("Could not record the run's spend (%s).", one_line(exc))
 
 
 class BudgetStop(Exception):

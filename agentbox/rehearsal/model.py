@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentbox.settings import map_strings
+
 # The answer to requests outside the scripted conversation, such as `claude`'s title generation (sent without tools).
 SIDE_REQUEST_TEXT = "Rehearsal"
 
@@ -84,15 +86,12 @@ class Step(BaseModel):
 
 
 def _render(value: Any, values: dict[str, str]) -> Any:
-    if isinstance(value, str):
+    def fill(text: str) -> str:
         for name, replacement in values.items():
-            value = value.replace("{{" + name + "}}", replacement)
-        return value
-    if isinstance(value, dict):
-        return {k: _render(v, values) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_render(v, values) for v in value]
-    return value
+            text = text.replace("{{" + name + "}}", replacement)
+        return text
+
+    return map_strings(value, fill)
 
 
 class ModelScript(RootModel[list[Step]]):
@@ -195,14 +194,12 @@ def latest_results(request_body: dict[str, Any]) -> dict[str, Any]:
 def fill_results(value: Any, results: dict[str, Any]) -> Any:
     """Replace each string `{{result:<tool>.<field>}}` by that field of the tool's last result (a step can answer
     with what an earlier call returned, such as the URL of the issue it opened); unknown ones stay as written."""
-    if isinstance(value, str) and (match := _RESULT_REFERENCE.match(value)):
-        result = results.get(match.group(1))
-        return result.get(match.group(2), value) if isinstance(result, dict) else value
-    if isinstance(value, dict):
-        return {k: fill_results(v, results) for k, v in value.items()}
-    if isinstance(value, list):
-        return [fill_results(v, results) for v in value]
-    return value
+    def fill(text: str) -> Any:
+        match = _RESULT_REFERENCE.match(text)
+        result = results.get(match.group(1)) if match else None
+        return result.get(match.group(2), text) if isinstance(result, dict) else text
+
+    return map_strings(value, fill)
 
 
 def resolve_tool_name(wanted: str, tools: list[dict[str, Any]]) -> str | None:
