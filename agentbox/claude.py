@@ -145,6 +145,7 @@ class ResultEvent:
     permission_denials: list[dict[str, Any]]
     session_id: str
     structured_output: Any = None
+    api_error_status: int | None = None  # the model API's HTTP status when it failed the run
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ def events_from_message(message: dict[str, Any]) -> list[Event]:
                 permission_denials=list(message.get("permission_denials") or []),
                 session_id=message.get("session_id", ""),
                 structured_output=message.get("structured_output"),
+                api_error_status=message.get("api_error_status") or None,
             )
         ]
     return []
@@ -300,6 +302,7 @@ class AgentRun(BaseModel):
     result: str = ""
     subtype: str = ""
     is_error: bool = False
+    api_error_status: int | None = Field(None, description="The model API's HTTP status, when it failed the run.")
     num_turns: int = 0
     cost_usd: float = 0.0
     duration_ms: int = 0
@@ -335,6 +338,7 @@ class AgentRun(BaseModel):
         elif isinstance(event, ResultEvent):
             self.finished = True
             self.result, self.subtype, self.is_error = event.result, event.subtype, event.is_error
+            self.api_error_status = event.api_error_status
             self.num_turns, self.cost_usd, self.duration_ms = event.num_turns, event.total_cost_usd, event.duration_ms
             asked = {d.tool_use_id for d in self.decisions if d.by != "policy"}
             self.permission_denials = [d.get("tool_name", "?") for d in event.permission_denials

@@ -7,6 +7,13 @@ line ends with.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+# Why a session failed, from a fixed set a user can count: whose side the failure was on.
+FailureReason = Literal["sandbox provider", "model API", "MCP upstream", "gateway", "agent", "policy", "timeout",
+                        "cancelled"]
+FAILURE_REASONS: tuple[str, ...] = get_args(FailureReason)
+
 MAX_DETAIL = 300  # characters of a foreign error's text quoted in ours
 
 
@@ -26,6 +33,7 @@ class AgentboxError(Exception):
 
     retryable = False
     exit_code = 1
+    reason: FailureReason = "agent"
 
     def __init__(self, message: str, hint: str = "") -> None:
         self.message = message
@@ -37,10 +45,13 @@ class ConfigError(AgentboxError):
     """Settings, parameters or the MCP config are wrong; nothing was started."""
 
     exit_code = 2
+    reason = "policy"  # what the run was told to do was refused before it began
 
 
 class RunTimedOut(AgentboxError):
     """The flow run passed its timeout and was stopped (its sandbox is torn down as on any failure)."""
+
+    reason = "timeout"
 
     @classmethod
     def after(cls, seconds: float) -> RunTimedOut:
@@ -53,6 +64,8 @@ class RunTimedOut(AgentboxError):
 class SandboxError(AgentboxError):
     """The sandbox could not be created, reached or used."""
 
+    reason = "sandbox provider"
+
 
 class SandboxUnavailable(SandboxError):
     """The sandbox service is busy, rate-limited or erring (429/5xx/timeouts): worth retrying."""
@@ -63,6 +76,8 @@ class SandboxUnavailable(SandboxError):
 class SandboxCommandTimeout(SandboxError):
     """A command inside the sandbox ran past its own timeout and was killed."""
 
+    reason = "timeout"
+
 
 class SandboxExpired(SandboxError):
     """The sandbox reached its TTL and was destroyed, taking a running command with it."""
@@ -70,6 +85,8 @@ class SandboxExpired(SandboxError):
 
 class GatewayError(AgentboxError):
     """The sandbox's MCP gateway does not serve what the session needs."""
+
+    reason = "gateway"
 
 
 class GatewayAuthError(GatewayError):
@@ -85,25 +102,46 @@ class GatewayNotReady(GatewayError):
 class GatewayUpstreamError(GatewayError):
     """The gateway says one of its MCP servers failed to start: retrying cannot help."""
 
+    reason = "MCP upstream"
+
 
 class PolicyViolation(AgentboxError):
     """The agent tried what the run policy forbids (every layer blocked it; the run still fails, so people look)."""
+
+    reason = "policy"
 
 
 class ClaudeError(AgentboxError):
     """Claude Code could not be registered or its run failed."""
 
 
+class ModelApiError(ClaudeError):
+    """The model API failed Claude Code (5xx, overloaded or rate-limited past Claude Code's own retries)."""
+
+    reason = "model API"
+
+
+class UpstreamToolError(ClaudeError):
+    """The agent could not finish because an MCP server's tool calls failed (its service erred, or it died)."""
+
+    reason = "MCP upstream"
+
+
 class ApprovalDenied(AgentboxError):
     """A person (or nobody, where silence denies) refused a tool call the run needed approval for."""
+
+    reason = "policy"
 
 
 class BudgetExceeded(AgentboxError):
     """The run's spend passed its budget and the agent was stopped, or today's runs spent their daily budget and
     it did not start."""
 
+    reason = "policy"
+
 
 class RunCancelled(AgentboxError):
     """The run was cancelled (from the Prefect UI or API) while it waited; its sandbox was torn down."""
 
     exit_code = 130
+    reason = "cancelled"

@@ -38,7 +38,7 @@ from agentbox.missions.notion_to_github import (
 from agentbox.errors import RunCancelled
 from agentbox.plan import plan_session, rehearsal_backend
 from agentbox.policy import RunPolicy
-from agentbox.settings import configured_flow_timeout, load_settings
+from agentbox.settings import Settings, configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
 from flows.session import (
@@ -125,28 +125,42 @@ async def notion_to_github(
         policy: What the agent may do, over the POLICY_* settings and the workflow's (Notion's reading and search
             tools, create_issue approved by a person, no commands); fields left None keep theirs.
     """
-    owner, name = parse_repo(issue.repo)
     settings = load_settings()
-    backend = rehearsal_backend(backend_named(backend)) if rehearsal else backend_named(backend) or settings.backend
-    result = SessionResult(backend=backend, rehearsal=rehearsal)
-    prompt = build_prompt(owner, name, issue.title, issue.body)
-    recorded: list[RecordedIssue] = []
+    result = SessionResult(backend=run_backend(settings, backend, rehearsal), rehearsal=rehearsal)
     try:
-        async with reported("notion-to-github", result, settings) as extra:
-            with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
-                plan = plan_this_run(settings, prompt, MCP, backend=backend, stand_ins=stage and stage.stand_ins,
-                                     policy=policy, default_policy=POLICY, output_schema=OUTPUT_SCHEMA)
-                try:
-                    await run_session(plan, result)
-                finally:
-                    recorded = recorded_issues(stage)
-            issue_url, number = created_issue(result.run, owner, name)
-            databases = notion_databases(result.run)
-            check_answer(result.run, issue_url, databases)
-            extra += [f"- Issue: [{owner}/{name}#{number}]({issue_url})",
-                      f"- Notion databases: {', '.join(databases) or 'none'}"]
+        return await open_issue(issue, rehearsal, backend, policy, result, settings)
     except RunCancelled as exc:  # cancelled while it waited for a person: the run ends Cancelled, not Failed
         return Cancelled(message=str(exc))
+
+
+def run_backend(settings: Settings, choice: str | None, rehearsal: bool) -> str:
+    """The backend a run's choice means (a rehearsal's is checked: only local can reach its stand-ins)."""
+    return rehearsal_backend(backend_named(choice)) if rehearsal else backend_named(choice) or settings.backend
+
+
+async def open_issue(
+    issue: IssueRequest, rehearsal: bool, backend: str | None, policy: RunPolicy | None, result: SessionResult,
+    settings: Settings, session: str | None = None, artifact_key: str = "notion-to-github",
+) -> NotionToGithubResult:
+    """One session of the mission, filling `result` as it goes (its `failure` says why, when it raises); the flow's
+    run, or one of a batch's sessions (`session` names it on its sandbox)."""
+    owner, name = parse_repo(issue.repo)
+    prompt = build_prompt(owner, name, issue.title, issue.body)
+    recorded: list[RecordedIssue] = []
+    async with reported(artifact_key, result, settings, description=f"notion-to-github {owner}/{name}") as extra:
+        with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
+            plan = plan_this_run(settings, prompt, MCP, session=session, backend=result.backend,
+                                 stand_ins=stage and stage.stand_ins, policy=policy, default_policy=POLICY,
+                                 output_schema=OUTPUT_SCHEMA)
+            try:
+                await run_session(plan, result)
+            finally:
+                recorded = recorded_issues(stage)
+        issue_url, number = created_issue(result.run, owner, name)
+        databases = notion_databases(result.run)
+        check_answer(result.run, issue_url, databases)
+        extra += [f"- Issue: [{owner}/{name}#{number}]({issue_url})",
+                  f"- Notion databases: {', '.join(databases) or 'none'}"]
     return NotionToGithubResult(
         rehearsal=rehearsal,
         repo=f"{owner}/{name}",

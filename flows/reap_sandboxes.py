@@ -24,6 +24,7 @@ from agentbox.sandboxes import reachable_backends
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SandboxInfo
 from agentbox.settings import load_settings
 from flows import cli
+from flows.janitor import end_sandbox
 
 
 class Verdict(BaseModel):
@@ -84,7 +85,7 @@ async def reap_sandboxes(max_age_minutes: float = 120, dry_run: bool = False) ->
                     report.kept.append(verdict)
                     continue
                 if not dry_run:
-                    verdict.killed = await sandboxes.kill(info.id)
+                    verdict.killed = await end_sandbox(sandboxes, info)
                 logger.warning("%s sandbox %s: %s", "Would reap" if dry_run else "Reaped", info.id, reason)
                 report.reaped.append(verdict)
     rows = [v.model_dump() for v in report.reaped] or [{"sandbox_id": "-", "reason": "nothing to reap"}]

@@ -21,11 +21,11 @@ from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field, computed_field
 
 from agentbox.claude import GATEWAY_NAME, AgentRun
-from agentbox.errors import AgentboxError, PolicyViolation, RunTimedOut, one_line
+from agentbox.errors import AgentboxError, FailureReason, PolicyViolation, RunTimedOut, one_line
 from agentbox.plan import SessionPlan, plan_session
 from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
-from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY
+from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SESSION_LABEL_KEY, SLOT_LEASE_LABEL_KEY
 from agentbox.settings import Settings, redact
 from tasks.budget import check_daily_budget
 from tasks.claude import check_run, register_claude, run_prompt
@@ -47,6 +47,13 @@ def backend_named(choice: str | None) -> str | None:
 REHEARSAL_BANNER = "REHEARSAL: local stand-ins of Anthropic, Notion and GitHub; nothing left this machine."
 
 
+class SessionFailure(BaseModel):
+    """Why a session failed: one reason from a fixed set (to count them by), and what happened (secrets redacted)."""
+
+    reason: FailureReason
+    message: str
+
+
 class SessionResult(BaseModel):
     """What one session did: where it ran, how long each step took, and the agent's run. No secrets."""
 
@@ -63,6 +70,7 @@ class SessionResult(BaseModel):
     steps: dict[str, float] = Field(default_factory=dict, description="Seconds per step.")
     budget_usd: float | None = Field(None, description="The run's budget for the model, if it had one.")
     run: AgentRun = Field(default_factory=AgentRun)
+    failure: SessionFailure | None = Field(None, description="Why the session failed; None when it did not.")
 
     @computed_field
     @property
@@ -86,9 +94,29 @@ class SessionResult(BaseModel):
         return spent
 
 
-def session_metadata() -> dict[str, str]:
-    """Labels that let hooks and the reaper find this run's sandboxes."""
+def failure_reason(exc: BaseException, result: SessionResult) -> FailureReason:
+    """Whose side a failure was on. Our errors say it themselves; an agent that could not finish because an MCP
+    server's calls failed is the upstream's; anything unforeseen is put on the step that was under way."""
+    if isinstance(exc, AgentboxError):
+        upstream_failed = any(c.server == GATEWAY_NAME and c.ok is False and BLOCKED not in c.output
+                              for c in result.run.tool_calls)
+        return "MCP upstream" if exc.reason == "agent" and upstream_failed else exc.reason
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
+        return "cancelled"
+    done = result.steps
+    return "sandbox provider" if "create" not in done else "gateway" if "gateway_ready" not in done else "agent"
+
+
+def failure_of(exc: BaseException, result: SessionResult, settings: Settings) -> SessionFailure:
+    why = str(exc) if isinstance(exc, AgentboxError) else f"{type(exc).__name__}: {one_line(exc)}"
+    return SessionFailure(reason=failure_reason(exc, result), message=redact(why, settings.secret_values()))
+
+
+def session_metadata(session: str | None = None) -> dict[str, str]:
+    """Labels that let hooks and the reaper find this run's sandboxes (and, in a batch, each session's own)."""
     metadata = {APP_LABEL_KEY: APP_LABEL, "prefect_flow_run_id": str(flow_run.id or "none")}
+    if session:
+        metadata[SESSION_LABEL_KEY] = session
     if flow_run.flow_name:
         metadata["prefect_flow"] = str(flow_run.flow_name)
     if deployment.name:
@@ -102,11 +130,13 @@ def running_flow_timeout() -> float | None:
     return context.flow.timeout_seconds if context and context.flow else None
 
 
-def plan_this_run(settings: Settings, prompt: str, mcp: Any, **choices: Any) -> SessionPlan:
-    """The plan of the flow run in progress: its workflow, labels and effective timeout come from Prefect."""
+def plan_this_run(settings: Settings, prompt: str, mcp: Any, session: str | None = None, **choices: Any
+                  ) -> SessionPlan:
+    """The plan of the flow run in progress: its workflow, labels and effective timeout come from Prefect;
+    `session` names one session of a batch (its sandbox's label)."""
     plan = plan_session(
         settings, prompt, mcp, workflow=str(flow_run.flow_name or "agent-session"),
-        flow_timeout_seconds=running_flow_timeout(), metadata=session_metadata(), **choices,
+        flow_timeout_seconds=running_flow_timeout(), metadata=session_metadata(session), **choices,
     )
     logger = get_run_logger()
     logger.info("%sBackend: %s", "REHEARSAL: " if plan.rehearsal else "", plan.backend)
@@ -143,7 +173,9 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
 
     problem: AgentboxError | None = None
     await check_daily_budget(plan)
-    async with sandbox_slot(plan):  # held until the sandbox is gone
+    async with sandbox_slot(plan) as lease:  # held until the sandbox is gone
+        if lease:  # on the sandbox, so that whoever kills it after a crash frees the slot too
+            plan = plan.model_copy(update={"metadata": {**plan.metadata, SLOT_LEASE_LABEL_KEY: lease}})
         failed = True
         try:
             handle = await create_sandbox(plan)
@@ -218,8 +250,10 @@ async def teardown(plan: SessionPlan, handle: SandboxHandle | None, session_fail
 
 
 @asynccontextmanager
-async def reported(key: str, result: SessionResult, settings: Settings) -> AsyncIterator[list[str]]:
-    """Write the run's artifact when the block ends, also when it fails (then with the reason, secrets redacted).
+async def reported(key: str, result: SessionResult, settings: Settings, description: str = ""
+                   ) -> AsyncIterator[list[str]]:
+    """Write the run's artifact when the block ends, also when it fails (then with `result.failure`: the reason, and
+    what happened, secrets redacted).
 
     The block may add lines for the artifact to the list it is given. Prefect stops a flow past its timeout by
     cancelling it: here that becomes our own RunTimedOut, so the artifact says which timeout it was."""
@@ -230,16 +264,18 @@ async def reported(key: str, result: SessionResult, settings: Settings) -> Async
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and timeout and time.monotonic() - started >= timeout - 1:
             exc = RunTimedOut.after(timeout)
-        why = str(exc) if isinstance(exc, AgentboxError) else f"{type(exc).__name__}: {one_line(exc)}"
-        await asyncio.shield(session_artifact(key, result, error=redact(why, settings.secret_values())))
+        result.failure = failure_of(exc, result, settings)
+        await asyncio.shield(session_artifact(key, result, description=description))
         raise
-    await session_artifact(key, result, extra=extra)
+    await session_artifact(key, result, extra=extra, description=description)
 
 
-def session_markdown(title: str, result: SessionResult, error: str = "", extra: list[str] = ()) -> str:
+def session_markdown(title: str, result: SessionResult, extra: list[str] = ()) -> str:
     lines = [f"# {title}", ""]
     lines += [f"**{REHEARSAL_BANNER}**", ""] if result.rehearsal else []
-    lines += [f"**Outcome:** {'FAILED: ' + error if error else 'succeeded'}", "", *extra]
+    failure = result.failure
+    outcome = f"FAILED ({failure.reason}): {failure.message}" if failure else "succeeded"
+    lines += [f"**Outcome:** {outcome}", "", *extra]
     lines += [
         f"- Sandbox: `{result.sandbox_id or '-'}` on `{result.backend}`",
         f"- Gateway tools: {result.tools}",
@@ -317,8 +353,8 @@ def egress_table(result: SessionResult) -> list[str]:
     return [*header, *rows, ""]
 
 
-async def session_artifact(key: str, result: SessionResult, error: str = "", extra: list[str] = ()) -> None:
+async def session_artifact(key: str, result: SessionResult, extra: list[str] = (), description: str = ""
+                           ) -> None:
     title = key.replace("-", " ").capitalize()
-    await acreate_markdown_artifact(
-        key=key, markdown=session_markdown(title, result, error, extra), description=f"{title} run summary"
-    )
+    await acreate_markdown_artifact(key=key, markdown=session_markdown(title, result, extra),
+                                    description=description or f"{title} run summary")

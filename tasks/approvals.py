@@ -33,6 +33,8 @@ from agentbox.plan import SessionPlan
 
 PAUSE_MARGIN_SECONDS = 60  # the server fails a run resumed past its pause timeout: ours ends first
 POLL_SECONDS = 1.0
+# A run shows one form at a time: the sessions of a batch that need a person queue for the run's page.
+_ONE_FORM_PER_RUN: dict[uuid.UUID, asyncio.Lock] = {}
 
 
 def approval_form(request: ApprovalRequest) -> type[RunInput]:
@@ -76,6 +78,10 @@ class PrefectUIApprover:
         if context is None or context.flow_run is None:
             raise ApprovalDenied("An approval can only be asked inside a flow run.", "Run the session as a flow.")
         flow_run_id = context.flow_run.id
+        async with _ONE_FORM_PER_RUN.setdefault(flow_run_id, asyncio.Lock()):
+            return await self._ask(request, timeout, flow_run_id)
+
+    async def _ask(self, request: ApprovalRequest, timeout: float, flow_run_id: uuid.UUID) -> Answer | None:
         form = approval_form(request)
         paused = Paused(timeout_seconds=int(timeout) + PAUSE_MARGIN_SECONDS, reschedule=False,
                         pause_key=pause_key(request))

@@ -29,7 +29,14 @@ from agentbox.claude import (
     split_tool_name,
     user_message,
 )
-from agentbox.errors import ApprovalDenied, BudgetExceeded, ClaudeError, SandboxCommandTimeout, one_line
+from agentbox.errors import (
+    ApprovalDenied,
+    BudgetExceeded,
+    ClaudeError,
+    ModelApiError,
+    SandboxCommandTimeout,
+    one_line,
+)
 from agentbox.plan import SessionPlan, Timeouts
 from agentbox.sandboxes import SandboxHandle
 from agentbox.policy import BLOCKED
@@ -226,6 +233,11 @@ def check_run(run: AgentRun, plan: SessionPlan) -> None:
         raise ClaudeError(
             f"Claude Code exited with code {run.exit_code} without a result: {run.stderr or 'no output'}.",
             "See the run's logs.",
+        )
+    if run.api_error_status or run.result.startswith("API Error"):
+        raise ModelApiError(
+            f"The model API failed the run ({run.api_error_status or 'no status'}): {one_line(run.result)}.",
+            "Claude Code retried it already; run again later, or check ANTHROPIC_BASE_URL and the API's status.",
         )
     if run.is_error or run.exit_code:
         raise ClaudeError(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import httpx
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.concurrency._asyncio import aacquire_concurrency_slots_with_lease
+from prefect.concurrency._leases import amaintain_concurrency_lease
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.exceptions import ObjectNotFound
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
 from agentbox.errors import ConfigError
@@ -21,6 +28,7 @@ from agentbox.settings import Settings
 from tasks.defaults import session_task
 
 DEFAULT_SANDBOX_SLOTS = 5  # sandboxes at once, when nobody said otherwise (deployments.bootstrap --sandboxes N)
+SLOT_LEASE_SECONDS = 60  # the shortest lease Prefect's server grants; renewed while the session lives
 
 
 @session_task(
@@ -64,29 +72,53 @@ async def kill_run_sandboxes(plan: SessionPlan) -> list[str]:
 
 
 @asynccontextmanager
-async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[None]:
+async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
     """Hold one slot of the global sandbox limit for a whole session, so no more sandboxes run at once than E2B
-    (or the machine) allows, across every worker. Strict: a missing limit is an error, never "unlimited"."""
+    (or the machine) allows, across every worker. Strict: a missing limit is an error, never "unlimited".
+
+    Yields the slot's lease id (None without a limit). The session labels its sandbox with it, so that when the run
+    dies without releasing it (SIGKILL, OOM), the crash hook or the reaper that kills the sandbox frees the slot in
+    seconds; left alone, the server would free it only when the lease ends (`SLOT_LEASE_SECONDS` after its last
+    renewal). Prefect's public `concurrency()` keeps the lease id to itself, hence its parts here (Prefect is
+    pinned)."""
     name = plan.concurrency_limit
     if not name:
-        yield
+        yield None
         return
     started = time.monotonic()
-    async with AsyncExitStack() as held:
-        try:
-            await held.enter_async_context(
-                concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False)
-            )
-        except ConcurrencySlotAcquisitionError:
-            raise ConfigError(
-                f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
-                "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without "
-                "one.",
-            ) from None
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
+    try:
+        granted = await aacquire_concurrency_slots_with_lease(
+            names=[name], slots=1, lease_duration=SLOT_LEASE_SECONDS, strict=True, holder=holder)
+    except ConcurrencySlotAcquisitionError:
+        raise ConfigError(
+            f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
+            "Create it with `python -m deployments.bootstrap`, or set SANDBOX_CONCURRENCY_LIMIT= to run without "
+            "one.",
+        ) from None
+    try:
         waited = time.monotonic() - started
         if waited > 1:
             get_run_logger().info("Waited %.1f s for a sandbox slot of limit '%s'", waited, name)
-        yield
+        async with amaintain_concurrency_lease(granted.lease_id, SLOT_LEASE_SECONDS,
+                                               raise_on_lease_renewal_failure=False):
+            yield str(granted.lease_id)
+    finally:
+        await asyncio.shield(release_slot(granted.lease_id))
+
+
+async def release_slot(lease_id: UUID | str) -> bool:
+    """Give a slot's lease back; False when it was already gone (released, or expired). Idempotent."""
+    async with get_client() as client:
+        try:
+            await client.release_concurrency_slots_with_lease(lease_id=UUID(str(lease_id)))
+        except (ObjectNotFound, ValueError):
+            return False
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return False
+            raise
+    return True
 
 
 async def ensure_sandbox_limit(settings: Settings, slots: int = DEFAULT_SANDBOX_SLOTS) -> None:

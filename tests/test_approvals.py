@@ -69,7 +69,7 @@ def test_a_denied_call_never_runs_and_the_run_fails_naming_the_denial(world):
                                  "(wrong repository).")
     assert world.issues(f"octo/{repo}") == []
     markdown = asyncio.run(latest_artifact("notion-to-github"))
-    assert "FAILED: create_issue was not approved" in markdown and "| denied | prefect-ui |" in markdown
+    assert "FAILED (policy): create_issue was not approved" in markdown and "| denied | prefect-ui |" in markdown
 
 
 def test_a_call_approved_with_edited_arguments_runs_as_edited(world):
@@ -107,7 +107,7 @@ def test_a_run_cancelled_while_it_waits_ends_cancelled_with_its_sandbox_gone(wor
     assert state.is_cancelled(), state
     assert state.message.startswith("The run was cancelled while it waited for approval; its sandbox was torn down.")
     assert world.issues(f"octo/{repo}") == []
-    assert "FAILED: The run was cancelled while it waited for approval" in asyncio.run(latest_artifact("notion-to-github"))
+    assert "FAILED (cancelled): The run was cancelled while it waited for approval" in asyncio.run(latest_artifact("notion-to-github"))
     assert world.alive() == set()
 
 

@@ -54,7 +54,7 @@ def test_an_answer_that_does_not_match_its_schema_fails_the_run(world):
     assert isinstance(error, ClaudeError)
     assert str(error).startswith("Claude Code gave no valid structured output (its last of 1 attempt(s) was refused: "
                                  "Output does not match required schema: root: must have required property 'items'")
-    assert "FAILED: Claude Code gave no valid structured output" in asyncio.run(latest_artifact("agent-session"))
+    assert "FAILED (agent): Claude Code gave no valid structured output" in asyncio.run(latest_artifact("agent-session"))
 
 
 def test_a_run_past_its_budget_is_stopped_by_its_reported_usage(world):
@@ -99,7 +99,7 @@ def test_a_daily_budget_refuses_runs_once_todays_runs_have_spent_it(world, monke
     assert isinstance(error, BudgetExceeded)
     assert str(error).startswith(f"The runs of flow agent-session spent ${spent + cost:.4f} today (UTC) of their $")
     assert "daily budget; this run was not started. Raise DAILY_BUDGET_USD" in str(error)
-    assert "FAILED: The runs of flow agent-session" in asyncio.run(latest_artifact("agent-session"))
+    assert "FAILED (policy): The runs of flow agent-session" in asyncio.run(latest_artifact("agent-session"))
 
 
 def test_spend_records_are_read_page_by_page_and_a_bad_one_counts_nothing():

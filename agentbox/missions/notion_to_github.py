@@ -14,7 +14,7 @@ import re
 from pydantic import BaseModel, Field
 
 from agentbox.claude import AgentRun
-from agentbox.errors import AgentboxError, ConfigError, one_line
+from agentbox.errors import AgentboxError, ConfigError, UpstreamToolError, one_line
 from agentbox.policy import RunPolicy
 
 DEFAULT_TITLE = "Summary of our Notion workspace"
@@ -83,8 +83,11 @@ def notion_databases(run: AgentRun) -> list[str]:
 def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
     """URL and number of the issue a successful `create_issue` opened on owner/name, else an error saying why."""
     if not run.successful_calls(NOTION_SEARCH):
-        raise AgentboxError(
-            "The agent did not complete a Notion search.", "Check the Notion token and the run's tool calls."
+        failed = [c for c in run.tool_calls if c.tool == NOTION_SEARCH and c.ok is False]
+        raise (UpstreamToolError if failed else AgentboxError)(
+            "The agent did not complete a Notion search"
+            + (f" (Notion's server answered: {one_line(failed[-1].output, limit=200)})." if failed else "."),
+            "Check the Notion token and the run's tool calls.",
         )
     calls = [c for c in run.tool_calls if c.tool == "create_issue"]
     wanted = f"{owner}/{name}".lower()
@@ -103,7 +106,7 @@ def created_issue(run: AgentRun, owner: str, name: str) -> tuple[str, int]:
         raise AgentboxError(
             f"The agent created no issue on {owner}/{name} (it tried other repositories).", "Check the prompt."
         )
-    raise AgentboxError(
+    raise UpstreamToolError(
         f"GitHub refused to create the issue on {owner}/{name}: {one_line(on_repo[-1].output, limit=200)}.",
         "Check that GITHUB_TOKEN may open issues on that repository.",
     )

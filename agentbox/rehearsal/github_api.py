@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from agentbox.rehearsal.faults import Fault, retry_headers, with_faults
+
 _DOCS = "https://docs.github.com/rest"
 _LABEL_COLORS = ["d73a4a", "a2eeef", "7057ff", "008672", "e4e669", "d876e3", "0075ca"]
 # The exact selection github-mcp-server 0.12.1 sends for list_issues: githubv4 decodes strictly, so only a query
@@ -402,4 +404,15 @@ def github_app(token: str, repos: set[str] | None = None, login: str = "rehearsa
     app.state.issues = issues
     app.state.requests = requests_log
     app.state.unmatched = unmatched
-    return app
+    return with_faults(app, github_error)
+
+
+def github_error(fault: Fault) -> tuple[dict[str, Any], dict[str, str]]:
+    """An injected error as GitHub answers it: a 429 (or 403) is a rate limit, with GitHub's rate-limit headers."""
+    headers = retry_headers(fault)
+    if fault.status in (403, 429):
+        reset = int(datetime.now(timezone.utc).timestamp() + (fault.retry_after or 60))
+        headers.update({"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0", "x-ratelimit-used": "5000",
+                        "x-ratelimit-reset": str(reset), "x-ratelimit-resource": "core"})
+    message = "API rate limit exceeded" if fault.status in (403, 429) else fault.message
+    return {"message": message, "documentation_url": _DOCS, "status": str(fault.status)}, headers

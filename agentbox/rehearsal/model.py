@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from agentbox.rehearsal.faults import FaultInjector, retry_headers
 from agentbox.settings import map_strings
 
 # The answer to requests outside the scripted conversation, such as `claude`'s title generation (sent without tools).
@@ -310,6 +311,13 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
+def _cut(events: Iterator[str]) -> Iterator[str]:
+    """The first events of a stream (the message starts, no content block ends), then the connection drops."""
+    for _, event in zip(range(4), events):
+        yield event
+    raise ConnectionResetError("stream cut by an injected fault")
+
+
 def _stream_events(message: dict[str, Any]) -> Iterator[str]:
     """The event sequence Anthropic's streaming Messages API sends."""
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
@@ -358,8 +366,13 @@ def _stream_events(message: dict[str, Any]) -> Iterator[str]:
     yield _sse("message_stop", {"type": "message_stop"})
 
 
-def model_app(script: ModelScript) -> Starlette:
-    """The Messages API stand-in playing `script`.
+def model_app(script: ModelScript | dict[str, ModelScript]) -> Starlette:
+    """The Messages API stand-in playing `script`, or, given `{text: script}`, the script whose text occurs in the
+    conversation's user messages (one stand-in for many concurrent sessions, each with its own prompt).
+
+    Faults armed on `app.state.faults` (a `FaultInjector`, see faults.py) hit the scripted conversation's requests;
+    `match` looks in the user messages' text: an error (529 overloaded, 429 with retry-after, 500...), a slow first
+    byte, or a stream cut off mid-message.
 
     What `claude` sent stays on the app for tests and reports: `app.state.requests` holds every `/v1/messages` body
     (parsed JSON), `app.state.count_tokens_requests` the token-count bodies and `app.state.unmatched` the
@@ -369,8 +382,8 @@ def model_app(script: ModelScript) -> Starlette:
     count_tokens_log: list[dict[str, Any]] = []
     unmatched: list[tuple[str, str]] = []
 
-    def error_response(spec: ErrorSpec, request_id: str) -> JSONResponse:
-        headers = {"request-id": request_id}
+    def error_response(spec: ErrorSpec, request_id: str, extra: dict[str, str] | None = None) -> JSONResponse:
+        headers = {"request-id": request_id, **(extra or {})}
         if spec.should_retry is not None:
             headers["x-should-retry"] = "true" if spec.should_retry else "false"
         return JSONResponse(
@@ -393,10 +406,20 @@ def model_app(script: ModelScript) -> Starlette:
             return error_response(ErrorSpec(status=400, message="Request body is not valid JSON."), request_id)
         requests_log.append(body)
         tools = body.get("tools") or []
+        fault = None
         if not tools:
             step = Step(text=_side_request_text(body))
         else:
-            step = script.step_for(count_tool_results(body))
+            said = "\n".join(user_texts(body))
+            played = script if isinstance(script, ModelScript) else next(
+                (s for key, s in script.items() if key in said), ModelScript([{"text": "(no script for this prompt)"}]))
+            step = played.step_for(count_tool_results(body))
+            fault = app.state.faults.draw(said, key=json.dumps(body.get("messages"), sort_keys=True))
+        if fault is not None and fault.kind == "slow" and await _hang(request, fault.delay_seconds):
+            return Response(status_code=499)
+        if fault is not None and fault.kind == "error":
+            return error_response(ErrorSpec(status=fault.status, message=fault.message,
+                                            should_retry=fault.should_retry), request_id, retry_headers(fault))
         if step.hang_seconds and await _hang(request, step.hang_seconds):
             return Response(status_code=499)  # the client gave up; nobody reads this
         if step.error is not None:
@@ -423,7 +446,7 @@ def model_app(script: ModelScript) -> Starlette:
         headers = {"request-id": request_id}
         if body.get("stream"):
             return StreamingResponse(
-                _stream_events(message),
+                _cut(_stream_events(message)) if fault is not None and fault.kind == "cut" else _stream_events(message),
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
@@ -453,6 +476,7 @@ def model_app(script: ModelScript) -> Starlette:
         ]
     )
     app.state.script = script
+    app.state.faults = FaultInjector()
     app.state.requests = requests_log
     app.state.count_tokens_requests = count_tokens_log
     app.state.unmatched = unmatched

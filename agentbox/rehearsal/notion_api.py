@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from agentbox.rehearsal.faults import Fault, retry_headers, with_faults
 from agentbox.rehearsal.seed import NotionSeed, SeedDatabase, SeedPage, default_notion_seed, stable_id
 
 _CREATED = "2025-01-06T09:30:00.000Z"
@@ -432,4 +433,14 @@ def notion_app(token: str, seed: NotionSeed | None = None) -> Starlette:
     app = Starlette(routes=routes)
     app.state.requests = requests_log
     app.state.workspace = ws
-    return app
+    return with_faults(app, notion_error)
+
+
+_NOTION_CODES = {429: "rate_limited", 500: "internal_server_error", 502: "bad_gateway", 503: "service_unavailable",
+                 504: "gateway_timeout"}
+
+
+def notion_error(fault: Fault) -> tuple[dict[str, Any], dict[str, str]]:
+    """An injected error as Notion answers it (429s carry Retry-After, as Notion's do)."""
+    code = _NOTION_CODES.get(fault.status, "internal_server_error")
+    return {"object": "error", "status": fault.status, "code": code, "message": fault.message}, retry_headers(fault)

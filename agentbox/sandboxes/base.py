@@ -24,6 +24,8 @@ OutputCallback = Callable[[str], None]
 
 APP_LABEL_KEY = "app"
 APP_LABEL = "agentbox"
+SESSION_LABEL_KEY = "agentbox_session"  # one session of a batch run (a run's sessions share its flow run id)
+SLOT_LEASE_LABEL_KEY = "agentbox_slot_lease"  # the sandbox limit's lease the session holds, freed by hooks and reaper
 DEFAULT_MODEL_URL = "https://api.anthropic.com"
 
 

@@ -8,6 +8,7 @@ retries 429/502/503/504 by itself unless the answer carries `Should-Retry: false
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import urllib.parse
@@ -88,6 +89,16 @@ def metadata_query(raw: str | None) -> dict[str, str]:
     if not raw:
         return {}
     return {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in urllib.parse.parse_qsl(raw)}
+
+
+def target_metadata(state: State, path: str, body) -> dict[str, str] | None:  # noqa: ANN001 - parsed JSON
+    """The metadata of the sandbox a request is about: the create body's, or the named sandbox's."""
+    if path == "/v2/sandboxes" and isinstance(body, dict):
+        return body.get("metadata")
+    parts = path.strip("/").split("/")
+    sandbox_id = parts[parts.index("sandboxes") + 1] if "sandboxes" in parts[:-1] else None
+    known = state.sandboxes.get(sandbox_id or "")
+    return known.metadata if known else None
 
 
 def path_matches(pattern: str, path: str) -> bool:
@@ -211,13 +222,19 @@ class ControlPlane:
             except ValueError:
                 body = raw.decode(errors="replace")
             try:
-                fault = next((f for f in state.faults if f.kind in ("api_error", "create_error")
+                metadata = target_metadata(state, scope["path"], body)
+                fault = next((f for f in state.faults if f.kind in ("api_error", "create_error", "slow_create")
                               and f.params["method"] == scope["method"] and path_matches(f.params["path"], scope["path"])
-                              and f.take()), None)
+                              and f.concerns(metadata) and f.take()), None)
+                if fault is not None and fault.kind == "slow_create":
+                    await asyncio.sleep(fault.params["delay_seconds"])
+                    fault = None
                 if fault is not None:
                     headers = {}
                     if fault.params.get("should_retry") is not None:
                         headers["Should-Retry"] = "true" if fault.params["should_retry"] else "false"
+                    if fault.params.get("retry_after") is not None:
+                        headers["Retry-After"] = f"{fault.params['retry_after']:g}"
                     answer = error(fault.params["status"], fault.params["message"], headers)
                 elif request.headers.get("x-api-key") != state.api_key:
                     answer = error(401, "Invalid API key")

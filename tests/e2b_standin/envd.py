@@ -101,7 +101,7 @@ class ProcessService:
             if host is not None and not host.is_dir():
                 raise ConnectError(Code.INVALID_ARGUMENT, f"cwd '{cwd}' does not exist")
         command = [cfg.cmd, *cfg.args]
-        if self.state.take_fault("hang", " ".join(command)):
+        if self.state.take_fault("hang", " ".join(command), sbx.metadata):
             command = HANG
         env = self.state.jail.env(user, sbx.envs, dict(cfg.envs), offline=True)
         stdin = asyncio.subprocess.PIPE if (not req.has_field("stdin") or req.stdin) else asyncio.subprocess.DEVNULL
@@ -115,7 +115,10 @@ class ProcessService:
             proc.signal(signal.SIGKILL)
             await reap(sbx.dir)
             raise connection_lost(sbx)
-        proc.vanish_after_start = self.state.take_fault("vanish", " ".join([cfg.cmd, *cfg.args])) is not None
+        line = " ".join([cfg.cmd, *cfg.args])
+        proc.vanish_after_start = self.state.take_fault("vanish", line, sbx.metadata) is not None
+        cut = self.state.take_fault("cut", line, sbx.metadata)
+        proc.cut_after = cut.params["after_seconds"] if cut else None
         sbx.procs[proc.pid] = proc
 
         async def pump(stream: asyncio.StreamReader, kind: str) -> None:
@@ -157,12 +160,17 @@ class ProcessService:
                 asyncio.create_task(self.state.kill(sbx, "vanished"))
                 await sbx.gone.wait()
                 raise connection_lost(sbx)
+            cut_at = time.monotonic() + proc.cut_after if proc.cut_after is not None else None
             while True:
                 wait = keepalive_s
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:
                         raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+                if cut_at is not None:
+                    if time.monotonic() >= cut_at:  # the injected fault: the stream breaks, the process goes on
+                        raise ConnectError(Code.UNAVAILABLE, "stream cut by an injected fault")
+                    wait = min(wait, max(cut_at - time.monotonic(), 0.001))
                 try:
                     event = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:

@@ -72,7 +72,7 @@ async def run_mcp_gateway(state: State, sbx: Sandbox, argv: list[str], envs: dic
     token = envs.get("GATEWAY_ACCESS_TOKEN", "")
     if not token:
         return 2, b"mcp-gateway: GATEWAY_ACCESS_TOKEN is not set\n"
-    if fault := state.take_fault("gateway_error"):
+    if fault := state.take_fault("gateway_error", metadata=sbx.metadata):
         return int(fault.params.get("exit_code", 1)), (fault.params["message"].rstrip("\n") + "\n").encode()
 
     await stop_gateway(state, sbx)  # run again (an idempotent create replayed): restart with the new token

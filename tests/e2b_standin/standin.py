@@ -13,6 +13,7 @@ import contextlib
 import json
 import fcntl
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -35,22 +36,32 @@ OWNER_LOCKS = Path(tempfile.gettempdir()) / ".e2b-standin-owners"
 MCP_URL_TEMPLATE = "http://{domain}:{port}/mcp"
 
 _REQUIRED = object()
-# kind -> parameters (with defaults) `inject` accepts; `count=None` fires until `clear_faults`
+# kind -> parameters (with defaults) `inject` accepts; `count=None` fires until `clear_faults`. Every kind but
+# list_pages also takes `rate` (the chance a matching request is hit, thrown with the stand-in's seed) and `session`
+# (a text the sandbox's metadata must contain: one session of a batch).
 FAULT_KINDS: dict[str, dict[str, Any]] = {
-    # POST /v2/sandboxes answers `status`; Should-Retry: false by default so the SDK does not retry (None: no header)
-    "create_error": {"status": _REQUIRED, "message": "injected by the E2B stand-in", "should_retry": False, "count": 1},
-    # any control-plane call: `path` exact, or a prefix when it ends with "/"
+    # POST /v2/sandboxes answers `status`; Should-Retry: false by default so the SDK does not retry (None: no header);
+    # `retry_after` seconds as Retry-After (a 429's)
+    "create_error": {"status": _REQUIRED, "message": "injected by the E2B stand-in", "should_retry": False,
+                     "retry_after": None, "count": 1},
+    # POST /v2/sandboxes takes `delay_seconds` longer before it answers
+    "slow_create": {"delay_seconds": _REQUIRED, "count": 1},
+    # any control-plane call: `path` exact, or a prefix when it ends with "/" (DELETE /sandboxes/: a kill failing)
     "api_error": {"method": _REQUIRED, "path": _REQUIRED, "status": _REQUIRED,
-                  "message": "injected by the E2B stand-in", "should_retry": False, "count": 1},
+                  "message": "injected by the E2B stand-in", "should_retry": False, "retry_after": None, "count": 1},
     # `mcp-gateway` exits `exit_code` with `message` on stderr, no gateway started
     "gateway_error": {"message": "mcp-gateway: injected failure", "exit_code": 1, "count": 1},
     # a command whose command line contains `match` runs a silent `sleep infinity` instead: it never ends by itself
     "hang": {"match": _REQUIRED, "count": None},
     # when a command containing `match` has started, its sandbox is killed server-side (state "vanished")
     "vanish": {"match": _REQUIRED, "count": 1},
+    # `after_seconds` after a command containing `match` started, its output stream breaks off (UNAVAILABLE) while
+    # the command and its sandbox live on
+    "cut": {"match": _REQUIRED, "after_seconds": 0.5, "count": 1},
     # GET /v2/sandboxes answers at most `page_size` items a page (until clear_faults)
     "list_pages": {"page_size": _REQUIRED},
 }
+TARGETING = {"rate": 1.0, "session": None}
 
 
 def claim_base() -> tuple[Path, int]:
@@ -104,8 +115,9 @@ class E2BStandIn:
     API_KEY = API_KEY
     MCP_URL_TEMPLATE = MCP_URL_TEMPLATE
 
-    def __init__(self, catalog_file: str | None = None, page_size: int = 2) -> None:
+    def __init__(self, catalog_file: str | None = None, page_size: int = 2, seed: int = 0) -> None:
         self.catalog_file = str(catalog_file) if catalog_file else None
+        self.seed = seed
         self.page_size = page_size
         self._state: State | None = None
         self._thread: threading.Thread | None = None
@@ -292,7 +304,7 @@ class E2BStandIn:
         """Arm a fault (see FAULT_KINDS for kinds and parameters); the returned Fault counts its `hits`."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
-        spec = FAULT_KINDS[kind]
+        spec = FAULT_KINDS[kind] | (TARGETING if kind != "list_pages" else {})
         unknown = set(params) - set(spec)
         if unknown:
             raise ValueError(f"fault {kind!r} takes {', '.join(spec)}; not {', '.join(sorted(unknown))}")
@@ -300,10 +312,11 @@ class E2BStandIn:
         missing = [name for name, value in merged.items() if value is _REQUIRED]
         if missing:
             raise ValueError(f"fault {kind!r} needs {', '.join(missing)}")
-        if kind == "create_error":
+        if kind in ("create_error", "slow_create"):
             merged.update(method="POST", path="/v2/sandboxes")
-        count = merged.pop("count", None)
-        fault = Fault(kind=kind, params=merged, count=count)
+        count, rate, session = merged.pop("count", None), merged.pop("rate", 1.0), merged.pop("session", None)
+        fault = Fault(kind=kind, params=merged, count=count, rate=rate, session=session,
+                      rng=random.Random(f"{self.seed}/{kind}/{len(self._state.faults)}"))
 
         def arm() -> Fault:
             if kind == "list_pages":

@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -98,15 +100,25 @@ class CommandRecord:
 
 @dataclass
 class Fault:
-    """An injected fault; `hits` counts how often it fired, `count` how often it still will (None: until cleared)."""
+    """An injected fault; `hits` counts how often it fired, `count` how often it still will (None: until cleared).
+    `rate` is the chance that a request it matches is hit (thrown with `rng`, seeded by the stand-in); `session`, a
+    text the sandbox's metadata must contain (one session of a batch, say)."""
 
     kind: str
     params: dict[str, Any]
     count: int | None = 1
     hits: int = 0
+    rate: float = 1.0
+    session: str | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def concerns(self, metadata: dict[str, str] | None) -> bool:
+        return self.session is None or self.session in json.dumps(metadata or {}, sort_keys=True)
 
     def take(self) -> bool:
         if self.count is not None and self.count <= 0:
+            return False
+        if self.rate < 1 and self.rng.random() >= self.rate:
             return False
         if self.count is not None:
             self.count -= 1
@@ -129,6 +141,7 @@ class Proc:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     vanish_after_start: bool = False
+    cut_after: float | None = None  # seconds after which its stream breaks off (an injected fault)
 
     def broadcast(self, event: object) -> None:
         for q in list(self.subscribers):
@@ -233,11 +246,14 @@ class State:
     def fake_pid(self) -> int:
         return next(self._fake_pids)
 
-    def take_fault(self, kind: str, match: str | None = None) -> Fault | None:
-        """The first armed fault of `kind` (whose `match` substring occurs in `match`, when given); it fires."""
+    def take_fault(self, kind: str, match: str | None = None, metadata: dict[str, str] | None = None) -> Fault | None:
+        """The first armed fault of `kind` (whose `match` substring occurs in `match`, when given, and whose session
+        the sandbox's `metadata` names); it fires."""
         for fault in self.faults:
             wanted = fault.params.get("match")
             if fault.kind != kind or (match is not None and wanted is not None and wanted not in match):
+                continue
+            if not fault.concerns(metadata):
                 continue
             if fault.take():
                 return fault

@@ -1,0 +1,205 @@
+"""Many notion_to_github sessions from one flow run: one issue per repository, concurrent under the sandbox limit.
+
+    python -m flows.notion_to_github_batch --repo OWNER/A --repo OWNER/B [--title T] [--rehearsal] [--json]
+
+From Python or the Prefect API: `notion_to_github_batch([IssueRequest(repo="o/a"), IssueRequest(repo="o/b")])`,
+parameters `{"issues": [{"repo": "o/a"}, {"repo": "o/b"}]}`.
+
+Every session runs as in `notion_to_github` (its own sandbox, plan, policy, approvals and artifact); they start at
+once and each waits for a slot of the global sandbox limit, so a batch never runs more sandboxes than the limit allows,
+across all workers. One session's failure never stops the others. The run's table artifact has one row per session:
+its outcome, and for a failure one reason from a fixed set (sandbox provider, model API, MCP upstream, gateway, agent,
+policy, timeout, cancelled) to count them by. The run fails when any session failed, and ends Cancelled when cancelled.
+A batch is far lighter than as many flow runs: one Python process orchestrates all its sessions.
+"""
+
+# No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
+# parameter models' annotations to validate a deployment run's parameters.
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from typing import Annotated, Literal
+
+from prefect import State, flow, get_run_logger
+from prefect.artifacts import acreate_table_artifact
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed, Failed
+from pydantic import BaseModel, Field
+
+from agentbox.errors import FailureReason, RunCancelled
+from agentbox.missions.notion_to_github import (
+    DEFAULT_BODY,
+    DEFAULT_TITLE,
+    MCP,
+    OUTPUT_SCHEMA,
+    POLICY,
+    build_prompt,
+    parse_repo,
+)
+from agentbox.plan import plan_session, rehearsal_backend
+from agentbox.policy import RunPolicy
+from agentbox.settings import configured_flow_timeout, load_settings
+from flows import cli
+from flows.janitor import kill_run_sandboxes_hook
+from flows.notion_to_github import IssueRequest, open_issue, run_backend
+from flows.session import AUTO_BACKEND, BackendChoice, SessionResult, failure_of
+
+MAX_SESSIONS = 500  # sessions in one batch: its artifact and result stay readable
+
+
+class SessionOutcome(BaseModel):
+    """One session of a batch: how it ended and, when it failed, why. No secrets."""
+
+    session: int
+    repo: str
+    outcome: Literal["completed", "failed", "cancelled"]
+    reason: FailureReason | None = Field(None, description="Why it failed, from a fixed set; None when it did not.")
+    message: str = ""
+    issue_url: str = ""
+    sandbox_id: str = ""
+    seconds: float = Field(0.0, description="The session's steps, added up (waiting for a slot is not counted).")
+    steps: dict[str, float] = Field(default_factory=dict)
+
+
+class BatchResult(BaseModel):
+    """What a batch did: every session's outcome, and the failures counted by reason."""
+
+    rehearsal: bool
+    backend: str
+    sessions: list[SessionOutcome]
+    completed: int
+    failed: int
+    cancelled: int
+    reasons: dict[str, int] = Field(default_factory=dict, description="Failed sessions per reason.")
+    wall_seconds: float
+
+
+def run_name() -> str:
+    issues = flow_run.parameters.get("issues") or []
+    return f"notion-to-github-batch {len(issues)} repositories"
+
+
+@flow(
+    name="notion-to-github-batch",
+    flow_run_name=run_name,
+    timeout_seconds=configured_flow_timeout(),
+    on_crashed=[kill_run_sandboxes_hook],
+    on_cancellation=[kill_run_sandboxes_hook],
+)
+async def notion_to_github_batch(
+    issues: Annotated[list[IssueRequest], Field(min_length=1, max_length=MAX_SESSIONS)],
+    rehearsal: bool = False,
+    backend: BackendChoice = AUTO_BACKEND,
+    policy: RunPolicy | None = None,
+) -> BatchResult | State:
+    """Open one GitHub issue per repository, each from its own sandbox session, all at once under the sandbox limit.
+
+    Args:
+        issues: One issue per session: its repository, title and body.
+        rehearsal: Replace Anthropic, Notion and GitHub by local stand-ins (one set per session).
+        backend: Where the sandboxes run. auto: SANDBOX_BACKEND, else e2b when E2B_API_KEY is set, else local.
+        policy: What each agent may do, over the POLICY_* settings and the workflow's; fields left None keep theirs.
+            Approvals are asked one at a time on this run's page.
+    """
+    settings = load_settings()
+    chosen = run_backend(settings, backend, rehearsal)
+    started = asyncio.get_running_loop().time()
+
+    async def one(number: int, issue: IssueRequest) -> SessionOutcome:
+        result = SessionResult(backend=chosen, rehearsal=rehearsal)
+        row = SessionOutcome(session=number, repo=issue.repo, outcome="completed")
+        try:
+            done = await open_issue(issue, rehearsal, backend, policy, result, settings,
+                                    session=f"{number}:{issue.repo}", artifact_key=f"session-{number}")
+            row.issue_url = done.issue_url
+        except Exception as exc:  # noqa: BLE001 - one session's failure never stops the others
+            failure = result.failure or failure_of(exc, result, settings)
+            row.outcome = "cancelled" if isinstance(exc, RunCancelled) else "failed"
+            row.reason, row.message = failure.reason, failure.message
+        row.sandbox_id, row.steps = result.sandbox_id, result.steps
+        row.seconds = round(sum(result.steps.values()), 3)
+        return row
+
+    rows = list(await asyncio.gather(*(one(n, issue) for n, issue in enumerate(issues, start=1))))
+    counts = Counter(row.outcome for row in rows)
+    batch = BatchResult(
+        rehearsal=rehearsal, backend=chosen, sessions=rows, completed=counts["completed"], failed=counts["failed"],
+        cancelled=counts["cancelled"], reasons=dict(Counter(r.reason for r in rows if r.outcome == "failed")),
+        wall_seconds=round(asyncio.get_running_loop().time() - started, 3),
+    )
+    summary = (f"{batch.completed} of {len(rows)} sessions completed, {batch.failed} failed"
+               + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(batch.reasons.items()))})" if batch.reasons else "")
+               + (f", {batch.cancelled} cancelled" if batch.cancelled else "") + ".")
+    await acreate_table_artifact(
+        key="notion-to-github-batch", description=summary,
+        table=[row.model_dump(exclude={"steps"}) | {f"{k} (s)": v for k, v in row.steps.items()} for row in rows],
+    )
+    get_run_logger().info("Batch: %s", summary)
+    if batch.cancelled and not batch.failed:
+        return Cancelled(message=summary, data=batch)
+    if batch.failed:
+        return Failed(message=summary + " See the run's table artifact.", data=batch)
+    return Completed(message=summary, data=batch)
+
+
+def human_lines(batch: BatchResult) -> list[str]:
+    lines = [f"{r.session:>3} {r.repo}: {r.outcome}" + (f" ({r.reason}): {r.message}" if r.reason else "")
+             + (f" {r.issue_url}" if r.issue_url else "") for r in batch.sessions]
+    return [*lines, f"{batch.completed} completed, {batch.failed} failed, {batch.cancelled} cancelled in "
+            f"{batch.wall_seconds:.1f} s."]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.notion_to_github_batch",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", action="append", required=True, help="GitHub repository as OWNER/NAME (repeat)")
+    parser.add_argument("--title", default=DEFAULT_TITLE)
+    parser.add_argument("--body", default=DEFAULT_BODY)
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="run against local stand-ins; nothing leaves the machine")
+    cli.add_policy_arguments(parser)
+    cli.add_common_arguments(parser)
+    args = parser.parse_args(argv)
+
+    failed = False
+
+    def start() -> BatchResult:
+        nonlocal failed
+        issues = [cli.build(IssueRequest, repo=repo.strip(), title=args.title, body=args.body) for repo in args.repo]
+        stand_ins, policy = None, cli.policy_from(args)
+        if args.rehearsal:
+            from agentbox.rehearsal.netns import enter_private_network_if_needed
+            from agentbox.rehearsal.stage import rehearsal_stand_ins
+
+            rehearsal_backend(args.backend)
+            enter_private_network_if_needed("flows.notion_to_github_batch", sys.argv[1:] if argv is None else argv)
+            stand_ins = rehearsal_stand_ins()  # placeholders: each session starts its own stage
+        for issue in issues:  # every check, for every session, before Prefect starts
+            owner, name = parse_repo(issue.repo)
+            plan = plan_session(
+                load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
+                backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
+                default_policy=POLICY, flow_timeout_seconds=notion_to_github_batch.timeout_seconds,
+                output_schema=OUTPUT_SCHEMA,
+            )
+        approver = cli.approvals_up_front(plan, args)
+
+        async def batch() -> BatchResult:
+            state = await notion_to_github_batch(issues, args.rehearsal, args.backend or AUTO_BACKEND, policy,
+                                                 return_state=True)
+            return await state.aresult(raise_on_failure=False)
+
+        result = cli.run_flow(batch, notion_to_github_batch.timeout_seconds, approver)
+        if not isinstance(result, BatchResult):  # the run itself failed, before or around its sessions
+            raise result if isinstance(result, BaseException) else RuntimeError(str(result))
+        failed = bool(result.failed or result.cancelled)
+        return result
+
+    code = cli.run(start, args, human=human_lines)
+    return 1 if code == 0 and failed else code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
