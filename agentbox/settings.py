@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     gateway_ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for the gateway to list its tools.")
     flow_timeout_seconds: float = Field(
         5400, gt=0, description="A flow run's timeout; it makes room for the longest wait for a person's approval.")
+    flow_retries: int = Field(
+        0, ge=0, le=10, description="How often Prefect runs a failed flow run again; an agent run that completed and "
+        "acted is reused by the retry, never run twice.")
     sandbox_concurrency_limit: str = Field(
         "agentbox-sandboxes",
         description="Prefect global concurrency limit each session holds a slot of (deployments.bootstrap creates "
@@ -189,6 +192,14 @@ def configured_flow_timeout() -> float:
         return load_settings().flow_timeout_seconds
     except ConfigError:
         return Settings.model_fields["flow_timeout_seconds"].default
+
+
+def configured_flow_retries() -> int:
+    """FLOW_RETRIES for the flow decorators, read at import like `configured_flow_timeout`."""
+    try:
+        return load_settings().flow_retries
+    except ConfigError:
+        return Settings.model_fields["flow_retries"].default
 
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

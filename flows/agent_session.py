@@ -24,7 +24,7 @@ from agentbox.errors import RunCancelled
 from agentbox.gateway.catalog import read_config_argument
 from agentbox.plan import MAX_PROMPT_CHARS, output_schema_problem, plan_session
 from agentbox.policy import RunPolicy
-from agentbox.settings import configured_flow_timeout, load_settings
+from agentbox.settings import configured_flow_retries, configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
 from flows.session import (
@@ -92,6 +92,8 @@ def run_name() -> str:
     name="agent-session",
     flow_run_name=run_name,
     timeout_seconds=configured_flow_timeout(),
+    retries=configured_flow_retries(),
+    retry_delay_seconds=10,
     on_crashed=[kill_run_sandboxes_hook],
     on_cancellation=[kill_run_sandboxes_hook],
 )

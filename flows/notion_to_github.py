@@ -38,7 +38,7 @@ from agentbox.missions.notion_to_github import (
 from agentbox.errors import RunCancelled
 from agentbox.plan import plan_session, rehearsal_backend
 from agentbox.policy import RunPolicy
-from agentbox.settings import Settings, configured_flow_timeout, load_settings
+from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout, load_settings
 from flows import cli, report
 from flows.janitor import kill_run_sandboxes_hook
 from flows.session import (
@@ -106,6 +106,8 @@ def run_name() -> str:
     name="notion-to-github",
     flow_run_name=run_name,
     timeout_seconds=configured_flow_timeout(),
+    retries=configured_flow_retries(),
+    retry_delay_seconds=10,
     on_crashed=[kill_run_sandboxes_hook],
     on_cancellation=[kill_run_sandboxes_hook],
 )

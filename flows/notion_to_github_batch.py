@@ -40,7 +40,7 @@ from agentbox.missions.notion_to_github import (
 )
 from agentbox.plan import plan_session, rehearsal_backend
 from agentbox.policy import RunPolicy
-from agentbox.settings import configured_flow_timeout, load_settings
+from agentbox.settings import configured_flow_retries, configured_flow_timeout, load_settings
 from flows import cli
 from flows.janitor import kill_run_sandboxes_hook
 from flows.notion_to_github import IssueRequest, open_issue, run_backend
@@ -85,6 +85,8 @@ def run_name() -> str:
     name="notion-to-github-batch",
     flow_run_name=run_name,
     timeout_seconds=configured_flow_timeout(),
+    retries=configured_flow_retries(),
+    retry_delay_seconds=10,
     on_crashed=[kill_run_sandboxes_hook],
     on_cancellation=[kill_run_sandboxes_hook],
 )

@@ -27,6 +27,7 @@ from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SESSION_LABEL_KEY, SLOT_LEASE_LABEL_KEY
 from agentbox.settings import Settings, redact
+from tasks.agent_runs import completed_agent_run, record_agent_run
 from tasks.budget import check_daily_budget
 from tasks.claude import check_run, register_claude, run_prompt
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
@@ -172,11 +173,13 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         clock = time.monotonic()
 
     problem: AgentboxError | None = None
+    if (earlier := await completed_agent_run(plan)) and acted(SessionResult.model_validate(earlier)):
+        return await reused(plan, result, earlier)  # a retry of this flow run, whose agent did its work already
     await check_daily_budget(plan)
     async with sandbox_slot(plan) as lease:  # held until the sandbox is gone
         if lease:  # on the sandbox, so that whoever kills it after a crash frees the slot too
             plan = plan.model_copy(update={"metadata": {**plan.metadata, SLOT_LEASE_LABEL_KEY: lease}})
-        failed = True
+        failed, agent_done = True, False
         try:
             handle = await create_sandbox(plan)
             result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
@@ -187,6 +190,7 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
             step("register")
             result.run = await run_prompt(plan, handle)
             step("prompt")
+            agent_done = True
             try:
                 check_run(result.run, plan)
             except AgentboxError as exc:  # said after the audit: what the agent tried and was kept from comes first
@@ -196,8 +200,39 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
             clock = time.monotonic()
             if handle:
                 result.audit, result.egress = await audit(plan, handle, result)
+            if agent_done:  # before the teardown, which may fail: a retry of the run must not run the agent again
+                await asyncio.shield(record_agent_run(plan, result.model_dump(mode="json")))
             await teardown(plan, handle, session_failed=failed)
             step("kill")
+    return judged(result, problem)
+
+
+def acted(result: SessionResult) -> bool:
+    """Whether the agent's run did anything through the gateway (any tool call that succeeded): running it again
+    could do it twice. A run that did nothing yet (the model API failed its first turn, say) may run again."""
+    return any(c.server == GATEWAY_NAME and c.ok for c in result.run.tool_calls)
+
+
+async def reused(plan: SessionPlan, result: SessionResult, earlier: dict[str, Any]) -> SessionResult:
+    """A retried flow run's session whose agent run an earlier attempt completed: that run, judged again, and no new
+    sandbox nor agent run (which would do its writes twice)."""
+    previous = SessionResult.model_validate(earlier)
+    get_run_logger().warning(
+        "Attempt %s of this run: the agent run of an earlier attempt completed (sandbox %s), so it is reused; no new "
+        "sandbox, the agent is not run again.", flow_run.run_count, previous.sandbox_id)
+    for name in SessionResult.model_fields:
+        setattr(result, name, getattr(previous, name))
+    result.steps = {**previous.steps, "reused": 0.0}
+    problem = None
+    try:
+        check_run(result.run, plan)
+    except AgentboxError as exc:
+        problem = exc
+    return judged(result, problem)
+
+
+def judged(result: SessionResult, problem: AgentboxError | None) -> SessionResult:
+    """The session's outcome: what a layer blocked fails it first, then what went wrong with the agent's run."""
     if result.violations:
         raise PolicyViolation(
             f"The agent tried {result.violations} thing(s) the run policy forbids; each was blocked.",

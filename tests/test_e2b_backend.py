@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from agentbox.errors import ClaudeError, SandboxError, SandboxUnavailable
+from agentbox.errors import ClaudeError, GatewayError, SandboxError, SandboxUnavailable
 from agentbox.rehearsal.seed import notion_to_github_script
 from agentbox.sandboxes.e2b import E2BSandboxes
 from agentbox.settings import load_settings
@@ -62,21 +62,26 @@ def test_the_full_session_over_the_real_sdk(world, e2b):
 
 
 @pytest.mark.parametrize(
-    ("fault", "error", "message"),
+    ("fault", "error", "message", "reason"),
     [
-        ({"kind": "create_error", "status": 401, "count": None}, SandboxError, "E2B refused the API key"),
-        ({"kind": "create_error", "status": 500, "count": None}, SandboxUnavailable, "E2B failed to create a sandbox"),
-        ({"kind": "create_error", "status": 429, "count": None}, SandboxUnavailable, "rate limit"),
-        ({"kind": "gateway_error", "message": "docker: image pull failed"}, SandboxError, "MCP gateway failed to start"),
-        ({"kind": "vanish", "match": "claude --input-format"}, SandboxError, "is gone"),
+        ({"kind": "create_error", "status": 401, "count": None}, SandboxError, "E2B refused the API key",
+         "sandbox provider"),
+        ({"kind": "create_error", "status": 500, "count": None}, SandboxUnavailable, "E2B failed to create a sandbox",
+         "sandbox provider"),
+        ({"kind": "create_error", "status": 429, "count": None}, SandboxUnavailable, "rate limit", "sandbox provider"),
+        ({"kind": "gateway_error", "message": "docker: image pull failed"}, GatewayError, "MCP gateway failed to start",
+         "gateway"),
+        ({"kind": "vanish", "match": "claude --input-format"}, SandboxError, "is gone", "sandbox provider"),
+        ({"kind": "cut", "match": "claude --input-format"}, SandboxError, "", "sandbox provider"),
     ],
-    ids=["create-401", "create-500", "create-429", "gateway-start", "vanished-mid-run"],
+    ids=["create-401", "create-500", "create-429", "gateway-start", "vanished-mid-run", "stream-cut-mid-run"],
 )
-def test_each_fault_ends_with_a_clear_error_and_no_sandbox(e2b, fault, error, message):
+def test_each_fault_ends_with_a_clear_error_and_no_sandbox(e2b, fault, error, message, reason):
     e2b.inject(**fault)
     exc = failure(run())
     assert isinstance(exc, error), exc
     assert message in str(exc)
+    assert exc.reason == reason
 
 
 def test_a_transient_create_error_is_retried_without_a_second_sandbox(e2b):

@@ -35,7 +35,14 @@ from e2b import (
 from e2b.sandbox.mcp import McpServer
 from e2b.sandbox.network import ALL_TRAFFIC
 
-from agentbox.errors import ConfigError, SandboxCommandTimeout, SandboxError, SandboxUnavailable, one_line
+from agentbox.errors import (
+    ConfigError,
+    GatewayError,
+    SandboxCommandTimeout,
+    SandboxError,
+    SandboxUnavailable,
+    one_line,
+)
 from agentbox.gateway.catalog import check_config_shape, expected_tools, field_problems, load_catalog
 from agentbox.gateway.catalog import unknown_server
 from agentbox.claude import MODEL_KEY_ENV
@@ -328,7 +335,7 @@ async def _translated(action: str, sandbox_id: str = "") -> AsyncIterator[None]:
     except SandboxException as exc:
         message = one_line(exc)
         if "Failed to start MCP gateway" in message:
-            raise SandboxError(
+            raise GatewayError(
                 f"The MCP gateway failed to start in the E2B sandbox: {message}.",
                 "Check the MCP config's values (tokens) and server keys.",
             ) from None

@@ -337,6 +337,11 @@ class E2BStandIn:
 
         self._call(clear)
 
+    def use_catalog(self, catalog_file: str | None) -> None:
+        """The catalog the sandboxes' `mcp-gateway` starts its servers from, for sandboxes created from now on (None:
+        the one given at construction)."""
+        self._call(lambda: setattr(self._state, "catalog_file", str(catalog_file) if catalog_file else self.catalog_file))
+
     def vanish(self, sandbox_id: str) -> bool:
         """Kill a sandbox server-side now, as if E2B lost it (state "vanished"); False if it was not running."""
 
