@@ -4,7 +4,8 @@ of them are hit by a seeded fault at a remote edge (E2B, the model API, GitHub, 
 Each session must end as its fault says: completed where a retry absorbs it (one E2B 503, one model 529), failed
 with the right reason otherwise; the others untouched. Afterwards nothing may be left: no sandbox alive in the
 stand-in's books or as a process, every slot of the sandbox limit free, no issue opened twice, no secret in anything
-Prefect stored. The seed is printed; `CHAOS_SEED=<n>` replays a run.
+Prefect stored. The seed is printed; `CHAOS_SEED=<n>` replays a run, `CHAOS_HIT=16` hits every session (each
+scenario of the backend once, as far as there are scenarios).
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ from tests.worlds import CREDENTIALS, World
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 SESSIONS = 16
-HIT = 4  # about a quarter of them
+HIT = int(os.environ.get("CHAOS_HIT") or 4)  # about a quarter of them (CHAOS_HIT=16: all, each its own fault)
 SEED = int(os.environ.get("CHAOS_SEED") or 20261205)
-DYING_UPSTREAM = Path(__file__).parent / "servers" / "dying_upstream.py"
 
 
 @dataclass
@@ -100,8 +100,9 @@ def chaos_plan(backend: str, repos: list[str], rng: random.Random) -> dict[str, 
     """Which sessions are hit, and by what: always the faults a retry must absorb, the rest drawn by the seed."""
     named = {s.name: s for s in SCENARIOS}
     others = [s for s in SCENARIOS if backend in s.backends and s.name not in ABSORBED[backend]]
-    hit = rng.sample(repos, HIT)
-    chosen = [named[name] for name in ABSORBED[backend]] + rng.sample(others, HIT - len(ABSORBED[backend]))
+    count = min(HIT, len(ABSORBED[backend]) + len(others))
+    hit = rng.sample(repos, count)
+    chosen = [named[name] for name in ABSORBED[backend]] + rng.sample(others, count - len(ABSORBED[backend]))
     return dict(zip(hit, chosen))
 
 
@@ -109,7 +110,8 @@ def chaos_catalog(world: World, directory: Path, dying: str) -> Path:
     """The world's catalog, with github-mcp-server behind a pass-through that kills it on `dying`'s create_issue."""
     catalog = rehearsal_catalog(world.services.notion.url, world.github.host)
     github = catalog["githubOfficial"]
-    github["command"] = [sys.executable, str(DYING_UPSTREAM), "--die-on", dying, "--", *github["command"]]
+    github["command"] = [sys.executable, "-m", "agentbox.rehearsal.dying_upstream", "--die-on", dying, "--",
+                         *github["command"]]
     path = directory / "chaos-catalog.json"
     path.write_text(json.dumps(catalog))
     return path

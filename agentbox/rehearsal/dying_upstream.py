@@ -1,10 +1,11 @@
 """An MCP upstream that dies mid-run: a stdio pass-through to a real MCP server that kills it, and exits, on a
 `tools/call` whose line contains `--die-on` text (at most once per process).
 
-    python dying_upstream.py --die-on octo-org/chaos-07 -- github-mcp-server stdio --gh-host ...
+    python -m agentbox.rehearsal.dying_upstream --die-on octo-org/chaos-07 -- github-mcp-server stdio ...
 
-Between the gateway and a real server, it makes that server's process vanish in the middle of a session, as a crashed
-or OOM-killed upstream does; every other session's calls pass through untouched.
+Put in a catalog entry's command, between the gateway and a real server, it makes that server's process vanish in the
+middle of a session, as a crashed or OOM-killed upstream does; every other session's calls pass through untouched.
+It is one of the rehearsal's faults (see faults.py): the gateway and the agent must cope, and the run must say why.
 """
 
 from __future__ import annotations
