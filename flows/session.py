@@ -218,11 +218,12 @@ async def reused(plan: SessionPlan, result: SessionResult, earlier: dict[str, An
     sandbox nor agent run (which would do its writes twice)."""
     previous = SessionResult.model_validate(earlier)
     get_run_logger().warning(
-        "Attempt %s of this run: the agent run of an earlier attempt completed (sandbox %s), so it is reused; no new "
-        "sandbox, the agent is not run again.", flow_run.run_count, previous.sandbox_id)
+        "The agent run of an earlier attempt of this run completed (sandbox %s), so it is reused: no new sandbox, "
+        "the agent is not run again.", previous.sandbox_id)
     for name in SessionResult.model_fields:
         setattr(result, name, getattr(previous, name))
     result.steps = {**previous.steps, "reused": 0.0}
+    await teardown(plan, None)  # the earlier attempt's sandbox, if its teardown was what failed
     problem = None
     try:
         check_run(result.run, plan)

@@ -3,18 +3,21 @@
 Prefect retries a failed flow run (a deployment's `retries`) by running the flow again from the start. Without a
 record, a session that failed after its agent had opened the issue (while its sandbox was torn down, or in a check
 after the run) would run the agent again and open a second one. The record is the session's result (what the agent
-did, its audit, no secret) in Prefect's result store, keyed by the flow run and the session; later attempts of the
-same flow run find it, and when the agent did anything through the gateway they skip the sandbox and the agent and
+did, its audit, no secret) as JSON in the run's result storage, keyed by the flow run and the session (Prefect's
+result store itself was not reliable here: its `aexists` said no to a record it had just written); later attempts of
+the same flow run find it, and when the agent did anything through the gateway they skip the sandbox and the agent and
 judge the recorded run again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.results import get_result_store
+from prefect.results import aget_default_result_storage, get_result_store
 from prefect.runtime import flow_run
 
 from agentbox.errors import one_line
@@ -36,17 +39,30 @@ async def record_agent_run(plan: SessionPlan, session: dict[str, Any]) -> None:
     if (key := record_key(plan)) is None:
         return
     try:
-        await get_result_store().awrite(session, key=key)
+        await storage_call("write_path", key, json.dumps(session).encode())
     except Exception as exc:  # noqa: BLE001 - said, never raised over the session's outcome
         get_run_logger().warning("Could not record the completed agent run (%s); a retry would run it again.",
                                  one_line(exc))
 
 
 async def completed_agent_run(plan: SessionPlan) -> dict[str, Any] | None:
-    """The session's result recorded by an earlier attempt of this flow run, if its agent run completed."""
-    if (key := record_key(plan)) is None or (flow_run.run_count or 1) <= 1:
+    """The session's result recorded by an earlier attempt of this flow run, if its agent run completed (looked up
+    on every attempt: the run count Prefect's context shows is not always the attempt's). A record that cannot be
+    read for another reason than its absence fails the session: better than doing its work twice."""
+    if (key := record_key(plan)) is None:
         return None
+    try:
+        content = await storage_call("read_path", key)
+    except (ValueError, OSError):  # no such record (the file systems say it with one or the other)
+        return None
+    return json.loads(content)
+
+
+async def storage_call(name: str, *args: Any) -> Any:
+    """A method of the run's result storage (the local file system unless PREFECT_DEFAULT_RESULT_STORAGE_BLOCK names
+    a shared one), awaited whichever way the block offers it."""
     store = get_result_store()
-    if not await store.aexists(key):
-        return None
-    return (await store.aread(key)).result
+    storage = store.result_storage or await aget_default_result_storage()
+    method = getattr(storage, f"a{name}", None) or getattr(storage, name)
+    result = method(*args)
+    return await result if inspect.isawaitable(result) else result

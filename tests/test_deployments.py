@@ -6,11 +6,14 @@ schedule fires on its own.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,11 +21,13 @@ from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling
 
+from tasks.sandbox import SLOT_LEASE_SECONDS
 from tests.deployed import SESSION, call, final_state, start, trigger
 from tests.support import PROJECT, WORKDIR, sandbox_dirs, stop_process_group
 from tests.worlds import World
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
+DEPLOYMENTS = {"notion-to-github", "notion-to-github-batch", "agent-session", "reap-sandboxes"}
 
 
 def test_a_served_schedule_fires_on_its_own(server, tmp_path):
@@ -91,13 +96,13 @@ def test_bootstrap_and_deploy_all_create_the_deployments_with_their_schedules(se
 
     async def read(client: PrefectClient):
         deployments = await client.read_deployments(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["notion-to-github", "agent-session", "reap-sandboxes"]))
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=list(DEPLOYMENTS)))
         )
         limit = await client.read_global_concurrency_limit_by_name("agentbox-sandboxes")
         return {d.name: d for d in deployments}, limit
 
     deployments, limit = call(server, read)
-    assert set(deployments) == {"notion-to-github", "agent-session", "reap-sandboxes"}
+    assert set(deployments) == DEPLOYMENTS
     assert limit.limit == 2
     assert all(d.work_pool_name == "agentbox" for d in deployments.values())
     daily = deployments["notion-to-github"].schedules
@@ -143,6 +148,60 @@ def test_a_triggered_rehearsal_completes_and_reports_in_an_artifact(server, work
           f"scheduled->pending {(times['Pending'] - times['Scheduled']).total_seconds():.1f} s, "
           f"pending->running {(times['Running'] - times['Pending']).total_seconds():.1f} s, "
           f"running->completed {(times['Completed'] - times['Running']).total_seconds():.1f} s; session steps {steps}")
+
+
+def test_a_triggered_batch_runs_every_session_and_reports_them_in_one_table(server, worker):
+    """The deployed batch with its own parameters (two repositories, a rehearsal): both sessions complete under
+    the server's limit of two sandboxes, and the run's table artifact has one row per session."""
+    run_id = trigger(server, "notion-to-github-batch/notion-to-github-batch", {"policy": {"require_approval": []}})
+    run = final_state(server, run_id)
+    assert run.state.is_completed(), run.state
+    assert run.state.message == "2 of 2 sessions completed, 0 failed."
+
+    async def read(client: PrefectClient):
+        return await client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+
+    artifacts = {a.key: a for a in call(server, read)}
+    rows = json.loads(artifacts["notion-to-github-batch"].data)
+    assert [(r["repo"], r["outcome"], r["reason"]) for r in rows] == [
+        ("octo-org/demo", "completed", None), ("octo-org/docs", "completed", None)]
+    assert rows[0]["issue_url"] == "https://github.com/octo-org/demo/issues/1"
+    assert {"session-1", "session-2"} <= set(artifacts)  # each session's own report
+
+
+def flow_run_process(run_id: str) -> int:
+    """The pid of the process a worker started for this flow run."""
+    wanted = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if wanted in environ.read_bytes().split(b"\0"):
+                return int(environ.parent.name)
+        except OSError:
+            continue
+    raise LookupError(f"no process runs flow run {run_id}")
+
+
+def test_a_killed_run_gives_its_sandbox_slot_back_at_once(server, worker):
+    """SIGKILL of a deployed run's process: its `finally` never runs, so the worker's crash hook kills the sandbox
+    and frees its slot of the sandbox limit by the lease on the sandbox's label, long before the lease would end."""
+    async def slots(client: PrefectClient) -> int:
+        return (await client.read_global_concurrency_limit_by_name("agentbox-sandboxes")).active_slots
+
+    before = call(server, slots)
+    run_id = trigger(server, "agent-session/agent-session", SESSION, env={"ANTHROPIC_BASE_URL": worker.never.url})
+    sandbox = worker.world.wait_for_sandbox_of(run_id)
+    assert call(server, slots) == before + 1
+    os.kill(flow_run_process(run_id), signal.SIGKILL)
+    killed = time.monotonic()
+    while call(server, slots) > before and time.monotonic() - killed < 2 * SLOT_LEASE_SECONDS:
+        time.sleep(0.25)
+    freed = time.monotonic() - killed
+    print(f"\nslot freed {freed:.1f} s after SIGKILL (the lease alone would take up to {SLOT_LEASE_SECONDS} s + "
+          "the server's 15 s sweep)")
+    assert call(server, slots) == before
+    assert freed < SLOT_LEASE_SECONDS  # by the hook, not by the lease running out
+    assert final_state(server, run_id).state.is_crashed()
+    assert worker.world.wait_gone(sandbox)
 
 
 def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server, worker):

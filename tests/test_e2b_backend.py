@@ -29,7 +29,12 @@ def e2b(world):
 
 
 def run(**overrides):
-    return asyncio.run(notion_to_github(IssueRequest(repo="octo/e2b", title="T", body="B"), backend="e2b", return_state=True, **overrides))
+    return run_flow(notion_to_github, **overrides)
+
+
+def run_flow(flow, **overrides):
+    return asyncio.run(flow(IssueRequest(repo="octo/e2b", title="T", body="B"), backend="e2b", return_state=True,
+                            **overrides))
 
 
 def failure(state) -> BaseException:
@@ -90,6 +95,22 @@ def test_a_transient_create_error_is_retried_without_a_second_sandbox(e2b):
     assert state.is_completed(), state.result(raise_on_failure=False)
     created = [r for r in e2b.requests if r.method == "POST" and r.path == "/v2/sandboxes"]
     assert created[-1].headers["idempotency-key"] == created[-2].headers["idempotency-key"]
+
+
+def test_a_retried_run_reuses_its_completed_agent_run_and_opens_no_second_issue(world, e2b):
+    """A failure after create_issue (every way to kill the sandbox fails: the E2B API errs four times), then the
+    flow's retry: the agent's completed run is reused, no second sandbox or issue, and the retry kills the sandbox."""
+    before = len(world.issues("octo/e2b"))
+    kill_fails = e2b.inject("api_error", method="DELETE", path="/sandboxes/", status=500, count=4)
+    state = run_flow(notion_to_github.with_options(retries=1, retry_delay_seconds=0))
+    assert state.is_completed(), state.result(raise_on_failure=False)
+    result = state.result()
+    assert kill_fails.hits == 4  # the first attempt's kill task (three tries) and its fallback all failed
+    assert len(world.issues("octo/e2b")) == before + 1  # one issue, from the first attempt's agent
+    created = [r for r in e2b.requests if r.method == "POST" and r.path == "/v2/sandboxes" and r.status == 201]
+    assert [r.json["metadata"]["prefect_flow_run_id"] for r in created].count(str(state.state_details.flow_run_id)) == 1
+    assert "reused" in result.session.steps and result.issue_number == before + 1
+    assert e2b.sandboxes()[result.session.sandbox_id].state == "killed"  # by the retry, not left to its TTL
 
 
 def test_a_hanging_claude_is_killed_at_its_timeout(e2b, monkeypatch):

@@ -21,7 +21,8 @@ SPEC = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
 def test_the_schema_holds_and_every_entrypoint_loads_with_valid_parameters(monkeypatch):
     monkeypatch.chdir(PROJECT)
     model = PrefectYamlModel.model_validate(SPEC)
-    assert {d.name for d in model.deployments} == {"notion-to-github", "agent-session", "reap-sandboxes"}
+    assert {d.name for d in model.deployments} == {"notion-to-github", "notion-to-github-batch", "agent-session",
+                                                    "reap-sandboxes"}
     for deployment in model.deployments:
         flow = load_flow_from_entrypoint(deployment.entrypoint)
         if deployment.parameters:
