@@ -173,12 +173,14 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         clock = time.monotonic()
 
     problem: AgentboxError | None = None
-    if (earlier := await completed_agent_run(plan)) and acted(SessionResult.model_validate(earlier)):
-        return await reused(plan, result, earlier)  # a retry of this flow run, whose agent did its work already
+    earlier = await completed_agent_run(plan)
+    if earlier and acted(previous := SessionResult.model_validate(earlier)):
+        return await reused(plan, result, previous)  # a retry of this flow run, whose agent did its work already
     await check_daily_budget(plan)
     async with sandbox_slot(plan) as lease:  # held until the sandbox is gone
         if lease:  # on the sandbox, so that whoever kills it after a crash frees the slot too
             plan = plan.model_copy(update={"metadata": {**plan.metadata, SLOT_LEASE_LABEL_KEY: lease}})
+        step("slot")  # the daily budget's check, and the wait for a slot of the sandbox limit
         failed, agent_done = True, False
         try:
             handle = await create_sandbox(plan)
@@ -213,10 +215,9 @@ def acted(result: SessionResult) -> bool:
     return any(c.server == GATEWAY_NAME and c.ok for c in result.run.tool_calls)
 
 
-async def reused(plan: SessionPlan, result: SessionResult, earlier: dict[str, Any]) -> SessionResult:
+async def reused(plan: SessionPlan, result: SessionResult, previous: SessionResult) -> SessionResult:
     """A retried flow run's session whose agent run an earlier attempt completed: that run, judged again, and no new
     sandbox nor agent run (which would do its writes twice)."""
-    previous = SessionResult.model_validate(earlier)
     get_run_logger().warning(
         "The agent run of an earlier attempt of this run completed (sandbox %s), so it is reused: no new sandbox, "
         "the agent is not run again.", previous.sandbox_id)

@@ -67,7 +67,10 @@ async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     inside_token = await sandboxes.claude_gateway_token(handle)
     added = await sandboxes.run(handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: inside_token},
                                 timeout=timeout)
-    if added.exit_code != 0:
+    # a retry of this task (its `mcp get` failed, under load say) finds the server added by the first try: the same
+    # gateway, URL and token, so `mcp get` below is what decides
+    already = "already exists" in added.stderr + added.stdout
+    if added.exit_code != 0 and not already:
         why = redact(one_line(added.stderr or added.stdout, last=True, empty="no output"), secrets)
         raise ClaudeError(
             f"`claude mcp add` failed with exit code {added.exit_code}: {why}.",

@@ -169,3 +169,10 @@ def test_approve_without_a_terminal_is_refused():
     env = {**CREDENTIALS, "POLICY_REQUIRE_APPROVAL": None}
     assert_one_line_error(cli("flows.notion_to_github", "--repo", "octo/demo", "--approve", env=env),
                           "--approve asks on a terminal, and standard input is not one.")
+
+
+def test_the_batch_refuses_a_malformed_repo_and_missing_settings_before_anything_starts():
+    assert_one_line_error(cli("flows.notion_to_github_batch", "--repo", "octo/a", "--repo", "not-a-repo",
+                              env=CREDENTIALS), "--repo")
+    assert_one_line_error(cli("flows.notion_to_github_batch", "--repo", "octo/a", "--backend", "e2b"),
+                          "Missing settings ANTHROPIC_API_KEY, E2B_API_KEY")

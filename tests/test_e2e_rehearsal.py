@@ -39,7 +39,7 @@ def test_notion_to_github_rehearsal_opens_the_issue_in_the_github_stand_in():
     ]
     assert result.session.run.mcp_servers == {"gateway": "connected"}
     assert result.turns == 4
-    assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
+    assert set(result.session.steps) == {"slot", "create", "gateway_ready", "register", "prompt", "kill"}
     assert result.session.tools == len(POLICY.tools)  # the mission's tools of notion's and github's, one gateway
     assert "octo-org/demo-repo" in result.answer
 

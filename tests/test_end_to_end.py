@@ -51,7 +51,7 @@ def test_notion_to_github_opens_the_issue(world):
         ("", "StructuredOutput", True),
     ]
     assert result.session.run.mcp_servers == {"gateway": "connected"}
-    assert set(result.session.steps) == {"create", "gateway_ready", "register", "prompt", "kill"}
+    assert set(result.session.steps) == {"slot", "create", "gateway_ready", "register", "prompt", "kill"}
     # The mission's policy: only its tools, at the gateway where the backend's gateway filters, and in Claude always.
     filtered = world.backend == "local"
     assert result.session.tools == len(POLICY.tools) if filtered else result.session.tools > 20
