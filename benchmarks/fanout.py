@@ -7,8 +7,9 @@ services are stand-ins) runs in a fresh orchestrating process under a sandbox li
 stand-ins (E2B's control plane and envd with its sandboxes, Anthropic, Notion, GitHub) run in another process, so the
 orchestrator's
 memory is its own. Printed per run: wall time, sessions per minute, p50/p95 of each step, the orchestrator's peak RSS
-(children excluded: the temporary Prefect server is a child, the sandboxes belong to the stand-ins' process) and what
-it grew per session, the least memory the machine had left, outcomes with failure reasons, and sandboxes left alive.
+(children excluded: the temporary Prefect server is a child, the sandboxes belong to the stand-ins' process), what
+it grew per session and per session in flight, its CPU time (is it the bottleneck, or the sandboxes?), the least
+memory the machine had left, outcomes with failure reasons, and sandboxes left alive.
 
 With faults, seeded rates hit the sessions: E2B create 503 (10 %), model 529 (10 %), both absorbed by retries;
 GitHub 502 on create_issue (5 %) and a sandbox vanishing mid-run (3 %), which fail their sessions with a reason.
@@ -128,8 +129,9 @@ def orchestrate(sessions: int, slots: int) -> None:
 
     figures = asyncio.run(main())
     sampling = False
-    figures.update(peak_mb=peak[0], min_available_mb=lowest[0],
-                   maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    figures.update(peak_mb=peak[0], min_available_mb=lowest[0], maxrss_mb=own.ru_maxrss / 1024,
+                   cpu_seconds=own.ru_utime + own.ru_stime)
     print("FIGURES " + json.dumps(figures), flush=True)
 
 
@@ -185,7 +187,9 @@ def report(figures: dict, faults: bool, left: dict) -> list[str]:
         f"{figures['peak_mb']:.0f} MB (+{grown / n:.2f} MB/session); machine's least available "
         f"{figures['min_available_mb'] / 1024:.1f} GiB; left alive: {left['sandboxes']} sandboxes, "
         f"{left['processes']} processes",
-        f"      outcomes: {', '.join(f'{k}: {v}' for k, v in sorted(outcome.items()))}",
+        f"      orchestrator CPU {figures['cpu_seconds']:.1f} s in all ({figures['cpu_seconds'] / figures['wall']:.0%} "
+        f"of one core over the wall time; {os.cpu_count()} cores); outcomes: "
+        f"{', '.join(f'{k}: {v}' for k, v in sorted(outcome.items()))}",
         *(f"      e.g. {reason}: {message[:160]}" for reason, message in
           {r["reason"]: r["message"] for r in rows if r["reason"]}.items()),
         f"      step p50/p95 s: {per_step}",

@@ -143,13 +143,14 @@ def run_backend(settings: Settings, choice: str | None, rehearsal: bool) -> str:
 async def open_issue(
     issue: IssueRequest, rehearsal: bool, backend: str | None, policy: RunPolicy | None, result: SessionResult,
     settings: Settings, session: str | None = None, artifact_key: str = "notion-to-github",
+    artifact_description: str = "",
 ) -> NotionToGithubResult:
     """One session of the mission, filling `result` as it goes (its `failure` says why, when it raises); the flow's
     run, or one of a batch's sessions (`session` names it on its sandbox)."""
     owner, name = parse_repo(issue.repo)
     prompt = build_prompt(owner, name, issue.title, issue.body)
     recorded: list[RecordedIssue] = []
-    async with reported(artifact_key, result, settings, description=f"notion-to-github {owner}/{name}") as extra:
+    async with reported(artifact_key, result, settings, description=artifact_description) as extra:
         with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
             plan = plan_this_run(settings, prompt, MCP, session=session, backend=result.backend,
                                  stand_ins=stage and stage.stand_ins, policy=policy, default_policy=POLICY,

@@ -114,7 +114,9 @@ async def notion_to_github_batch(
         row = SessionOutcome(session=number, repo=issue.repo, outcome="completed")
         try:
             done = await open_issue(issue, rehearsal, backend, policy, result, settings,
-                                    session=f"{number}:{issue.repo}", artifact_key=f"session-{number}")
+                                    session=f"{number}:{issue.repo}", artifact_key=f"session-{number}",
+                                    artifact_description=f"notion-to-github {issue.repo}: session {number} of "
+                                    f"{len(issues)}")
             row.issue_url = done.issue_url
         except Exception as exc:  # noqa: BLE001 - one session's failure never stops the others
             failure = result.failure or failure_of(exc, result, settings)
