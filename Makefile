@@ -5,7 +5,7 @@ UV_HOME := $(HOME)/.local/share/agentbox-uv
 UV := $(shell command -v uv 2>/dev/null || echo $(UV_HOME)/bin/uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup bubblewrap chromium demo test bench
+.PHONY: setup bubblewrap chromium demo test bench server server-stop
 
 setup: .venv/.synced node_modules/.installed bubblewrap
 
@@ -32,6 +32,30 @@ DEMO_APPROVAL := $(shell [ -t 0 ] && echo --approve || echo --require-approval=)
 
 demo: setup
 	$(UV) run python -m flows.notion_to_github --repo octo-org/demo --rehearsal $(DEMO_APPROVAL)
+
+# A Prefect server with its UI on loopback, kept in the background with the sandbox limit (and the work pool) it
+# needs: `make demo` and every `python -m flows...` then run there (no temporary server per run) and show in its UI.
+PREFECT_PORT := 4200
+define WAIT_FOR_SERVER
+import sys, time, urllib.request
+for _ in range(240):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=1)
+        break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit("the Prefect server did not answer within 2 minutes: see `prefect server start` without --background")
+endef
+export WAIT_FOR_SERVER
+server: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(UV) run prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --background
+	@$(UV) run python -c "$$WAIT_FOR_SERVER" http://127.0.0.1:$(PREFECT_PORT)/api/health
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(UV) run python -m deployments.bootstrap --sandboxes 5
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (make server-stop stops it)"
+
+server-stop: setup
+	$(UV) run prefect server stop
 
 test: setup chromium
 	$(UV) run ruff check .

@@ -21,6 +21,8 @@ from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import BACKENDS
 
 STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
+LOCAL_SERVER = "http://127.0.0.1:4200/api"
 EPHEMERAL_STARTUP_SECONDS = 120
 MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
@@ -188,13 +190,35 @@ def hide_tracebacks_on_console() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
+def local_server() -> str | None:
+    """The API of a Prefect server kept on this machine (`make server`), when no PREFECT_API_URL names one and it
+    answers at once: runs then go there and show in its UI, instead of on a temporary server started for one run."""
+    url = os.environ.get(LOCAL_SERVER_SETTING, LOCAL_SERVER).rstrip("/")
+    if not url or os.environ.get("PREFECT_API_URL"):
+        return None
+    import httpx
+
+    try:
+        return url if httpx.get(f"{url}/health", timeout=0.5).status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
     """Run a flow from the command line: result on stdout, one line on stderr when it fails."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.debug:
         hide_tracebacks_on_console()
     try:
-        result = start()
+        if server := local_server():
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings(updates={PREFECT_API_URL: server}):
+                print(f"Prefect: the server at {server.removesuffix('/api')} (its UI shows this run).",
+                      file=sys.stderr)
+                result = start()
+        else:
+            result = start()
     except KeyboardInterrupt:
         print("error: interrupted; the sandbox was torn down.", file=sys.stderr)
         return 130

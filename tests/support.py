@@ -24,6 +24,7 @@ os.environ["LOCAL_SANDBOX_ROOT"] = str(SESSION_DIR / "sandboxes")
 # Runs answer no approvals unless a test asks for them (tests/test_approvals.py sets its own policy): this is how a
 # user runs unattended, and the default (notion_to_github asks a person before create_issue) is tested on its own.
 os.environ["POLICY_REQUIRE_APPROVAL"] = ""
+os.environ["AGENTBOX_PREFECT_SERVER"] = ""  # a developer's `make server` is not the tests' server
 for _name in ("E2B_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN",
               "SANDBOX_BACKEND", "LOCAL_MCP_CATALOG"):
     os.environ.pop(_name, None)

@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterName,
+)
 from prefect.states import Cancelling
 
 from tasks.sandbox import SLOT_LEASE_SECONDS
@@ -202,6 +208,26 @@ def test_a_killed_run_gives_its_sandbox_slot_back_at_once(server, worker):
     assert freed < SLOT_LEASE_SECONDS  # by the hook, not by the lease running out
     assert final_state(server, run_id).state.is_crashed()
     assert worker.world.wait_gone(sandbox)
+
+
+def test_the_command_line_runs_on_a_kept_local_server_when_one_answers(server, deployed):
+    """`make server` keeps a server on loopback: a CLI run without PREFECT_API_URL finds it (AGENTBOX_PREFECT_SERVER
+    names where to look), says so, runs there instead of on a temporary server, and shows in its UI."""
+    env = {k: v for k, v in server.env.items() if k != "PREFECT_API_URL"}
+    env["AGENTBOX_PREFECT_SERVER"] = server.url
+    proc = subprocess.run([sys.executable, "-m", "flows.notion_to_github", "--repo", "octo/kept-server", "--rehearsal",
+                           "--require-approval=", "--json"], cwd=WORKDIR, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Prefect: the server at {server.ui} (its UI shows this run)." in proc.stderr
+    assert f"View at {server.ui}/runs/flow-run/" in proc.stderr
+
+    async def runs(client: PrefectClient):
+        return await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(
+            any_=["notion-to-github octo/kept-server"])))
+
+    (run,) = call(server, runs)
+    assert run.state.is_completed()
 
 
 def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server, worker):
