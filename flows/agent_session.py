@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from prefect import State, flow
+from prefect import State
 from prefect.states import Cancelled
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,9 +24,8 @@ from agentbox.errors import RunCancelled
 from agentbox.gateway.catalog import read_config_argument
 from agentbox.plan import MAX_PROMPT_CHARS, output_schema_problem, plan_session
 from agentbox.policy import RunPolicy
-from agentbox.settings import configured_flow_retries, configured_flow_timeout, load_settings
+from agentbox.settings import load_settings
 from flows import cli, report
-from flows.janitor import kill_run_sandboxes_hook
 from flows.session import (
     AUTO_BACKEND,
     BackendChoice,
@@ -35,6 +34,7 @@ from flows.session import (
     plan_this_run,
     reported,
     run_session,
+    session_flow,
 )
 
 EXAMPLE_MCP = {"notion": {"internalIntegrationToken": "${NOTION_INTEGRATION_TOKEN}"}}
@@ -88,15 +88,7 @@ def run_name() -> str:
     return f"agent-session {'+'.join(mcp) or 'no servers'}"
 
 
-@flow(
-    name="agent-session",
-    flow_run_name=run_name,
-    timeout_seconds=configured_flow_timeout(),
-    retries=configured_flow_retries(),
-    retry_delay_seconds=10,
-    on_crashed=[kill_run_sandboxes_hook],
-    on_cancellation=[kill_run_sandboxes_hook],
-)
+@session_flow("agent-session", run_name)
 async def agent_session(request: SessionRequest, backend: BackendChoice = AUTO_BACKEND) -> SessionResult | State:
     """Run a prompt with Claude Code in a sandbox whose gateway serves the requested MCP servers.
 

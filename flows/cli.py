@@ -210,14 +210,12 @@ def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callabl
     if not args.debug:
         hide_tracebacks_on_console()
     try:
-        if server := local_server():
-            from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            with temporary_settings(updates={PREFECT_API_URL: server}):
-                print(f"Prefect: the server at {server.removesuffix('/api')} (its UI shows this run).",
-                      file=sys.stderr)
-                result = start()
-        else:
+        server = local_server()
+        if server:
+            print(f"Prefect: the server at {server.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
+        with temporary_settings(updates={PREFECT_API_URL: server} if server else {}):
             result = start()
     except KeyboardInterrupt:
         print("error: interrupted; the sandbox was torn down.", file=sys.stderr)

@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import sys
 
-from prefect import State, flow, get_run_logger
+from prefect import State, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,11 +36,10 @@ from agentbox.missions.notion_to_github import (
     parse_repo,
 )
 from agentbox.errors import RunCancelled
-from agentbox.plan import plan_session, rehearsal_backend
+from agentbox.plan import SessionPlan, StandIns, plan_session, rehearsal_backend
 from agentbox.policy import RunPolicy
-from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout, load_settings
+from agentbox.settings import Settings, load_settings
 from flows import cli, report
-from flows.janitor import kill_run_sandboxes_hook
 from flows.session import (
     AUTO_BACKEND,
     REHEARSAL_BANNER,
@@ -50,6 +49,7 @@ from flows.session import (
     plan_this_run,
     reported,
     run_session,
+    session_flow,
 )
 
 
@@ -102,15 +102,7 @@ def run_name() -> str:
     return f"notion-to-github {repo}"
 
 
-@flow(
-    name="notion-to-github",
-    flow_run_name=run_name,
-    timeout_seconds=configured_flow_timeout(),
-    retries=configured_flow_retries(),
-    retry_delay_seconds=10,
-    on_crashed=[kill_run_sandboxes_hook],
-    on_cancellation=[kill_run_sandboxes_hook],
-)
+@session_flow("notion-to-github", run_name)
 async def notion_to_github(
     issue: IssueRequest,
     rehearsal: bool = False,
@@ -207,6 +199,30 @@ def human_lines(outcome: NotionToGithubResult) -> list[str]:
     ]
 
 
+def rehearsal_up_front(args: argparse.Namespace, module: str, argv: list[str] | None) -> StandIns | None:
+    """For a command line's --rehearsal: its backend checked, a private network entered when port 80 needs one, and
+    placeholder stand-ins to check the plan with (each run's stage starts inside the flow run); None otherwise."""
+    if not args.rehearsal:
+        return None
+    from agentbox.rehearsal.netns import enter_private_network_if_needed
+    from agentbox.rehearsal.stage import rehearsal_stand_ins
+
+    rehearsal_backend(args.backend)
+    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv)
+    return rehearsal_stand_ins()
+
+
+def plan_up_front(settings: Settings, args: argparse.Namespace, issue: IssueRequest, stand_ins: StandIns | None,
+                  policy: RunPolicy | None, flow_timeout: float | None) -> SessionPlan:
+    """A command line's session plan, with every check, before Prefect starts."""
+    owner, name = parse_repo(issue.repo)
+    return plan_session(
+        settings, build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
+        backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
+        default_policy=POLICY, flow_timeout_seconds=flow_timeout, output_schema=OUTPUT_SCHEMA,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.notion_to_github", description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="GitHub repository as OWNER/NAME")
@@ -219,21 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def start() -> NotionToGithubResult:
-        owner, name = parse_repo(args.repo)  # fail before Prefect starts
+        parse_repo(args.repo)  # fail before Prefect starts, naming the option
         issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
-        stand_ins, policy = None, cli.policy_from(args)
-        if args.rehearsal:
-            from agentbox.rehearsal.netns import enter_private_network_if_needed
-            from agentbox.rehearsal.stage import rehearsal_stand_ins
-
-            rehearsal_backend(args.backend)
-            enter_private_network_if_needed("flows.notion_to_github", sys.argv[1:] if argv is None else argv)
-            stand_ins = rehearsal_stand_ins()  # placeholders: the stage itself starts inside the flow run
-        plan = plan_session(  # every check, before Prefect starts
-            load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
-            backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
-            default_policy=POLICY, flow_timeout_seconds=notion_to_github.timeout_seconds, output_schema=OUTPUT_SCHEMA,
-        )
+        policy = cli.policy_from(args)
+        stand_ins = rehearsal_up_front(args, "flows.notion_to_github", argv)
+        plan = plan_up_front(load_settings(), args, issue, stand_ins, policy, notion_to_github.timeout_seconds)
         approver = cli.approvals_up_front(plan, args)
         return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend or AUTO_BACKEND, policy),
                             notion_to_github.timeout_seconds, approver)

@@ -18,11 +18,10 @@ A batch is far lighter than as many flow runs: one Python process orchestrates a
 
 import argparse
 import asyncio
-import sys
 from collections import Counter
 from typing import Annotated, Literal
 
-from prefect import State, flow, get_run_logger
+from prefect import State, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
@@ -32,19 +31,12 @@ from agentbox.errors import FailureReason, RunCancelled
 from agentbox.missions.notion_to_github import (
     DEFAULT_BODY,
     DEFAULT_TITLE,
-    MCP,
-    OUTPUT_SCHEMA,
-    POLICY,
-    build_prompt,
-    parse_repo,
 )
-from agentbox.plan import plan_session, rehearsal_backend
 from agentbox.policy import RunPolicy
-from agentbox.settings import configured_flow_retries, configured_flow_timeout, load_settings
+from agentbox.settings import load_settings
 from flows import cli
-from flows.janitor import kill_run_sandboxes_hook
-from flows.notion_to_github import IssueRequest, open_issue, run_backend
-from flows.session import AUTO_BACKEND, BackendChoice, SessionResult, failure_of
+from flows.notion_to_github import IssueRequest, open_issue, plan_up_front, rehearsal_up_front, run_backend
+from flows.session import AUTO_BACKEND, BackendChoice, SessionResult, failure_of, session_flow
 
 MAX_SESSIONS = 500  # sessions in one batch: its artifact and result stay readable
 
@@ -81,15 +73,7 @@ def run_name() -> str:
     return f"notion-to-github-batch {len(issues)} repositories"
 
 
-@flow(
-    name="notion-to-github-batch",
-    flow_run_name=run_name,
-    timeout_seconds=configured_flow_timeout(),
-    retries=configured_flow_retries(),
-    retry_delay_seconds=10,
-    on_crashed=[kill_run_sandboxes_hook],
-    on_cancellation=[kill_run_sandboxes_hook],
-)
+@session_flow("notion-to-github-batch", run_name)
 async def notion_to_github_batch(
     issues: Annotated[list[IssueRequest], Field(min_length=1, max_length=MAX_SESSIONS)],
     rehearsal: bool = False,
@@ -172,23 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     def start() -> BatchResult:
         nonlocal failed
         issues = [cli.build(IssueRequest, repo=repo.strip(), title=args.title, body=args.body) for repo in args.repo]
-        stand_ins, policy = None, cli.policy_from(args)
-        if args.rehearsal:
-            from agentbox.rehearsal.netns import enter_private_network_if_needed
-            from agentbox.rehearsal.stage import rehearsal_stand_ins
-
-            rehearsal_backend(args.backend)
-            enter_private_network_if_needed("flows.notion_to_github_batch", sys.argv[1:] if argv is None else argv)
-            stand_ins = rehearsal_stand_ins()  # placeholders: each session starts its own stage
-        for issue in issues:  # every check, for every session, before Prefect starts
-            owner, name = parse_repo(issue.repo)
-            plan = plan_session(
-                load_settings(), build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
-                backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
-                default_policy=POLICY, flow_timeout_seconds=notion_to_github_batch.timeout_seconds,
-                output_schema=OUTPUT_SCHEMA,
-            )
-        approver = cli.approvals_up_front(plan, args)
+        policy = cli.policy_from(args)
+        stand_ins = rehearsal_up_front(args, "flows.notion_to_github_batch", argv)
+        settings = load_settings()
+        plans = [plan_up_front(settings, args, issue, stand_ins, policy, notion_to_github_batch.timeout_seconds)
+                 for issue in issues]  # every check, for every session, before Prefect starts
+        approver = cli.approvals_up_front(plans[-1], args)
 
         async def batch() -> BatchResult:
             state = await notion_to_github_batch(issues, args.rehearsal, args.backend or AUTO_BACKEND, policy,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from prefect import get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.runtime import deployment, flow_run
@@ -26,7 +26,8 @@ from agentbox.plan import SessionPlan, plan_session
 from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SESSION_LABEL_KEY, SLOT_LEASE_LABEL_KEY
-from agentbox.settings import Settings, redact
+from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout, redact
+from flows.janitor import kill_run_sandboxes_hook
 from tasks.agent_runs import completed_agent_run, record_agent_run
 from tasks.budget import check_daily_budget
 from tasks.claude import check_run, register_claude, run_prompt
@@ -111,6 +112,15 @@ def failure_reason(exc: BaseException, result: SessionResult) -> FailureReason:
 def failure_of(exc: BaseException, result: SessionResult, settings: Settings) -> SessionFailure:
     why = str(exc) if isinstance(exc, AgentboxError) else f"{type(exc).__name__}: {one_line(exc)}"
     return SessionFailure(reason=failure_reason(exc, result), message=redact(why, settings.secret_values()))
+
+
+def session_flow(name: str, flow_run_name: Callable[[], str]):  # noqa: ANN201 - returns Prefect's decorator
+    """`@flow` with what every session flow shares, declared once: the configured timeout and retries (read where the
+    flow's module is imported: the CLI, a runner, a worker's flow-run process) and the hooks that kill a crashed or
+    cancelled run's sandboxes and free their slots."""
+    return flow(name=name, flow_run_name=flow_run_name, timeout_seconds=configured_flow_timeout(),
+                retries=configured_flow_retries(), retry_delay_seconds=10,
+                on_crashed=[kill_run_sandboxes_hook], on_cancellation=[kill_run_sandboxes_hook])
 
 
 def session_metadata(session: str | None = None) -> dict[str, str]:
