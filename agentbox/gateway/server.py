@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
-from fastmcp import Client, FastMCP
+from fastmcp import FastMCP
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 from fastmcp.server.providers.proxy import ProxyClient, ProxyProvider
 from fastmcp.tools import Tool
@@ -39,6 +39,9 @@ from agentbox.policy import tool_list
 log = logging.getLogger("agentbox.gateway")
 DEFAULT_PORT = 50005
 UPSTREAM_START_TIMEOUT = 120.0
+# The backend sessions keep one protocol era whatever the client speaks; left to mirror each client, fastmcp restarts
+# a kept-alive server whenever the era changes.
+BACKEND_MODE = "legacy"
 
 
 class BearerToken(TokenVerifier):
@@ -84,13 +87,14 @@ def transport_for(upstream: Upstream) -> StdioTransport | StreamableHttpTranspor
     return StreamableHttpTransport(upstream.url, headers=upstream.headers)
 
 
-async def start_upstream(upstream: Upstream, transport: Any, timeout: float) -> UpstreamStatus:
-    """Connect once and list the tools: this starts the server and proves it speaks MCP."""
+async def start_upstream(upstream: Upstream, proxy: ListedOnceProxy, timeout: float) -> UpstreamStatus:
+    """List the server's tools once through its proxy: this starts the server, proves it speaks MCP and fills the
+    proxy's cache, so the gateway's first tools/list costs no round trip. It connects through the proxy's own client
+    on purpose: fastmcp rebuilds a kept-alive stdio session (restarts the server) for a client whose options differ."""
     status = UpstreamStatus(upstream.key)
     try:
         async with asyncio.timeout(timeout):
-            async with Client(transport) as client:
-                status.tools = [t.name for t in await client.list_tools()]
+            status.tools = [t.name for t in await proxy._list_tools()]
         status.state = "ready"
     except BaseException as exc:  # noqa: BLE001 - any failure of a server is reported, never fatal to the others
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -128,10 +132,8 @@ async def build_gateway(
     """Start every upstream, check for clashes, and mount the ready ones on one FastMCP server, behind the guard
     (see guard.py) that keeps the config's secrets, the token and `secrets` out of every call."""
     servers = upstreams(config, load_catalog(catalog_file))
-    transports = [transport_for(u) for u in servers]
-    statuses = list(
-        await asyncio.gather(*(start_upstream(u, t, start_timeout) for u, t in zip(servers, transports)))
-    )
+    proxies = [ListedOnceProxy(ProxyClient(transport_for(u), mode=BACKEND_MODE).new) for u in servers]
+    statuses = list(await asyncio.gather(*(start_upstream(u, p, start_timeout) for u, p in zip(servers, proxies))))
     for status in statuses:
         if status.state == "ready":
             log.warning("gateway: %s ready (%d tools)", status.key, len(status.tools))
@@ -145,12 +147,9 @@ async def build_gateway(
     auth = BearerToken(token)
     gateway = FastMCP("agentbox-gateway", auth=auth)
     gateway.add_middleware(CallGuard([*config_secrets(config), token, *secrets], call_log))
-    for upstream, transport, status in zip(servers, transports, statuses):
+    for upstream, proxy, status in zip(servers, proxies, statuses):
         if status.state == "ready":
-            # mode="legacy": the backend session keeps one protocol era whatever the client speaks; left to mirror
-            # each client, fastmcp restarts the kept-alive server whenever the era changes.
-            backend = ProxyClient(transport, mode="legacy")
-            gateway.add_provider(ListedOnceProxy(backend.new), namespace=upstream.key if prefix else "")
+            gateway.add_provider(proxy, namespace=upstream.key if prefix else "")
     if allow_tools is not None:  # an empty allow-list serves no tool at all, it does not fall open
         gateway.enable(names=set(allow_tools), components={"tool"}, only=True)
 
