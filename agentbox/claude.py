@@ -39,6 +39,12 @@ def mcp_get_command(name: str = GATEWAY_NAME) -> str:
     return f"claude mcp get {shlex.quote(name)}"
 
 
+def register_command(url: str, name: str = GATEWAY_NAME) -> str:
+    """Add, then check: one sandbox command where two would cost a round trip each. `claude mcp get` runs only once
+    the add succeeded, so a failed add leaves its own exit code and output."""
+    return f"{mcp_add_command(url, name)} && {mcp_get_command(name)}"
+
+
 def mcp_get_status(output: str) -> tuple[bool, str]:
     """(connected, reason) from `claude mcp get` text; its exit code is 0 either way. The text holds the token:
     only the status line is ever returned."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -204,18 +205,26 @@ def local_server() -> str | None:
         return None
 
 
+def on_server(server: str | None) -> contextlib.AbstractContextManager:
+    """Prefect's settings pointed at `server`; without one, Prefect is not even imported yet (the CLI's first lines
+    come before its second of imports)."""
+    if not server:
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: server})
+
+
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
     """Run a flow from the command line: result on stdout, one line on stderr when it fails."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.debug:
         hide_tracebacks_on_console()
     try:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
         server = local_server()
         if server:
             print(f"Prefect: the server at {server.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
-        with temporary_settings(updates={PREFECT_API_URL: server} if server else {}):
+        with on_server(server):
             result = start()
     except KeyboardInterrupt:
         print("error: interrupted; the sandbox was torn down.", file=sys.stderr)

@@ -13,22 +13,23 @@ local stand-ins, so the whole pipeline runs on this machine and nothing is sent 
 # No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
 # parameter models' annotations to validate a deployment run's parameters.
 
-import argparse
+if __name__ == "__main__":  # the command line: it checks its input and says what it will do before Prefect is imported
+    from flows.notion_to_github_cli import main
+
+    raise SystemExit(main())
+
 import contextlib
-import sys
 
 from prefect import State, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from agentbox.missions.notion_to_github import (
-    DEFAULT_BODY,
-    DEFAULT_TITLE,
     MCP,
     OUTPUT_SCHEMA,
     POLICY,
-    REPO,
+    IssueRequest,
     build_prompt,
     check_answer,
     created_issue,
@@ -36,13 +37,11 @@ from agentbox.missions.notion_to_github import (
     parse_repo,
 )
 from agentbox.errors import RunCancelled
-from agentbox.plan import SessionPlan, StandIns, plan_session, rehearsal_backend
+from agentbox.plan import rehearsal_backend
 from agentbox.policy import RunPolicy
 from agentbox.settings import Settings, load_settings
-from flows import cli, report
 from flows.session import (
     AUTO_BACKEND,
-    REHEARSAL_BANNER,
     BackendChoice,
     SessionResult,
     backend_named,
@@ -51,21 +50,6 @@ from flows.session import (
     run_session,
     session_flow,
 )
-
-
-class IssueRequest(BaseModel):
-    """The issue to open: the form the Prefect UI shows for a run (it is checked again before anything starts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    repo: str = Field(
-        description="GitHub repository to open the issue on, as owner/name.",
-        examples=["octocat/hello-world"],
-        json_schema_extra={"pattern": REPO.pattern},
-    )
-    title: str = Field(DEFAULT_TITLE, min_length=1, max_length=256, description="The issue's title.")
-    body: str = Field(DEFAULT_BODY, max_length=65_536,
-                      description="The issue's body; the agent adds the Notion databases it found.")
 
 
 class RecordedIssue(BaseModel):
@@ -187,65 +171,3 @@ def recorded_issues(stage) -> list[RecordedIssue]:  # noqa: ANN001 - a rehearsal
         RecordedIssue(repo=f"{i['owner']}/{i['repo']}", number=i["number"], title=i["title"], body=i.get("body") or "")
         for i in stage.issues
     ]
-
-
-def human_lines(outcome: NotionToGithubResult) -> list[str]:
-    return [
-        *report.session_lines(outcome.session),
-        "",
-        f"Issue: {outcome.issue_url}",
-        f"Notion databases: {', '.join(outcome.notion_databases) or 'none'}",
-        *([REHEARSAL_BANNER] if outcome.rehearsal else []),
-    ]
-
-
-def rehearsal_up_front(args: argparse.Namespace, module: str, argv: list[str] | None) -> StandIns | None:
-    """For a command line's --rehearsal: its backend checked, a private network entered when port 80 needs one, and
-    placeholder stand-ins to check the plan with (each run's stage starts inside the flow run); None otherwise."""
-    if not args.rehearsal:
-        return None
-    from agentbox.rehearsal.netns import enter_private_network_if_needed
-    from agentbox.rehearsal.stage import rehearsal_stand_ins
-
-    rehearsal_backend(args.backend)
-    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv)
-    return rehearsal_stand_ins()
-
-
-def plan_up_front(settings: Settings, args: argparse.Namespace, issue: IssueRequest, stand_ins: StandIns | None,
-                  policy: RunPolicy | None, flow_timeout: float | None) -> SessionPlan:
-    """A command line's session plan, with every check, before Prefect starts."""
-    owner, name = parse_repo(issue.repo)
-    return plan_session(
-        settings, build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
-        backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
-        default_policy=POLICY, flow_timeout_seconds=flow_timeout, output_schema=OUTPUT_SCHEMA,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.notion_to_github", description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", required=True, help="GitHub repository as OWNER/NAME")
-    parser.add_argument("--title", default=DEFAULT_TITLE)
-    parser.add_argument("--body", default=DEFAULT_BODY)
-    parser.add_argument("--rehearsal", action="store_true",
-                        help="run against local stand-ins; nothing leaves the machine")
-    cli.add_policy_arguments(parser)
-    cli.add_common_arguments(parser)
-    args = parser.parse_args(argv)
-
-    def start() -> NotionToGithubResult:
-        parse_repo(args.repo)  # fail before Prefect starts, naming the option
-        issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
-        policy = cli.policy_from(args)
-        stand_ins = rehearsal_up_front(args, "flows.notion_to_github", argv)
-        plan = plan_up_front(load_settings(), args, issue, stand_ins, policy, notion_to_github.timeout_seconds)
-        approver = cli.approvals_up_front(plan, args)
-        return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend or AUTO_BACKEND, policy),
-                            notion_to_github.timeout_seconds, approver)
-
-    return cli.run(start, args, human=human_lines)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -28,14 +28,12 @@ from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, Field
 
 from agentbox.errors import FailureReason, RunCancelled
-from agentbox.missions.notion_to_github import (
-    DEFAULT_BODY,
-    DEFAULT_TITLE,
-)
+from agentbox.missions.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest
 from agentbox.policy import RunPolicy
 from agentbox.settings import load_settings
 from flows import cli
-from flows.notion_to_github import IssueRequest, open_issue, plan_up_front, rehearsal_up_front, run_backend
+from flows.notion_to_github import open_issue, run_backend
+from flows.notion_to_github_cli import plan_up_front, rehearsal_up_front
 from flows.session import AUTO_BACKEND, BackendChoice, SessionResult, failure_of, session_flow
 
 MAX_SESSIONS = 500  # sessions in one batch: its artifact and result stay readable

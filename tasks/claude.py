@@ -21,11 +21,11 @@ from agentbox.claude import (
     StreamParser,
     UsageEvent,
     describe,
-    mcp_add_command,
     mcp_get_command,
     mcp_get_status,
     permission_response,
     prompt_command,
+    register_command,
     split_tool_name,
     user_message,
 )
@@ -58,25 +58,25 @@ REGISTER_TASK_TIMEOUT = 2 * Timeouts.model_fields["registration"].default + 30
     timeout_seconds=REGISTER_TASK_TIMEOUT,
 )
 async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
-    """`claude mcp add --transport http --scope user ...`, then `claude mcp get` must say Connected."""
+    """`claude mcp add --transport http --scope user ...`, then `claude mcp get` must say Connected (one command)."""
     settings = plan.read_settings()
     sandboxes = plan.sandboxes(settings)
     token = await sandboxes.gateway_token(handle)
     secrets = [*plan.secret_values(settings), token]
     timeout = plan.timeouts.registration
     inside_token = await sandboxes.claude_gateway_token(handle)
-    added = await sandboxes.run(handle, mcp_add_command(handle.internal_gateway_url), envs={TOKEN_ENV: inside_token},
-                                timeout=timeout)
-    # a retry of this task (its `mcp get` failed, under load say) finds the server added by the first try: the same
-    # gateway, URL and token, so `mcp get` below is what decides
-    already = "already exists" in added.stderr + added.stdout
-    if added.exit_code != 0 and not already:
-        why = redact(one_line(added.stderr or added.stdout, last=True, empty="no output"), secrets)
-        raise ClaudeError(
-            f"`claude mcp add` failed with exit code {added.exit_code}: {why}.",
-            "Check the Claude Code install in the sandbox.",
-        )
-    got = await sandboxes.run(handle, mcp_get_command(), timeout=timeout)
+    got = await sandboxes.run(handle, register_command(handle.internal_gateway_url), envs={TOKEN_ENV: inside_token},
+                              timeout=2 * timeout)
+    if got.exit_code != 0 and "Status:" not in got.stdout:  # the add failed, and `mcp get` did not run
+        if "already exists" not in got.stderr + got.stdout:
+            why = redact(one_line(got.stderr or got.stdout, last=True, empty="no output"), secrets)
+            raise ClaudeError(
+                f"`claude mcp add` failed with exit code {got.exit_code}: {why}.",
+                "Check the Claude Code install in the sandbox.",
+            )
+        # a retry of this task (its `mcp get` failed, under load say) finds the server added by the first try: the
+        # same gateway, URL and token, so `mcp get` alone decides
+        got = await sandboxes.run(handle, mcp_get_command(), timeout=timeout)
     connected, status = mcp_get_status(redact(got.stdout + "\n" + got.stderr, secrets))
     if not connected:
         raise ClaudeError(

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from agentbox.missions.notion_to_github import POLICY
-from flows.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest, RecordedIssue, notion_to_github
+from agentbox.missions.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, POLICY
+from flows.notion_to_github import IssueRequest, RecordedIssue, notion_to_github
 from tests.support import WORKDIR, latest_artifact
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")

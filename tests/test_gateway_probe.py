@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agentbox.claude import TOKEN_ENV, mcp_add_command, mcp_get_command, mcp_get_status
+from agentbox.claude import TOKEN_ENV, mcp_add_command, mcp_get_command, mcp_get_status, register_command
 from agentbox.errors import GatewayAuthError, GatewayNotReady, GatewayUpstreamError
 from agentbox.gateway.probe import ProbeResult, missing_tools, probe, wait_until_ready
 
@@ -239,7 +239,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pycache: Path) -> Iterator[d
     ports = iter(free_ports(3))
     try:
         # healthy, unprefixed
-        gateways["main"] = Gateway("main", workdir, pycache, {"echo": {}, "other": {}}, port=next(ports))
+        gateways["main"] = Gateway("main", workdir, pycache, {"echo": {}, "other": {}}, port=next(ports),
+                                   env={"SERVER_STARTS_LOG": str(workdir / "main-starts.log")})
         # two servers serving `echo`: must refuse to start
         gateways["clash"] = Gateway("clash", workdir, pycache, {"echo": {}, "clash": {}}, port=next(ports))
         # the same clash but prefixed, an allow-list hiding `echo_add`, and a server that fails at once; the config
@@ -368,7 +369,7 @@ def test_health_needs_the_token_and_reports_every_server(main_gateway: Gateway) 
 
 
 def test_claude_code_registers_and_connects_to_the_gateway(main_gateway: Gateway, tmp_path: Path) -> None:
-    """`mcp_add_command` run by a real shell and the real `claude` CLI, then `claude mcp get` read by mcp_get_status."""
+    """`register_command` run by a real shell and the real `claude` CLI, its `claude mcp get` read by mcp_get_status."""
     home = tmp_path / "home"
     home.mkdir()
     env = {
@@ -379,20 +380,23 @@ def test_claude_code_registers_and_connects_to_the_gateway(main_gateway: Gateway
         "DISABLE_AUTOUPDATER": "1",
     }
 
-    def shell(command: str, token: str) -> str:
+    def shell(command: str, token: str, code: int = 0) -> str:
         done = subprocess.run(
             ["bash", "-c", command], cwd=tmp_path, env={**env, TOKEN_ENV: token},
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        assert done.returncode == code, done.stdout + done.stderr
+        return done.stdout + done.stderr
 
-    shell(mcp_add_command(main_gateway.url), TOKEN)
-    output = shell(mcp_get_command(), TOKEN)
+    output = shell(register_command(main_gateway.url), TOKEN)  # add, then get: one command
     assert TOKEN in output  # the CLI does print the header: mcp_get_status must not pass it on
     connected, reason = mcp_get_status(output)
     assert connected, output
     assert TOKEN not in reason
+    # registered again (register_claude's retry): the add fails and the get does not run, as the task expects
+    again = shell(register_command(main_gateway.url), TOKEN, code=1)
+    assert "already exists" in again and "Status:" not in again
+    assert mcp_get_status(shell(mcp_get_command(), TOKEN))[0]
 
     shell("claude mcp remove gateway -s user", TOKEN)
     shell(mcp_add_command(main_gateway.url), "wrong-token-value")
@@ -414,6 +418,9 @@ def test_each_stdio_server_is_started_once_and_reused_by_every_client(main_gatew
     assert run(call(main_gateway.url, "echo", {"text": "modern"}, mode="auto")) == "modern"  # a modern-era client
     after = {s: server_pids(main_gateway, s) for s in ("echo_server.py", "other_server.py")}
     assert after == before, "the gateway restarted its stdio servers"
+    # nor while it started: listing the tools at start and serving the first tools/list is one process each
+    starts = (main_gateway.log_path.parent / "main-starts.log").read_text().split()
+    assert sorted(starts[::2]) == ["echo-server", "other-server"], starts
 
 
 # --------------------------------------------------------------------------- a failed upstream (prefixed gateway)

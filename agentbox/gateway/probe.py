@@ -14,8 +14,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from agentbox.errors import GatewayAuthError, GatewayNotReady, GatewayUpstreamError
 
@@ -61,6 +59,11 @@ class GatewayProbe:
 
     async def list_tools(self, timeout: float = 10.0) -> list[str]:
         """One MCP handshake + tools/list; raises GatewayAuthError or GatewayNotReady."""
+        # imported here, not with this module: the MCP SDK costs the command line 0.6 s at start, where here it is
+        # paid while the sandbox's gateway starts anyway
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+
         self._statuses = []
         try:
             with anyio.fail_after(timeout):

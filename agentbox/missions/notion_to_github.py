@@ -11,7 +11,7 @@ import contextlib
 import json
 import re
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, ConfigError, UpstreamToolError, one_line
@@ -54,6 +54,21 @@ def parse_repo(repo: str) -> tuple[str, str]:
         )
     owner, name = repo.strip().split("/")
     return owner, name
+
+
+class IssueRequest(BaseModel):
+    """The issue to open: the form the Prefect UI shows for a run (it is checked again before anything starts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(
+        description="GitHub repository to open the issue on, as owner/name.",
+        examples=["octocat/hello-world"],
+        json_schema_extra={"pattern": REPO.pattern},
+    )
+    title: str = Field(DEFAULT_TITLE, min_length=1, max_length=256, description="The issue's title.")
+    body: str = Field(DEFAULT_BODY, max_length=65_536,
+                      description="The issue's body; the agent adds the Notion databases it found.")
 
 
 def build_prompt(owner: str, name: str, title: str, body: str) -> str:

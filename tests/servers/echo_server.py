@@ -1,5 +1,7 @@
 """A tiny stdio MCP server for the gateway tests: tools `echo` and `add`."""
 
+import os
+
 from fastmcp import FastMCP
 
 mcp = FastMCP("echo-server")
@@ -18,4 +20,7 @@ def add(a: int, b: int) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("SERVER_STARTS_LOG"):  # the gateway tests count how often each server was started
+        with open(os.environ["SERVER_STARTS_LOG"], "a") as starts:
+            starts.write(f"{mcp.name} {os.getpid()}\n")
     mcp.run(show_banner=False)

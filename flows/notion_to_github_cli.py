@@ -1,0 +1,100 @@
+"""`python -m flows.notion_to_github`: the mission's command line.
+
+    python -m flows.notion_to_github --repo OWNER/NAME [--title T] [--body B] [--rehearsal] [--approve] [--json]
+
+It reads its options, checks the whole plan and says who answers approvals before it imports Prefect and the flow
+(about a second of imports): bad input gets its one-line error at once, and a good run says so within half a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from agentbox.missions.notion_to_github import (
+    DEFAULT_BODY,
+    DEFAULT_TITLE,
+    MCP,
+    OUTPUT_SCHEMA,
+    POLICY,
+    IssueRequest,
+    build_prompt,
+    parse_repo,
+)
+from agentbox.plan import SessionPlan, StandIns, plan_session, rehearsal_backend
+from agentbox.policy import RunPolicy
+from agentbox.settings import Settings, configured_flow_timeout, load_settings
+from flows import cli
+
+if TYPE_CHECKING:
+    from flows.notion_to_github import NotionToGithubResult
+
+
+def human_lines(outcome: NotionToGithubResult) -> list[str]:
+    from flows import report
+    from flows.session import REHEARSAL_BANNER
+
+    return [
+        *report.session_lines(outcome.session),
+        "",
+        f"Issue: {outcome.issue_url}",
+        f"Notion databases: {', '.join(outcome.notion_databases) or 'none'}",
+        *([REHEARSAL_BANNER] if outcome.rehearsal else []),
+    ]
+
+
+def rehearsal_up_front(args: argparse.Namespace, module: str, argv: list[str] | None) -> StandIns | None:
+    """For a command line's --rehearsal: its backend checked, a private network entered when port 80 needs one, and
+    placeholder stand-ins to check the plan with (each run's stage starts inside the flow run); None otherwise."""
+    if not args.rehearsal:
+        return None
+    from agentbox.rehearsal.netns import enter_private_network_if_needed
+    from agentbox.rehearsal.stage import rehearsal_stand_ins
+
+    rehearsal_backend(args.backend)
+    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv)
+    return rehearsal_stand_ins()
+
+
+def plan_up_front(settings: Settings, args: argparse.Namespace, issue: IssueRequest, stand_ins: StandIns | None,
+                  policy: RunPolicy | None, flow_timeout: float | None) -> SessionPlan:
+    """A command line's session plan, with every check, before Prefect starts."""
+    owner, name = parse_repo(issue.repo)
+    return plan_session(
+        settings, build_prompt(owner, name, issue.title, issue.body), MCP, workflow="notion-to-github",
+        backend="local" if args.rehearsal else args.backend, stand_ins=stand_ins, policy=policy,
+        default_policy=POLICY, flow_timeout_seconds=flow_timeout, output_schema=OUTPUT_SCHEMA,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.notion_to_github", description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", required=True, help="GitHub repository as OWNER/NAME")
+    parser.add_argument("--title", default=DEFAULT_TITLE)
+    parser.add_argument("--body", default=DEFAULT_BODY)
+    parser.add_argument("--rehearsal", action="store_true",
+                        help="run against local stand-ins; nothing leaves the machine")
+    cli.add_policy_arguments(parser)
+    cli.add_common_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def start() -> NotionToGithubResult:
+        parse_repo(args.repo)  # fail before Prefect starts, naming the option
+        issue = cli.build(IssueRequest, repo=args.repo.strip(), title=args.title, body=args.body)
+        policy = cli.policy_from(args)
+        stand_ins = rehearsal_up_front(args, "flows.notion_to_github", argv)
+        timeout = configured_flow_timeout()  # what the flow's decorator reads
+        plan = plan_up_front(load_settings(), args, issue, stand_ins, policy, timeout)
+        approver = cli.approvals_up_front(plan, args)
+        from flows.notion_to_github import notion_to_github
+        from flows.session import AUTO_BACKEND
+
+        return cli.run_flow(lambda: notion_to_github(issue, args.rehearsal, args.backend or AUTO_BACKEND, policy),
+                            timeout, approver)
+
+    return cli.run(start, args, human=human_lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
