@@ -44,6 +44,10 @@ class GatewayProbe:
     setup), which would otherwise land on every attempt, including the one that detects readiness."""
 
     def __init__(self, url: str, token: str) -> None:
+        # The MCP SDK is imported here, not with this module: it costs a command line 0.6 s at start, where here it
+        # is paid while the sandbox's gateway starts (a probe is made before the gateway listens).
+        import mcp.client.streamable_http  # noqa: F401
+
         self.url, self._statuses = url, []
         headers = {"Authorization": f"Bearer {token}"} if token else {}  # an empty token must earn a 401, not a crash
         self._http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [self._record]})
@@ -59,8 +63,6 @@ class GatewayProbe:
 
     async def list_tools(self, timeout: float = 10.0) -> list[str]:
         """One MCP handshake + tools/list; raises GatewayAuthError or GatewayNotReady."""
-        # imported here, not with this module: the MCP SDK costs the command line 0.6 s at start, where here it is
-        # paid while the sandbox's gateway starts anyway
         from mcp import ClientSession
         from mcp.client.streamable_http import streamable_http_client
 

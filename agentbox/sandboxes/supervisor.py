@@ -1,8 +1,8 @@
 """The supervisor of one local sandbox: runs its gateway and enforces its TTL.
 
 Started by the local backend as `python -m agentbox.sandboxes.supervisor <state dir>`. It forks into the background
-(a new session, so `killpg` on its pid takes the gateway too), writes its pid, starts the sandbox's egress proxy
-and its gateway under bubblewrap, then waits for SIGTERM or the TTL, whichever comes first, and kills the sandbox:
+(a new session, so `killpg` on its pid takes the gateway too), writes its pid, starts the sandbox's gateway under
+bubblewrap and its egress proxy, then waits for SIGTERM or the TTL, whichever comes first, and kills the sandbox:
 no sandbox outlives its TTL even if the flow that made it died without a word.
 """
 
@@ -39,7 +39,8 @@ def start_egress(state: Path) -> subprocess.Popen:
     return egress
 
 
-def supervise(state: Path, egress: subprocess.Popen) -> None:
+def start_gateway(state: Path) -> subprocess.Popen:
+    """The sandbox's gateway, under bubblewrap; started first, since it takes the longest (imports, MCP servers)."""
     info = json.loads((state / "sandbox.json").read_text())
     env = json.loads((state / "gateway_env.json").read_text())
     (state / "gateway_env.json").unlink()  # the token now lives only in this process and the gateway
@@ -48,6 +49,11 @@ def supervise(state: Path, egress: subprocess.Popen) -> None:
             info["gateway_argv"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/"
         )
     (state / "gateway.pid").write_text(str(gateway.pid))
+    return gateway
+
+
+def supervise(state: Path, gateway: subprocess.Popen, egress: subprocess.Popen) -> None:
+    info = json.loads((state / "sandbox.json").read_text())
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     expires = datetime.fromisoformat(info["expires_at"])
     remaining = (expires - datetime.now(timezone.utc)).total_seconds()
@@ -74,15 +80,20 @@ def main() -> int:
     (state / "supervisor.pid").write_text(str(os.getpid()))
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+    gateway = None
     try:
+        gateway = start_gateway(state)
         egress = start_egress(state)
     except BaseException as exc:  # noqa: BLE001 - said in the log; the launcher reports the failure
         print(exc, file=sys.stderr, flush=True)
+        if gateway is not None:
+            gateway.kill()
+            gateway.wait()
         os._exit(1)
     os.write(write_fd, b"1")
     os.close(write_fd)
     try:
-        supervise(state, egress)
+        supervise(state, gateway, egress)
     finally:
         os._exit(0)
 
