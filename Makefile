@@ -37,8 +37,10 @@ chromium:
 # At a terminal the demo asks you before the agent opens its issue; without one it runs unattended, and says so.
 DEMO_APPROVAL := $(shell [ -t 0 ] && echo --approve || echo --require-approval=)
 
+# LOCAL_WARM_GATEWAY: each demo leaves a warm spare gateway for the next one (it stops by itself after 10 minutes).
 demo: setup
-	$(UV) run python -m flows.notion_to_github --repo octo-org/demo --rehearsal $(DEMO_APPROVAL)
+	LOCAL_WARM_GATEWAY=$${LOCAL_WARM_GATEWAY:-true} $(UV) run python -m flows.notion_to_github --repo octo-org/demo \
+		--rehearsal $(DEMO_APPROVAL)
 
 # A Prefect server with its UI on loopback, kept in the background with the sandbox limit (and the work pool) it
 # needs: `make demo` and every `python -m flows...` then run there (no temporary server per run) and show in its UI.

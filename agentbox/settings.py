@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         1024, ge=16, description="Processes one local sandbox may run at once (enforced when run as root)."
     )
     local_max_memory_mib: int = Field(4096, ge=256, description="Address space of each process in a local sandbox.")
+    local_warm_gateway: bool = Field(
+        False, description="Keep one warm spare gateway (imports done, no options, no secrets) for the next local "
+        "sandbox to claim: a sandbox's gateway is then ready about a second sooner. A spare nobody claims stops "
+        "after 10 minutes."
+    )
 
     claude_model: str | None = Field(None, description="Model for Claude Code; unset = the CLI's default.")
     claude_max_turns: int = Field(12, ge=1, le=200)

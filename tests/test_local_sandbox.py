@@ -129,3 +129,50 @@ def test_missing_bubblewrap_is_explained(backend, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SandboxError, match="bubblewrap .* not installed.*apt-get install bubblewrap"):
         asyncio.run(backend.create({"idle": {}}, {}, 60, {}))
+
+
+def test_a_warm_spare_gateway_serves_the_next_sandbox_and_holds_no_secret():
+    """LOCAL_WARM_GATEWAY: a kill leaves a warm spare (a gateway that imported and waits: no sandbox, nothing lists
+    it, no secret in it); the next create claims it and its gateway serves that sandbox's own config behind that
+    sandbox's token; a spare nobody claims stops when discarded and leaves nothing."""
+    from agentbox.errors import GatewayAuthError
+    from agentbox.gateway.probe import wait_until_ready
+    from agentbox.sandboxes.local import SPARE_MARKER
+
+    backend = LocalSandboxes(SANDBOX_ROOT, warm_spare=True)  # the built-in catalog: GitHub's real MCP server
+    expected = {"githubOfficial": ["create_issue"]}
+
+    def config(token: str) -> dict:
+        return {"githubOfficial": {"githubPersonalAccessToken": token}}
+
+    def spare_states(deadline: float = 60) -> list[Path]:
+        end = time.monotonic() + deadline
+        while not (found := [m.parent for m in SANDBOX_ROOT.glob(f"local-*/{SPARE_MARKER}")]):
+            assert time.monotonic() < end, "no warm spare was made"
+            time.sleep(0.05)
+        return found
+
+    first = asyncio.run(backend.create(config("ghp-first-secret"), {}, 120, {}))
+    asyncio.run(backend.kill(first.id))
+    (spare,) = spare_states()
+    assert asyncio.run(backend.list()) == []  # a spare is no sandbox: janitors and limits never see it
+    gateway_pid = int((spare / "gateway.pid").read_text())
+    assert not any(b"ghp-" in f.read_bytes() for f in spare.rglob("*") if f.is_file())
+    assert b"ghp-" not in Path(f"/proc/{gateway_pid}/environ").read_bytes()
+
+    second = asyncio.run(backend.create(config("ghp-second-secret"), {}, 120, {}))
+    try:
+        assert second.id == spare.name  # claimed, not made
+        token = asyncio.run(backend.gateway_token(second))
+        ready = asyncio.run(wait_until_ready(second.gateway_url, token, expected, deadline_seconds=60))
+        assert "create_issue" in ready.tools
+        with pytest.raises(GatewayAuthError):
+            asyncio.run(wait_until_ready(second.gateway_url, "not-its-token", expected, deadline_seconds=10))
+        assert run(backend, second, "echo inside").stdout == "inside\n"
+        assert [s.id for s in asyncio.run(backend.list())] == [second.id]
+    finally:
+        asyncio.run(backend.kill(second.id))
+    (fresh,) = spare_states()
+    assert fresh != spare
+    assert backend.discard_spares() == 1
+    assert not SANDBOX_ROOT.exists() or sandbox_dirs() == []

@@ -5,13 +5,18 @@ process or a Streamable HTTP client), checks that no two servers serve the same 
 as one MCP server at `/mcp`, behind the bearer token of `GATEWAY_ACCESS_TOKEN`. Tool names are not prefixed (as in
 Docker's gateway) unless `--prefix` is given. A server that fails to start is reported on `GET /health` and its tools
 are missing, so a readiness probe can tell "not yet" from "never".
+
+`python -m agentbox.gateway --stdin-config` is a warm spare: it imports everything, then reads those options from
+stdin (see `wait_for_options`), so a sandbox that claims it skips the second of imports.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
+import importlib
 import json
 import logging
 import os
@@ -211,7 +216,34 @@ async def _list_tools_over(socket_path: str, token: str) -> None:
                 await session.list_tools()
 
 
+# What the first request through the gateway imports lazily: a warm spare imports them while it waits.
+FIRST_REQUEST_MODULES = (
+    "jsonref", "httpx2", "httpcore2", "h11", "mcp.client.stdio", "mcp.client.streamable_http",
+    "uvicorn.lifespan.on", "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl",
+    "uvicorn.protocols.websockets.websockets_impl",
+)
+
+
+def wait_for_options() -> list[str] | None:
+    """A warm spare (`--stdin-config`): everything imported, it waits for the rest of its command line and its
+    environment as one JSON line on stdin (`{"args": [...], "env": {...}}`); None when stdin closes unclaimed."""
+    for module in FIRST_REQUEST_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    request = json.loads(line)
+    os.environ.update(request["env"])
+    return list(request["args"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--stdin-config"]:
+        argv = wait_for_options()
+        if argv is None:
+            return 0
     parser = argparse.ArgumentParser(prog="python -m agentbox.gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="JSON object of catalog keys to server settings, or @file")
     parser.add_argument("--host", default="127.0.0.1")

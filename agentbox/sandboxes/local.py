@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 
 HOME = "/home/user"
 STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor running
+SPARE_MARKER = "spare"  # in a warm spare's state while it can be claimed: renaming it away claims it
+SPARE_TTL_SECONDS = 600  # a warm spare nobody claims removes itself after this
+EGRESS_READY_WITHIN = 10.0
 GATEWAY_DIR = "/run/agentbox"
 AUDIT_DIR = "/run/agentbox-audit"  # the gateway's call log, writable by the gateway only
 CALL_LOG = "calls.jsonl"
@@ -139,23 +142,26 @@ class LocalSandboxes(SandboxBackend):
         catalog_file: Path | str | None = None,
         max_processes: int = DEFAULT_MAX_PROCESSES,
         max_memory_mib: int = DEFAULT_MAX_MEMORY_MIB,
+        warm_spare: bool = False,
     ) -> None:
         self.root = Path(root).expanduser().resolve()  # real: its processes are found by their argv holding it
         self.catalog_file = Path(catalog_file) if catalog_file else None
         self.max_processes = max_processes
         self.max_memory_mib = max_memory_mib
+        self.warm_spare = warm_spare
 
     @classmethod
     def options(cls, settings: Settings) -> dict[str, Any]:
         catalog = settings.local_mcp_catalog
         return {"root": str(settings.local_sandbox_root), "catalog_file": str(catalog) if catalog else None,
-                "max_processes": settings.local_max_processes, "max_memory_mib": settings.local_max_memory_mib}
+                "max_processes": settings.local_max_processes, "max_memory_mib": settings.local_max_memory_mib,
+                "warm_spare": settings.local_warm_gateway}
 
     @classmethod
     def open(cls, options: dict[str, Any], settings: Settings) -> LocalSandboxes:
         return cls(Path(options["root"]), options.get("catalog_file"),
                    options.get("max_processes", DEFAULT_MAX_PROCESSES),
-                   options.get("max_memory_mib", DEFAULT_MAX_MEMORY_MIB))
+                   options.get("max_memory_mib", DEFAULT_MAX_MEMORY_MIB), options.get("warm_spare", False))
 
     @classmethod
     def check_mcp_config(cls, options: dict[str, Any], mcp: dict[str, Any]) -> None:
@@ -267,19 +273,29 @@ class LocalSandboxes(SandboxBackend):
         network: Network | None = None,
     ) -> SandboxHandle:
         await self._check_bubblewrap()
-        sandbox_id = f"local-{secrets.token_hex(6)}"
-        state = self.root / sandbox_id
-        try:
+        spare = self._claim_spare() if self.warm_spare else None
+        while True:
             with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
-                for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
-                    (state / sub).mkdir(parents=True, mode=0o700)
-                self.prepare_private_dirs(state, sandbox_id)
-                info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools,
-                                     network or Network())
-                await self._start_supervisor(state)
-        except BaseException:
-            await asyncio.shield(self.kill(sandbox_id))
-            raise
+                state = spare or self._new_state()
+            sandbox_id = state.name
+            try:
+                with _translated(f"create a local sandbox under {self.root}",
+                                 "Check LOCAL_SANDBOX_ROOT and disk space."):
+                    info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools,
+                                         network or Network())
+                    if spare:
+                        await self._wake_spare(state)
+                    else:
+                        await self._start_supervisor(state)
+                break
+            except SandboxError:
+                await asyncio.shield(asyncio.to_thread(_abandon, state, spare is not None))
+                if not spare:
+                    raise
+                spare = None  # a spare that failed to wake: start a sandbox of its own instead
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(_abandon, state, spare is not None))
+                raise
         url = f"http://127.0.0.1:{info['gateway_port']}/mcp"
         return SandboxHandle(
             id=sandbox_id,
@@ -290,6 +306,77 @@ class LocalSandboxes(SandboxBackend):
             created_at=datetime.fromisoformat(info["created_at"]),
             expires_at=datetime.fromisoformat(info["expires_at"]),
         )
+
+    def _new_state(self) -> Path:
+        """A new sandbox's state directory, with its private directories (its processes come later)."""
+        state = self.root / f"local-{secrets.token_hex(6)}"
+        for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
+            (state / sub).mkdir(parents=True, mode=0o700)
+        self.prepare_private_dirs(state, state.name)
+        return state
+
+    # -- warm spares (LOCAL_WARM_GATEWAY) ----------------------------------------------------------------------
+
+    def _fingerprint(self) -> str:
+        """Which code a spare's gateway runs: only a create of the same checkout and interpreter may claim it."""
+        return f"{sys.executable}|{PROJECT_DIR}"
+
+    def _claim_spare(self) -> Path | None:
+        """A warm spare's state, claimed by renaming its marker away (one claimer wins), or None."""
+        for marker in sorted(self.root.glob(f"local-*/{SPARE_MARKER}")):
+            state = marker.parent
+            try:
+                if marker.read_text() != self._fingerprint():
+                    continue
+                marker.rename(state / "spare.claimed")
+            except OSError:  # claimed or expired meanwhile
+                continue
+            if process_alive(_read_pid(state / "supervisor.pid"), str(state)):
+                return state
+            shutil.rmtree(state, ignore_errors=True)
+        return None
+
+    async def _wake_spare(self, state: Path) -> None:
+        """Tell a claimed spare's supervisor its sandbox is written; it is ready once its egress sockets exist."""
+        pid = _read_pid(state / "supervisor.pid")
+        if pid is None or not process_alive(pid, str(state)):
+            raise SandboxError("The warm spare gateway it claimed was gone.", "Run again.")
+        os.kill(pid, signal.SIGUSR1)
+        sockets = [state / "net" / name for name in ("proxy.sock", "model.sock", "gateway.sock")]
+        deadline = time.monotonic() + EGRESS_READY_WITHIN
+        while not all(s.exists() for s in sockets):
+            if not process_alive(pid, str(state)) or time.monotonic() > deadline:
+                detail = one_line((state / "supervisor.log").read_text(errors="replace"), last=True, empty="no log")
+                raise SandboxError(f"The local sandbox supervisor failed to start ({detail}).")
+            await asyncio.sleep(0.005)
+
+    def make_spare(self) -> None:
+        """Start a warm spare (a supervisor and a gateway that imports and waits for its options) unless one
+        waits already: the next create claims it and skips the gateway's imports."""
+        if any(m.read_text(errors="replace") == self._fingerprint()
+               for m in self.root.glob(f"local-*/{SPARE_MARKER}") if m.is_file()):
+            return
+        state = self._new_state()
+        gateway = [sys.executable, "-m", "agentbox.gateway", "--stdin-config"]
+        spare = {
+            "fingerprint": self._fingerprint(),
+            "env": self._base_env(),
+            "gateway_argv": self._bwrap(state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR,
+                                                "--bind", str(state / "audit"), AUDIT_DIR, "--", *gateway]),
+        }
+        _write_private(state / "spare.json", json.dumps(spare))
+        # Not waited for: the session that made it has ended, and a spare that fails to start removes itself (the
+        # next create starts its gateway cold). Its launcher is reaped with this process's next child, or by init.
+        with open(state / "supervisor.log", "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "agentbox.sandboxes.supervisor", str(state), "--spare"],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/")
+
+    def discard_spares(self) -> int:
+        """Stop every warm spare under the root (they also go by themselves after SPARE_TTL_SECONDS)."""
+        states = [m.parent for m in self.root.glob(f"local-*/{SPARE_MARKER}")]
+        for state in states:
+            discard_spare(state)
+        return len(states)
 
     def _prepare(
         self,
@@ -323,6 +410,7 @@ class LocalSandboxes(SandboxBackend):
             "created_at": created.isoformat(),
             "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
             "gateway_port": port,
+            "gateway_args": gateway_args,
             "routes": [f"{PROXY_INSIDE}={NET_DIR}/proxy.sock", f"{MODEL_INSIDE}={NET_DIR}/model.sock",
                        f"127.0.0.1:{port}={NET_DIR}/gateway.sock"],
             "gateway_argv": self._bwrap(
@@ -457,7 +545,11 @@ class LocalSandboxes(SandboxBackend):
 
     async def kill(self, sandbox_id: str) -> bool:
         state = self._state(sandbox_id)
-        return await asyncio.to_thread(kill_state, state)
+        killed = await asyncio.to_thread(kill_state, state)
+        if self.warm_spare:  # now, when the session no longer needs the CPU, for the next create to claim
+            with contextlib.suppress(SandboxError, OSError):
+                self.make_spare()
+        return killed
 
     async def list(self, metadata: dict[str, str] | None = None) -> list[SandboxInfo]:
         found: list[SandboxInfo] = []
@@ -668,6 +760,30 @@ async def _feed(pipe: asyncio.StreamWriter, chunks: AsyncIterator[str]) -> None:
 def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _abandon(state: Path, spare: bool) -> None:
+    """Undo a create that failed: a claimed spare's supervisor may not have read its sandbox yet, so it is stopped
+    first."""
+    if spare:
+        discard_spare(state)
+    kill_state(state)
+
+
+def discard_spare(state: Path) -> None:
+    """Stop a warm spare that is not claimed: its supervisor kills its gateway and removes its state."""
+    with contextlib.suppress(OSError):
+        (state / SPARE_MARKER).rename(state / "spare.discarded")  # nobody claims it any more
+    pid = _read_pid(state / "supervisor.pid")
+    if pid is not None and process_alive(pid, str(state)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while process_alive(pid, str(state)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    if pid is not None:
+        _killpg(pid)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def kill_state(state: Path) -> bool:

@@ -4,12 +4,18 @@ Started by the local backend as `python -m agentbox.sandboxes.supervisor <state 
 (a new session, so `killpg` on its pid takes the gateway too), writes its pid, starts the sandbox's gateway under
 bubblewrap and its egress proxy, then waits for SIGTERM or the TTL, whichever comes first, and kills the sandbox:
 no sandbox outlives its TTL even if the flow that made it died without a word.
+
+With `--spare` it supervises a warm spare instead (LOCAL_WARM_GATEWAY): the gateway starts at once with no options
+and imports; a create that claims the spare signals SIGUSR1, and the supervisor hands the gateway its options, starts
+the egress proxy and goes on as above. A spare nobody claims within SPARE_TTL_SECONDS, or one stopped, removes
+itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +23,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agentbox.sandboxes.local import EGRESS, kill_state
-
-EGRESS_READY_WITHIN = 10.0
+from agentbox.sandboxes.local import EGRESS, EGRESS_READY_WITHIN, SPARE_MARKER, SPARE_TTL_SECONDS, kill_state
 
 
 def start_egress(state: Path) -> subprocess.Popen:
@@ -68,8 +72,45 @@ def supervise(state: Path, gateway: subprocess.Popen, egress: subprocess.Popen) 
     kill_state(state)  # commands and state; this process exits right after
 
 
+def start_spare_gateway(state: Path) -> subprocess.Popen:
+    """A warm spare's gateway (`--stdin-config`): it imports while nobody waits, and gets its options on stdin."""
+    spare = json.loads((state / "spare.json").read_text())
+    with open(state / "gateway.log", "ab") as log:
+        gateway = subprocess.Popen(
+            spare["gateway_argv"], env=spare["env"], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd="/"
+        )
+    (state / "gateway.pid").write_text(str(gateway.pid))
+    marker = state / "spare.new"
+    marker.write_text(spare["fingerprint"])
+    marker.rename(state / SPARE_MARKER)  # now claimable, all at once
+    return gateway
+
+
+def claimed(state: Path) -> bool:
+    """Wait for a claim (SIGUSR1, from the process that renamed the marker away); False when stopped or idle for
+    SPARE_TTL_SECONDS, unless a claim won the marker at that very moment."""
+    got = signal.sigtimedwait({signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, SPARE_TTL_SECONDS)
+    if got is not None:
+        return got.si_signo == signal.SIGUSR1
+    try:
+        (state / SPARE_MARKER).rename(state / "spare.expired")
+    except FileNotFoundError:  # claimed just now: its claimer signals at once
+        return signal.sigtimedwait({signal.SIGUSR1}, 10) is not None
+    return False
+
+
+def configure(state: Path, gateway: subprocess.Popen) -> None:
+    """Hand a claimed spare's gateway its options and environment (token included), then forget them."""
+    info = json.loads((state / "sandbox.json").read_text())
+    env = json.loads((state / "gateway_env.json").read_text())
+    (state / "gateway_env.json").unlink()
+    gateway.stdin.write(json.dumps({"args": info["gateway_args"], "env": env}).encode() + b"\n")
+    gateway.stdin.close()
+
+
 def main() -> int:
     state = Path(sys.argv[1]).resolve()
+    spare = sys.argv[2:] == ["--spare"]
     read_fd, write_fd = os.pipe()
     if os.fork():  # the launcher: wait until the supervisor says it is up, then exit so nobody must reap it
         os.close(write_fd)
@@ -82,16 +123,32 @@ def main() -> int:
     os.dup2(devnull, 0)
     gateway = None
     try:
-        gateway = start_gateway(state)
+        if spare:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+            gateway = start_spare_gateway(state)
+            os.write(write_fd, b"1")
+            os.close(write_fd)
+            write_fd = None
+            if not claimed(state):
+                gateway.kill()
+                gateway.wait()
+                shutil.rmtree(state, ignore_errors=True)
+                os._exit(0)
+            configure(state, gateway)
+        else:
+            gateway = start_gateway(state)
         egress = start_egress(state)
-    except BaseException as exc:  # noqa: BLE001 - said in the log; the launcher reports the failure
+    except BaseException as exc:  # noqa: BLE001 - said in the log; the launcher (or the claimer) reports it
         print(exc, file=sys.stderr, flush=True)
         if gateway is not None:
             gateway.kill()
             gateway.wait()
+        if spare and not (state / "sandbox.json").exists():  # a spare nobody claimed leaves nothing behind
+            shutil.rmtree(state, ignore_errors=True)
         os._exit(1)
-    os.write(write_fd, b"1")
-    os.close(write_fd)
+    if write_fd is not None:
+        os.write(write_fd, b"1")
+        os.close(write_fd)
     try:
         supervise(state, gateway, egress)
     finally:
