@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
@@ -157,6 +159,18 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
     slow_start = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
     with temporary_settings(updates={} if STARTUP_SETTING in os.environ else slow_start):
         return asyncio.run(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a command line once its work is done and written: what Python's exit does, in its order (threading's
+    shutdown: Prefect drains its log and event workers there, through the same private hook; then the atexit
+    handlers: a temporary server stopped), without the interpreter's teardown of every module and object that
+    follows, which costs about half a second after a flow run and serves nothing once the process ends."""
+    threading._shutdown()  # noqa: SLF001 - Python's own first step of exiting
+    atexit._run_exitfuncs()  # noqa: SLF001
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def describe_failure(exc: BaseException) -> str:

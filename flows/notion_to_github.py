@@ -14,9 +14,10 @@ local stand-ins, so the whole pipeline runs on this machine and nothing is sent 
 # parameter models' annotations to validate a deployment run's parameters.
 
 if __name__ == "__main__":  # the command line: it checks its input and says what it will do before Prefect is imported
+    from flows.cli import exit_now
     from flows.notion_to_github_cli import main
 
-    raise SystemExit(main())
+    exit_now(main())
 
 import contextlib
 

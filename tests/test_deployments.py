@@ -24,6 +24,8 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.states import Cancelling
 
@@ -228,6 +230,13 @@ def test_the_command_line_runs_on_a_kept_local_server_when_one_answers(server, d
 
     (run,) = call(server, runs)
     assert run.state.is_completed()
+
+    async def logs(client: PrefectClient):
+        return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+
+    # the command line ends without the interpreter's teardown (cli.exit_now): nothing the run logged is lost
+    flow_lines = [log.message for log in call(server, logs) if log.task_run_id is None]
+    assert flow_lines[-1:] == ["Finished in state Completed()"], flow_lines
 
 
 def test_a_cancelled_deployment_run_ends_cancelled_and_leaves_no_sandbox(server, worker):

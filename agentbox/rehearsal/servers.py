@@ -81,10 +81,14 @@ class BackgroundServer:
         except BaseException as exc:  # noqa: BLE001 - reported by start()
             self._error = exc
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask uvicorn to exit and wait for its thread; safe to call twice, or after a failed start."""
+    def request_stop(self) -> None:
+        """Ask uvicorn to exit, without waiting: servers asked together stop together (each takes 0.2 s)."""
         if self._server is not None:
             self._server.should_exit = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask uvicorn to exit and wait for its thread; safe to call twice, or after a failed start."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
         self._cleanup_socket()

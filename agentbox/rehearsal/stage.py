@@ -84,6 +84,7 @@ def rehearsal_stage(script: ModelScript) -> Iterator[Stage]:
             ) from None
         notion = stack.enter_context(BackgroundServer(notion_app(NOTION_TOKEN, default_notion_seed())))
         model = stack.enter_context(BackgroundServer(model_app(script)))
+        stack.callback(lambda: [server.request_stop() for server in (model, notion, github)])  # all at once
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentbox-rehearsal-")))
         catalog = workdir / "catalog.json"
         catalog.write_text(json.dumps(rehearsal_catalog(notion.url, github_host), indent=2))

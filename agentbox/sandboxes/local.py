@@ -318,8 +318,11 @@ class LocalSandboxes(SandboxBackend):
     # -- warm spares (LOCAL_WARM_GATEWAY) ----------------------------------------------------------------------
 
     def _fingerprint(self) -> str:
-        """Which code a spare's gateway runs: only a create of the same checkout and interpreter may claim it."""
-        return f"{sys.executable}|{PROJECT_DIR}"
+        """Which code a spare's gateway runs: only a create of the same interpreter, checkout and version of the
+        agentbox package (an edit since the spare started makes it stale) may claim it."""
+        sources = sorted((PROJECT_DIR / "agentbox").rglob("*.py"))
+        latest = max((p.stat().st_mtime_ns for p in sources), default=0)
+        return f"{sys.executable}|{PROJECT_DIR}|{len(sources)}|{latest}"
 
     def _claim_spare(self) -> Path | None:
         """A warm spare's state, claimed by renaming its marker away (one claimer wins), or None."""
