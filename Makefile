@@ -38,8 +38,9 @@ chromium:
 DEMO_APPROVAL := $(shell [ -t 0 ] && echo --approve || echo --require-approval=)
 
 # LOCAL_WARM_GATEWAY: each demo leaves a warm spare gateway for the next one (it stops by itself after 10 minutes).
+# .venv/bin/python, not `uv run`: setup has just synced the environment, and uv would check it again (0.1 s).
 demo: setup
-	LOCAL_WARM_GATEWAY=$${LOCAL_WARM_GATEWAY:-true} $(UV) run python -m flows.notion_to_github --repo octo-org/demo \
+	LOCAL_WARM_GATEWAY=$${LOCAL_WARM_GATEWAY:-true} .venv/bin/python -m flows.notion_to_github --repo octo-org/demo \
 		--rehearsal $(DEMO_APPROVAL)
 
 # A Prefect server with its UI on loopback, kept in the background with the sandbox limit (and the work pool) it
