@@ -72,4 +72,4 @@ test: setup chromium
 	$(UV) run pytest
 
 bench: setup
-	$(UV) run python benchmarks/session_steps.py
+	.venv/bin/python benchmarks/speed.py

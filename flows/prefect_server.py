@@ -1,0 +1,143 @@
+"""Which Prefect server a command line's run goes to, settled before the run starts.
+
+In order: the one PREFECT_API_URL names (in the environment, or in a Prefect profile); a server kept on this machine
+(`make server`) when it answers at once; else a temporary server for this run only, as Prefect itself would start
+(the same command and settings), but started first thing, so its seconds of start-up pass while the command line
+imports Prefect and checks its plan, instead of after.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+
+from agentbox.errors import ConfigError
+
+LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
+LOCAL_SERVER = "http://127.0.0.1:4200/api"
+STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+# A first run on a fresh PREFECT_HOME migrates the temporary server's database: Prefect's 20 s is tight on a busy
+# machine. A value the user set wins.
+EPHEMERAL_STARTUP_SECONDS = 120
+PORT_IN_USE = 3  # uvicorn's exit code when it cannot bind
+
+
+def local_server() -> str | None:
+    """The API of a Prefect server kept on this machine (`make server`), when no PREFECT_API_URL names one in the
+    environment and it answers at once: runs then go there and show in its UI."""
+    url = os.environ.get(LOCAL_SERVER_SETTING, LOCAL_SERVER).rstrip("/")
+    if not url or os.environ.get("PREFECT_API_URL"):
+        return None
+    import httpx
+
+    try:
+        return url if httpx.get(f"{url}/health", timeout=0.5).status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TemporaryServer:
+    """Prefect's temporary server (its API without the UI, on a free loopback port), started without importing
+    Prefect; it stops when the process exits, after Prefect has sent its last logs and events."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self._spawn()
+        atexit.register(self.stop)
+
+    def _spawn(self) -> None:
+        self.port = _free_port()
+        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait(self, timeout: float) -> str:
+        """Its API URL once it answers; a ConfigError when it cannot start."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2) as http:
+            while time.monotonic() < deadline:
+                code = self.process.poll()
+                if code == PORT_IN_USE:  # the port was taken meanwhile: another one
+                    self._spawn()
+                elif code is not None:
+                    break
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"{self.api}/health").status_code == 200:
+                        return self.api
+                time.sleep(0.05)
+        code = self.process.poll()
+        raise ConfigError(
+            f"Prefect's temporary server did not start ({f'exit code {code}' if code is not None else 'no answer'} "
+            f"within {timeout:.0f} s).",
+            "Run `make server` and run again, or set PREFECT_API_URL to a Prefect server.",
+        )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+temporary_server: ContextVar[TemporaryServer | None] = ContextVar("temporary_server", default=None)
+
+
+@contextlib.contextmanager
+def chosen_server() -> Iterator[None]:
+    """Settle the run's server and say which (the first line of output). A kept server is entered at once (who may
+    approve depends on it); a temporary one is left in `temporary_server`, for `cli.run_flow` to wait for and enter
+    when the flow starts."""
+    kept = local_server()
+    ephemeral_allowed = os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() not in ("false", "0")
+    temporary = TemporaryServer() if not kept and not os.environ.get("PREFECT_API_URL") and ephemeral_allowed else None
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, temporary_settings
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():  # a Prefect profile says so
+        kept = None
+        if temporary:
+            temporary.stop()
+            temporary = None
+    if kept:
+        print(f"Prefect: the server at {kept.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
+        with temporary_settings(updates={PREFECT_API_URL: kept}):
+            yield
+        return
+    if temporary:
+        print("Prefect: a temporary server, for this run only (`make server` keeps one, with its UI).",
+              file=sys.stderr)
+    token = temporary_server.set(temporary)
+    try:
+        yield
+    finally:
+        temporary_server.reset(token)
