@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import contextlib
 import logging
 import os
 import sys
@@ -22,11 +21,8 @@ from agentbox.errors import AgentboxError, ConfigError, RunCancelled, RunTimedOu
 from agentbox.plan import SessionPlan
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import BACKENDS
+from flows.prefect_server import EPHEMERAL_STARTUP_SECONDS, STARTUP_SETTING, ServerChoice, server_choice
 
-STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
-LOCAL_SERVER = "http://127.0.0.1:4200/api"
-EPHEMERAL_STARTUP_SECONDS = 120
 MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
 
@@ -82,16 +78,14 @@ def approvals_up_front(plan: SessionPlan, args: argparse.Namespace) -> Approver 
         approver = TerminalApprover()
         print(f"Approvals: calls of {patterns} are asked on this terminal ({silence}).", file=sys.stderr)
         return approver
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-
-    if not PREFECT_API_URL.value():
+    where = chosen_server().ui()
+    if not where:
         raise ConfigError(
             f"Calls of {patterns} need a person's approval, and this run has nobody to ask (no terminal, no "
             "Prefect server).",
             "Pass --approve to answer here, set PREFECT_API_URL to a Prefect server to answer in its UI, or "
             "--require-approval '' to let the agent call them unasked.",
         )
-    where = PREFECT_UI_URL.value() or PREFECT_API_URL.value()
     print(f"Approvals: calls of {patterns} wait for a person on the run's page at {where} ({silence}).",
           file=sys.stderr)
     return None
@@ -125,8 +119,8 @@ def build(model: type[BaseModel], **values: object) -> BaseModel:
 
 def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_seconds: float | None,
              approver: Approver | None = None) -> BaseModel:
-    """Run a flow from the command line. With no PREFECT_API_URL it runs on Prefect's temporary server, which
-    nobody bootstrapped: that one gets the sandbox limit here (a real server gets it from deployments.bootstrap).
+    """Run a flow from the command line. On a temporary server (see prefect_server), which nobody bootstrapped, the
+    run gets the sandbox limit here (a real server gets it from deployments.bootstrap).
     Prefect's timeouts become our own errors here, at the boundary, saying which timeout it was. `approver`, when
     given, answers the run's approvals instead of the Prefect UI (the terminal's, with --approve)."""
     from prefect.exceptions import CancelledRun
@@ -140,7 +134,7 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
     async def main() -> BaseModel:
         if approver is not None:
             terminal_approver.set(approver)
-        if not PREFECT_API_URL.value():
+        if temporary or not PREFECT_API_URL.value():
             await ensure_sandbox_limit(load_settings())
         try:
             return await flow_call()
@@ -154,10 +148,14 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
                 "Retry; if it persists, the run's logs say which service was slow.",
             ) from None
 
-    # A first run on a fresh PREFECT_HOME migrates the temporary server's database: Prefect's 20 s is tight on a
-    # busy machine. A value the user set wins.
-    slow_start = {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
-    with temporary_settings(updates={} if STARTUP_SETTING in os.environ else slow_start):
+    user_set = STARTUP_SETTING in os.environ
+    startup = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() if user_set else EPHEMERAL_STARTUP_SECONDS
+    choice = chosen_server()
+    temporary = choice.temporary
+    # should Prefect start a temporary server of its own after all, it gets as long
+    with choice.entered(startup), temporary_settings(
+        updates={} if user_set else {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
+    ):
         return asyncio.run(main())
 
 
@@ -205,28 +203,13 @@ def hide_tracebacks_on_console() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
-def local_server() -> str | None:
-    """The API of a Prefect server kept on this machine (`make server`), when no PREFECT_API_URL names one and it
-    answers at once: runs then go there and show in its UI, instead of on a temporary server started for one run."""
-    url = os.environ.get(LOCAL_SERVER_SETTING, LOCAL_SERVER).rstrip("/")
-    if not url or os.environ.get("PREFECT_API_URL"):
-        return None
-    import httpx
-
-    try:
-        return url if httpx.get(f"{url}/health", timeout=0.5).status_code == 200 else None
-    except httpx.HTTPError:
-        return None
-
-
-def on_server(server: str | None) -> contextlib.AbstractContextManager:
-    """Prefect's settings pointed at `server`; without one, Prefect is not even imported yet (the CLI's first lines
-    come before its second of imports)."""
-    if not server:
-        return contextlib.nullcontext()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    return temporary_settings(updates={PREFECT_API_URL: server})
+def chosen_server() -> ServerChoice:
+    """The run's server choice (`run` makes it; a flow run from Python, without `run`, gets one here)."""
+    choice = server_choice.get()
+    if choice is None:
+        choice = ServerChoice()
+        server_choice.set(choice)
+    return choice
 
 
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
@@ -234,12 +217,9 @@ def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callabl
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.debug:
         hide_tracebacks_on_console()
+    token = server_choice.set(ServerChoice())  # a temporary server starts now, alongside the imports
     try:
-        server = local_server()
-        if server:
-            print(f"Prefect: the server at {server.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
-        with on_server(server):
-            result = start()
+        result = start()
     except KeyboardInterrupt:
         print("error: interrupted; the sandbox was torn down.", file=sys.stderr)
         return 130
@@ -248,6 +228,8 @@ def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callabl
             traceback.print_exc()
         print(f"error: {describe_failure(exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, AgentboxError) else 1
+    finally:
+        server_choice.reset(token)
     if args.json:
         print(result.model_dump_json(indent=2))
     else:

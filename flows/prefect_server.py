@@ -110,34 +110,54 @@ class TemporaryServer:
         self.process = None
 
 
-temporary_server: ContextVar[TemporaryServer | None] = ContextVar("temporary_server", default=None)
+class ServerChoice:
+    """The run's server, chosen in two steps. `ServerChoice()`, first thing, without Prefect: the environment's
+    PREFECT_API_URL, else a kept server that answers, else a temporary server, started now. `settle()`, once Prefect's
+    settings are imported: a Prefect profile or prefect.toml may name a server too, and wins. `entered()`, when the
+    flow starts: says which in one line and points the flow run at it, waiting for a temporary one to answer."""
 
+    def __init__(self) -> None:
+        self.kept = local_server()
+        allowed = os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() not in ("false", "0")
+        wanted = not self.kept and not os.environ.get("PREFECT_API_URL") and allowed
+        self.temporary = TemporaryServer() if wanted else None
+        self.settled = False
 
-@contextlib.contextmanager
-def chosen_server() -> Iterator[None]:
-    """Settle the run's server and say which (the first line of output). A kept server is entered at once (who may
-    approve depends on it); a temporary one is left in `temporary_server`, for `cli.run_flow` to wait for and enter
-    when the flow starts."""
-    kept = local_server()
-    ephemeral_allowed = os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true").lower() not in ("false", "0")
-    temporary = TemporaryServer() if not kept and not os.environ.get("PREFECT_API_URL") and ephemeral_allowed else None
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, temporary_settings
+    def settle(self) -> None:
+        if self.settled:
+            return
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():  # a Prefect profile says so
-        kept = None
-        if temporary:
-            temporary.stop()
-            temporary = None
-    if kept:
-        print(f"Prefect: the server at {kept.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
-        with temporary_settings(updates={PREFECT_API_URL: kept}):
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+            self.kept = None
+            if self.temporary:
+                self.temporary.stop()
+                self.temporary = None
+        self.settled = True
+
+    def ui(self) -> str | None:
+        """Where a person can see the run and answer its approvals: a kept or configured server's UI; None on a
+        temporary server (it has no UI, and goes with the process)."""
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+        self.settle()
+        if self.kept:
+            return self.kept.removesuffix("/api")
+        return PREFECT_UI_URL.value() or PREFECT_API_URL.value() or None
+
+    @contextlib.contextmanager
+    def entered(self, startup_timeout: float) -> Iterator[None]:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self.settle()
+        if self.kept:
+            print(f"Prefect: the server at {self.kept.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
+        elif self.temporary:
+            print("Prefect: a temporary server, for this run only (`make server` keeps one, with its UI).",
+                  file=sys.stderr)
+        api = self.kept or (self.temporary.wait(startup_timeout) if self.temporary else None)
+        with temporary_settings(updates={PREFECT_API_URL: api} if api else {}):
             yield
-        return
-    if temporary:
-        print("Prefect: a temporary server, for this run only (`make server` keeps one, with its UI).",
-              file=sys.stderr)
-    token = temporary_server.set(temporary)
-    try:
-        yield
-    finally:
-        temporary_server.reset(token)
+
+
+server_choice: ContextVar[ServerChoice | None] = ContextVar("server_choice", default=None)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +65,34 @@ def test_cli_prints_only_the_result_model_with_json():
     assert result["rehearsal"] is True
     assert result["issue_url"] == "https://github.com/octo/cli-demo/issues/1"
     assert "REHEARSAL" in proc.stderr  # the logs say it too
+
+
+def test_cli_without_a_server_runs_on_a_temporary_one_it_started_first_and_stops():
+    """With no PREFECT_API_URL and no kept server, the command line starts Prefect's temporary server itself, before
+    its imports, runs there, and leaves no server behind."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.notion_to_github", "--repo", "octo/temporary", "--rehearsal", "--json"],
+        cwd=WORKDIR, env={**env, "AGENTBOX_PREFECT_SERVER": ""}, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["issue_url"] == "https://github.com/octo/temporary/issues/1"
+    assert "Prefect: a temporary server, for this run only" in proc.stderr
+    assert "Starting temporary server" not in proc.stderr  # not a second one of Prefect's own
+    port = re.search(r"View at http://127\.0\.0\.1:(\d+)/runs/flow-run/", proc.stderr).group(1)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", int(port))) != 0  # stopped with the command
+    assert not [c for c in command_lines() if f"create_app --host 127.0.0.1 --port {port} " in c]
+
+
+def command_lines() -> list[str]:
+    lines = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(path.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile
+            continue
+    return lines
 
 
 def test_cli_human_output_follows_the_seed():

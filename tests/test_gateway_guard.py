@@ -48,6 +48,13 @@ def test_a_secret_in_the_arguments_is_refused_before_the_server_sees_it(gateway,
     assert secret not in log.read_text() and "attacker" not in log.read_text()  # names and sizes only
 
 
+def test_a_server_gets_its_own_settings_not_the_gateways(gateway):
+    """The gateway's token and the sandbox's other secrets (GATEWAY_*) never reach an MCP server's environment."""
+    names = asyncio.run(call(gateway[0].url, "environment", {})).split()
+    assert "LEAKY_TOKEN" in names and "PATH" in names
+    assert not [name for name in names if name.startswith("GATEWAY_")], names
+
+
 def test_a_secret_in_the_answer_is_redacted(gateway):
     url, log = gateway[0].url, gateway[1]
     answer = asyncio.run(call(url, "leak", {}))

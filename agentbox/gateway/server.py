@@ -87,7 +87,8 @@ class UpstreamStatus:
 def transport_for(upstream: Upstream) -> StdioTransport | StreamableHttpTransport:
     """One long-lived transport per server, so tool calls reuse the running process."""
     if upstream.command:
-        env = {**os.environ, **upstream.env}
+        # the gateway's own settings stay with it: its token and the sandbox's other secrets are no server's business
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **upstream.env}
         return StdioTransport(upstream.command[0], upstream.command[1:], env=env, keep_alive=True)
     return StreamableHttpTransport(upstream.url, headers=upstream.headers)
 

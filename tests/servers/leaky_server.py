@@ -1,4 +1,5 @@
-"""A tiny stdio MCP server for the guard tests: `echo` repeats, `leak` answers with the token it was started with."""
+"""A tiny stdio MCP server for the guard tests: `echo` repeats, `leak` answers with the token it was started with,
+`environment` names its environment variables."""
 
 import os
 
@@ -17,6 +18,12 @@ def echo(text: str) -> str:
 def leak() -> str:
     """Return the server's own token, as a careless server might in an error message."""
     return f"configured with token {os.environ['LEAKY_TOKEN']} (and nothing else)"
+
+
+@mcp.tool
+def environment() -> str:
+    """The names of the server's environment variables."""
+    return " ".join(sorted(os.environ))
 
 
 if __name__ == "__main__":
