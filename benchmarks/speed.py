@@ -121,6 +121,7 @@ async def gateway_ready(root: Path, warm: bool) -> float:
             await wait_until_ready(handle.gateway_url, token, plan.expected_tools, deadline_seconds=60)
             return time.monotonic() - started
         finally:
+            sandboxes.warm_spare = False  # this kill leaves no spare: each measure starts from its own
             await sandboxes.kill(handle.id)
             sandboxes.discard_spares()
 

@@ -8,6 +8,8 @@ tens of milliseconds and backs off, bounded by a deadline: no fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -15,9 +17,10 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
-from agentbox.errors import GatewayAuthError, GatewayNotReady, GatewayUpstreamError
+from agentbox.errors import GatewayAuthError, GatewayNotReady, GatewayUpstreamError, one_line
 
 AUTH_HINT = "Check the gateway token: the sandbox's gateway refused it."
+PROTOCOL_VERSION = "2025-06-18"  # what Claude Code and E2B's gateway speak; a server may answer with its own
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,6 @@ class GatewayProbe:
     setup), which would otherwise land on every attempt, including the one that detects readiness."""
 
     def __init__(self, url: str, token: str) -> None:
-        # The MCP SDK is imported here, not with this module: it costs a command line 0.6 s at start, where here it
-        # is paid while the sandbox's gateway starts (a probe is made before the gateway listens).
-        import mcp.client.streamable_http  # noqa: F401
-
         self.url, self._statuses = url, []
         headers = {"Authorization": f"Bearer {token}"} if token else {}  # an empty token must earn a 401, not a crash
         self._http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [self._record]})
@@ -63,17 +62,10 @@ class GatewayProbe:
 
     async def list_tools(self, timeout: float = 10.0) -> list[str]:
         """One MCP handshake + tools/list; raises GatewayAuthError or GatewayNotReady."""
-        from mcp import ClientSession
-        from mcp.client.streamable_http import streamable_http_client
-
         self._statuses = []
         try:
             with anyio.fail_after(timeout):
-                async with streamable_http_client(self.url, http_client=self._http) as streams:
-                    async with ClientSession(streams[0], streams[1]) as session:
-                        await session.initialize()
-                        result = await session.list_tools()
-                        return [tool.name for tool in result.tools]
+                return await self._handshake_and_list()
         except BaseException as exc:  # noqa: BLE001 - classified below, never swallowed
             if isinstance(exc, (KeyboardInterrupt, SystemExit, anyio.get_cancelled_exc_class())) and not isinstance(
                 exc, TimeoutError
@@ -87,6 +79,32 @@ class GatewayProbe:
                 ) from None
             why = _why(exc, self._statuses)
             raise GatewayNotReady(f"The MCP gateway at {self.url} is not answering yet ({why}).") from None
+
+    async def _handshake_and_list(self) -> list[str]:
+        """MCP over Streamable HTTP, the client's side, as the probe needs it: initialize, initialized, tools/list,
+        then the session closed. Spoken here rather than through the MCP SDK, whose import costs a command line
+        0.4 s, about what a warm gateway takes to be ready."""
+        headers = {"Accept": "application/json, text/event-stream"}
+        initialize = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                      "clientInfo": {"name": "agentbox-probe", "version": "1"}}
+        answer = await self._http.post(self.url, headers=headers,
+                                       json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": initialize})
+        result = _result_of(answer, 1)
+        headers["MCP-Protocol-Version"] = str(result.get("protocolVersion") or PROTOCOL_VERSION)
+        if session := answer.headers.get("mcp-session-id"):
+            headers["Mcp-Session-Id"] = session
+        try:
+            initialized = await self._http.post(self.url, headers=headers,
+                                                json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+            if initialized.status_code >= 400:
+                raise ProbeHttpError(initialized.status_code)
+            listed = await self._http.post(self.url, headers=headers,
+                                           json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            return [str(tool["name"]) for tool in _result_of(listed, 2).get("tools", [])]
+        finally:
+            if session:  # as a client leaving: the gateway frees the session at once
+                with anyio.CancelScope(shield=True), contextlib.suppress(httpx2.HTTPError):
+                    await self._http.delete(self.url, headers=headers, timeout=2.0)
 
     async def upstream_failures(self) -> dict[str, str]:
         """Servers the gateway reports as failed on `/health` (this project's gateway; others answer nothing useful)."""
@@ -122,6 +140,35 @@ class GatewayProbe:
         raise GatewayNotReady(f"The MCP gateway does not serve every expected tool yet ({listed}).")
 
 
+class ProbeHttpError(Exception):
+    """The gateway answered an MCP request with an HTTP error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+
+
+class ProbeRpcError(Exception):
+    """The gateway answered an MCP request with a JSON-RPC error (or with no answer to it)."""
+
+
+def _result_of(response: httpx2.Response, request_id: int) -> dict:
+    """The `result` of the JSON-RPC answer to `request_id`, from a JSON body or a server-sent event stream."""
+    if response.status_code >= 400:
+        raise ProbeHttpError(response.status_code)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+    else:
+        body = response.json()
+        messages = body if isinstance(body, list) else [body]
+    for message in messages:
+        if isinstance(message, dict) and message.get("id") == request_id:
+            if "error" in message:
+                error = message["error"] if isinstance(message["error"], dict) else {}
+                raise ProbeRpcError(f"MCP error {error.get('code', '?')}: {one_line(error.get('message', ''))}")
+            return message.get("result") or {}
+    raise ProbeRpcError(f"no answer to MCP request {request_id}")
+
+
 def _why(exc: BaseException, statuses: list[int]) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
@@ -131,7 +178,7 @@ def _why(exc: BaseException, statuses: list[int]) -> str:
     leaf = exc
     while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
         leaf = leaf.exceptions[0]
-    return type(leaf).__name__
+    return str(leaf) if isinstance(leaf, ProbeRpcError) else type(leaf).__name__
 
 
 async def accepts_connections(url: str, timeout: float) -> bool:

@@ -375,8 +375,9 @@ class LocalSandboxes(SandboxBackend):
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/")
 
     def discard_spares(self) -> int:
-        """Stop every warm spare under the root (they also go by themselves after SPARE_TTL_SECONDS)."""
-        states = [m.parent for m in self.root.glob(f"local-*/{SPARE_MARKER}")]
+        """Stop every warm spare under the root, claimable or still starting (they also go by themselves after
+        SPARE_TTL_SECONDS); a claimed one is a sandbox (it has its sandbox.json) and stays."""
+        states = [j.parent for j in self.root.glob("local-*/spare.json") if not (j.parent / "sandbox.json").exists()]
         for state in states:
             discard_spare(state)
         return len(states)
