@@ -87,11 +87,15 @@ def start_spare_gateway(state: Path) -> subprocess.Popen:
 
 
 def claimed(state: Path) -> bool:
-    """Wait for a claim (SIGUSR1, from the process that renamed the marker away); False when stopped or idle for
-    SPARE_TTL_SECONDS, unless a claim won the marker at that very moment."""
-    got = signal.sigtimedwait({signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, SPARE_TTL_SECONDS)
-    if got is not None:
-        return got.si_signo == signal.SIGUSR1
+    """Wait for a claim (SIGUSR1, from the process that renamed the marker away); False when stopped, when its state
+    is gone (its root removed, say), or idle for SPARE_TTL_SECONDS, unless a claim won the marker at that moment."""
+    deadline = time.monotonic() + SPARE_TTL_SECONDS
+    while (remaining := deadline - time.monotonic()) > 0:
+        got = signal.sigtimedwait({signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, min(remaining, 2))
+        if got is not None:
+            return got.si_signo == signal.SIGUSR1
+        if not (state / "spare.json").exists():
+            return False
     try:
         (state / SPARE_MARKER).rename(state / "spare.expired")
     except FileNotFoundError:  # claimed just now: its claimer signals at once
