@@ -212,6 +212,15 @@ def chosen_server() -> ServerChoice:
     return choice
 
 
+def drop_temporary_server() -> None:
+    """Stop the temporary server started for this run, if any: the run goes on elsewhere (a re-run of the command in
+    a network namespace of its own, which starts its own)."""
+    choice = server_choice.get()
+    if choice is not None and choice.temporary is not None:
+        choice.temporary.stop()
+        choice.temporary = None
+
+
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
     """Run a flow from the command line: result on stdout, one line on stderr when it fails."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -53,7 +53,7 @@ def rehearsal_up_front(args: argparse.Namespace, module: str, argv: list[str] | 
     from agentbox.rehearsal.stage import rehearsal_stand_ins
 
     rehearsal_backend(args.backend)
-    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv)
+    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv, cli.drop_temporary_server)
     return rehearsal_stand_ins()
 
 

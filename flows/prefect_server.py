@@ -128,11 +128,11 @@ class ServerChoice:
             return
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
-        if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+        if PREFECT_API_URL.value():  # a profile names a server: that one
             self.kept = None
-            if self.temporary:
-                self.temporary.stop()
-                self.temporary = None
+        if self.temporary and (PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value()):
+            self.temporary.stop()
+            self.temporary = None
         self.settled = True
 
     def ui(self) -> str | None:

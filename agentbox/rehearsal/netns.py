@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import sys
+from collections.abc import Callable
 
 from agentbox.errors import ConfigError
 from agentbox.rehearsal.servers import free_loopback_host_for_port80
@@ -39,9 +40,11 @@ def bring_loopback_up() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | _IFF_UP))
 
 
-def enter_private_network_if_needed(module: str, argv: list[str]) -> None:
+def enter_private_network_if_needed(module: str, argv: list[str], before_exec: Callable[[], None] = lambda: None
+                                    ) -> None:
     """Re-run `python -m module argv` in a private user+network namespace when port 80 is out of reach; inside that
-    namespace, bring its loopback up. Returns when the current process can go on."""
+    namespace, bring its loopback up. Returns when the current process can go on. `before_exec` runs just before the
+    re-run replaces this process (what it started and would leave behind: a server in the host's network, say)."""
     if os.environ.get(MARKER) == "1":
         bring_loopback_up()
         return
@@ -54,6 +57,7 @@ def enter_private_network_if_needed(module: str, argv: list[str]) -> None:
             "Install util-linux, or run the rehearsal as root.",
         )
     env = {**os.environ, MARKER: "1"}
+    before_exec()
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(unshare, [unshare, "--user", "--map-root-user", "--net", "--", sys.executable, "-m", module, *argv], env)
