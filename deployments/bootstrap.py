@@ -10,7 +10,6 @@ concurrent-sandbox limit. Sessions refuse to start when the limit is missing (it
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from prefect.client.orchestration import get_client
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the result as JSON on stdout")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     args = parser.parse_args(argv)
-    return cli.run(lambda: asyncio.run(bootstrap(args.pool, args.sandboxes)), args, human=human)
+    return cli.run(lambda: cli.on_prefect(lambda: bootstrap(args.pool, args.sandboxes)), args, human=human)
 
 
 if __name__ == "__main__":

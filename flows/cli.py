@@ -171,6 +171,12 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+def on_prefect(call: Callable[[], Coroutine[Any, Any, BaseModel]]) -> BaseModel:
+    """Run a command's Prefect calls (not a session flow) on the run's chosen server."""
+    with chosen_server().entered(EPHEMERAL_STARTUP_SECONDS):
+        return asyncio.run(call())
+
+
 def describe_failure(exc: BaseException) -> str:
     """One line saying what failed and what to do."""
     if isinstance(exc, AgentboxError):

@@ -10,7 +10,6 @@ API, or when it is older than the maximum age. Sandboxes of other apps are never
 from __future__ import annotations
 
 import argparse
-import asyncio
 from datetime import datetime, timezone
 from uuid import UUID
 
@@ -106,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the report as JSON on stdout")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     args = parser.parse_args(argv)
-    return cli.run(lambda: asyncio.run(reap_sandboxes(args.max_age_minutes, args.dry_run)), args, human=human_lines)
+    return cli.run(lambda: cli.run_flow(lambda: reap_sandboxes(args.max_age_minutes, args.dry_run), None), args,
+                   human=human_lines)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ from tasks.approvals import current_approver
 from tasks.budget import record_spend
 from tasks.defaults import session_task
 
-# Two `claude mcp` commands of at most `Timeouts.registration` each, and a margin.
-REGISTER_TASK_TIMEOUT = 2 * Timeouts.model_fields["registration"].default + 30
+# `claude mcp add && claude mcp get` (twice the registration timeout), a lone `mcp get` after an add that found the
+# server there already, and a margin.
+REGISTER_TASK_TIMEOUT = 3 * Timeouts.model_fields["registration"].default + 30
 
 
 @session_task(
@@ -67,11 +68,13 @@ async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     inside_token = await sandboxes.claude_gateway_token(handle)
     got = await sandboxes.run(handle, register_command(handle.internal_gateway_url), envs={TOKEN_ENV: inside_token},
                               timeout=2 * timeout)
-    if got.exit_code != 0 and "Status:" not in got.stdout:  # the add failed, and `mcp get` did not run
-        if "already exists" not in got.stderr + got.stdout:
+    output = got.stderr + got.stdout
+    if got.exit_code != 0 and "Status:" not in output:  # one of the two failed before `mcp get` said anything
+        if "already exists" not in output:
+            failed = "get" if "Added " in got.stdout else "add"  # `mcp add` says "Added HTTP MCP server ..."
             why = redact(one_line(got.stderr or got.stdout, last=True, empty="no output"), secrets)
             raise ClaudeError(
-                f"`claude mcp add` failed with exit code {got.exit_code}: {why}.",
+                f"`claude mcp {failed}` failed with exit code {got.exit_code}: {why}.",
                 "Check the Claude Code install in the sandbox.",
             )
         # a retry of this task (its `mcp get` failed, under load say) finds the server added by the first try: the

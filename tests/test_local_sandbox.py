@@ -198,3 +198,20 @@ def test_a_warm_spare_whose_state_is_removed_stops_by_itself():
     while any(process_alive(pid, "") for pid in pids):
         assert time.monotonic() < end, "the spare outlived its state"
         time.sleep(0.1)
+
+
+def test_a_warm_spare_is_claimed_only_from_its_own_network():
+    """A rehearsal re-run in a private network (a normal user's) has its own loopback: a spare made outside it could
+    not be reached from inside, so it must not be claimed there, nor one made inside by a create outside."""
+    import shutil
+    import subprocess
+    import sys
+
+    code = "from agentbox.sandboxes.local import LocalSandboxes as L; print(L('/nonexistent')._fingerprint())"
+    ours = LocalSandboxes(SANDBOX_ROOT)._fingerprint()
+    inside = subprocess.run([shutil.which("unshare"), "--user", "--map-root-user", "--net", "--", sys.executable,
+                             "-c", code], capture_output=True, text=True, timeout=60, cwd=PROJECT)
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.strip() != ours
+    same = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=PROJECT)
+    assert same.stdout.strip() == ours  # the same place and code: claimable

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -52,7 +53,8 @@ class GatewayProbe:
         self._http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [self._record]})
 
     async def _record(self, response: httpx2.Response) -> None:
-        self._statuses.append(response.status_code)
+        if not response.request.extensions.get("agentbox_unrecorded"):
+            self._statuses.append(response.status_code)
 
     async def __aenter__(self) -> GatewayProbe:
         return self
@@ -87,24 +89,37 @@ class GatewayProbe:
         headers = {"Accept": "application/json, text/event-stream"}
         initialize = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                       "clientInfo": {"name": "agentbox-probe", "version": "1"}}
-        answer = await self._http.post(self.url, headers=headers,
-                                       json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": initialize})
-        result = _result_of(answer, 1)
+        result, answered = await self._request(headers, {"id": 1, "method": "initialize", "params": initialize})
         headers["MCP-Protocol-Version"] = str(result.get("protocolVersion") or PROTOCOL_VERSION)
-        if session := answer.headers.get("mcp-session-id"):
+        if session := answered.get("mcp-session-id"):
             headers["Mcp-Session-Id"] = session
         try:
-            initialized = await self._http.post(self.url, headers=headers,
-                                                json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-            if initialized.status_code >= 400:
-                raise ProbeHttpError(initialized.status_code)
-            listed = await self._http.post(self.url, headers=headers,
-                                           json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
-            return [str(tool["name"]) for tool in _result_of(listed, 2).get("tools", [])]
+            await self._request(headers, {"method": "notifications/initialized"})
+            listed, _ = await self._request(headers, {"id": 2, "method": "tools/list"})
+            return [str(tool["name"]) for tool in listed.get("tools", [])]
         finally:
-            if session:  # as a client leaving: the gateway frees the session at once
+            if session:  # as a client leaving: the gateway frees the session at once (its answer is not judged)
                 with anyio.CancelScope(shield=True), contextlib.suppress(httpx2.HTTPError):
-                    await self._http.delete(self.url, headers=headers, timeout=2.0)
+                    await self._http.delete(self.url, headers=headers, timeout=2.0,
+                                            extensions={"agentbox_unrecorded": True})
+
+    async def _request(self, headers: dict[str, str], message: dict) -> tuple[dict, httpx2.Headers]:
+        """POST one JSON-RPC message; for a request, its result (read from a JSON body, or from the event stream
+        up to the answer: a server may keep the stream open after it), with the response's headers."""
+        async with self._http.stream("POST", self.url, headers=headers, json={"jsonrpc": "2.0", **message}) as reply:
+            if reply.status_code >= 400:
+                raise ProbeHttpError(reply.status_code)
+            if "id" not in message:
+                return {}, reply.headers
+            if reply.headers.get("content-type", "").startswith("text/event-stream"):
+                answers = _events(reply.aiter_lines())
+            else:
+                body = json.loads(await reply.aread())
+                answers = _listed(body if isinstance(body, list) else [body])
+            async for answer in answers:
+                if _answers(answer, message["id"]):
+                    return _result(answer), reply.headers
+        raise ProbeRpcError(f"no answer to MCP request {message['id']}")
 
     async def upstream_failures(self) -> dict[str, str]:
         """Servers the gateway reports as failed on `/health` (this project's gateway; others answer nothing useful)."""
@@ -151,22 +166,37 @@ class ProbeRpcError(Exception):
     """The gateway answered an MCP request with a JSON-RPC error (or with no answer to it)."""
 
 
-def _result_of(response: httpx2.Response, request_id: int) -> dict:
-    """The `result` of the JSON-RPC answer to `request_id`, from a JSON body or a server-sent event stream."""
-    if response.status_code >= 400:
-        raise ProbeHttpError(response.status_code)
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        messages = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
-    else:
-        body = response.json()
-        messages = body if isinstance(body, list) else [body]
+async def _listed(messages: list) -> AsyncIterator[dict]:
     for message in messages:
-        if isinstance(message, dict) and message.get("id") == request_id:
-            if "error" in message:
-                error = message["error"] if isinstance(message["error"], dict) else {}
-                raise ProbeRpcError(f"MCP error {error.get('code', '?')}: {one_line(error.get('message', ''))}")
-            return message.get("result") or {}
-    raise ProbeRpcError(f"no answer to MCP request {request_id}")
+        yield message
+
+
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict]:
+    """The JSON messages of a server-sent event stream: an event's data lines joined; events without data (a
+    priming event, a comment) skipped."""
+    data: list[str] = []
+    async for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif not line and data:
+            yield json.loads("\n".join(data))
+            data = []
+    if data:
+        yield json.loads("\n".join(data))
+
+
+def _answers(message: object, request_id: int) -> bool:
+    """Whether `message` is the answer to our request `request_id` (not a request of the server's own, which may
+    carry the same id)."""
+    return (isinstance(message, dict) and message.get("id") == request_id and "method" not in message
+            and ("result" in message or "error" in message))
+
+
+def _result(answer: dict) -> dict:
+    if "error" in answer:
+        error = answer["error"] if isinstance(answer["error"], dict) else {}
+        raise ProbeRpcError(f"MCP error {error.get('code', '?')}: {one_line(error.get('message', ''))}")
+    return answer.get("result") or {}
 
 
 def _why(exc: BaseException, statuses: list[int]) -> str:

@@ -275,12 +275,13 @@ class LocalSandboxes(SandboxBackend):
         await self._check_bubblewrap()
         spare = self._claim_spare() if self.warm_spare else None
         while True:
-            with _translated(f"create a local sandbox under {self.root}", "Check LOCAL_SANDBOX_ROOT and disk space."):
-                state = spare or self._new_state()
+            state = spare or self.root / f"local-{secrets.token_hex(6)}"
             sandbox_id = state.name
             try:
                 with _translated(f"create a local sandbox under {self.root}",
                                  "Check LOCAL_SANDBOX_ROOT and disk space."):
+                    if not spare:
+                        self._make_dirs(state)
                     info = self._prepare(state, sandbox_id, mcp_config, envs, ttl_seconds, metadata, tools,
                                          network or Network())
                     if spare:
@@ -307,22 +308,22 @@ class LocalSandboxes(SandboxBackend):
             expires_at=datetime.fromisoformat(info["expires_at"]),
         )
 
-    def _new_state(self) -> Path:
+    def _make_dirs(self, state: Path) -> None:
         """A new sandbox's state directory, with its private directories (its processes come later)."""
-        state = self.root / f"local-{secrets.token_hex(6)}"
         for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
             (state / sub).mkdir(parents=True, mode=0o700)
         self.prepare_private_dirs(state, state.name)
-        return state
 
     # -- warm spares (LOCAL_WARM_GATEWAY) ----------------------------------------------------------------------
 
     def _fingerprint(self) -> str:
-        """Which code a spare's gateway runs: only a create of the same interpreter, checkout and version of the
-        agentbox package (an edit since the spare started makes it stale) may claim it."""
+        """Where and what a spare's gateway runs: only a create from the same network and user namespaces (a
+        rehearsal re-run in a private network has its own loopback), the same user, interpreter, checkout and
+        version of the agentbox package (an edit since the spare started makes it stale) may claim it."""
         sources = sorted((PROJECT_DIR / "agentbox").rglob("*.py"))
         latest = max((p.stat().st_mtime_ns for p in sources), default=0)
-        return f"{sys.executable}|{PROJECT_DIR}|{len(sources)}|{latest}"
+        namespaces = [os.stat(f"/proc/self/ns/{ns}").st_ino for ns in ("net", "user")]
+        return f"{namespaces}|{os.geteuid()}|{sys.executable}|{PROJECT_DIR}|{len(sources)}|{latest}"
 
     def _claim_spare(self) -> Path | None:
         """A warm spare's state, claimed by renaming its marker away (one claimer wins), or None."""
@@ -356,10 +357,15 @@ class LocalSandboxes(SandboxBackend):
     def make_spare(self) -> None:
         """Start a warm spare (a supervisor and a gateway that imports and waits for its options) unless one
         waits already: the next create claims it and skips the gateway's imports."""
-        if any(m.read_text(errors="replace") == self._fingerprint()
-               for m in self.root.glob(f"local-*/{SPARE_MARKER}") if m.is_file()):
-            return
-        state = self._new_state()
+        for state in self._spare_states():  # one spare at a time, counting those still starting
+            if process_alive(_read_pid(state / "supervisor.pid"), str(state)):
+                return
+            if time.time() - (state / "spare.json").stat().st_mtime > STARTING_GRACE_SECONDS:
+                shutil.rmtree(state, ignore_errors=True)  # a spare that died (a reboot, a SIGKILL)
+            else:
+                return  # its supervisor has not written its pid yet
+        state = self.root / f"local-{secrets.token_hex(6)}"
+        self._make_dirs(state)
         gateway = [sys.executable, "-m", "agentbox.gateway", "--stdin-config"]
         spare = {
             "fingerprint": self._fingerprint(),
@@ -370,14 +376,19 @@ class LocalSandboxes(SandboxBackend):
         _write_private(state / "spare.json", json.dumps(spare))
         # Not waited for: the session that made it has ended, and a spare that fails to start removes itself (the
         # next create starts its gateway cold). Its launcher is reaped with this process's next child, or by init.
+        # Its environment is the sandbox's base one: it outlives this run, and must not keep what this run held.
         with open(state / "supervisor.log", "ab") as log:
             subprocess.Popen([sys.executable, "-m", "agentbox.sandboxes.supervisor", str(state), "--spare"],
-                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/")
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
+                             env=self._base_env())
+
+    def _spare_states(self) -> list[Path]:
+        """Warm spares under the root, claimable or still starting; a claimed one is a sandbox (its sandbox.json)."""
+        return [j.parent for j in self.root.glob("local-*/spare.json") if not (j.parent / "sandbox.json").exists()]
 
     def discard_spares(self) -> int:
-        """Stop every warm spare under the root, claimable or still starting (they also go by themselves after
-        SPARE_TTL_SECONDS); a claimed one is a sandbox (it has its sandbox.json) and stays."""
-        states = [j.parent for j in self.root.glob("local-*/spare.json") if not (j.parent / "sandbox.json").exists()]
+        """Stop every warm spare under the root (they also go by themselves after SPARE_TTL_SECONDS)."""
+        states = self._spare_states()
         for state in states:
             discard_spare(state)
         return len(states)
@@ -779,14 +790,14 @@ def discard_spare(state: Path) -> None:
     with contextlib.suppress(OSError):
         (state / SPARE_MARKER).rename(state / "spare.discarded")  # nobody claims it any more
     pid = _read_pid(state / "supervisor.pid")
-    if pid is not None and process_alive(pid, str(state)):
+    if process_alive(pid, str(state)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
         while process_alive(pid, str(state)) and time.monotonic() < deadline:
             time.sleep(0.01)
-    if pid is not None:
-        _killpg(pid)
+        if process_alive(pid, str(state)):  # still ours: its whole group goes (a dead pid's group may be another's)
+            _killpg(pid)
     shutil.rmtree(state, ignore_errors=True)
 
 

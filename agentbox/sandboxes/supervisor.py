@@ -26,12 +26,18 @@ from pathlib import Path
 from agentbox.sandboxes.local import EGRESS, EGRESS_READY_WITHIN, SPARE_MARKER, SPARE_TTL_SECONDS, kill_state
 
 
+def _unblocked() -> None:
+    """A child's signal mask, emptied: a spare's supervisor blocks the signals it waits for, and children inherit
+    the mask (a gateway or egress proxy that ignored SIGTERM would only stop at the kill that follows)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def start_egress(state: Path) -> subprocess.Popen:
     """The sandbox's egress proxy, on the host; returns once its sockets exist (commands need them at once)."""
     with open(state / "egress.log", "ab") as log:
         egress = subprocess.Popen(
             [sys.executable, "-I", "-S", str(EGRESS), str(state / "egress.json")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", preexec_fn=_unblocked,
         )
     (state / "egress.pid").write_text(str(egress.pid))
     deadline = time.monotonic() + EGRESS_READY_WITHIN
@@ -77,7 +83,8 @@ def start_spare_gateway(state: Path) -> subprocess.Popen:
     spare = json.loads((state / "spare.json").read_text())
     with open(state / "gateway.log", "ab") as log:
         gateway = subprocess.Popen(
-            spare["gateway_argv"], env=spare["env"], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd="/"
+            spare["gateway_argv"], env=spare["env"], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd="/",
+            preexec_fn=_unblocked,
         )
     (state / "gateway.pid").write_text(str(gateway.pid))
     marker = state / "spare.new"
