@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -157,17 +156,13 @@ def timed_command(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return time.monotonic() - started, first or float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class KeptServer:
     """What `make server` keeps, started for this benchmark: a Prefect server on a free loopback port, its own
     PREFECT_HOME, bootstrapped with the sandbox limit."""
 
     def __init__(self, home: Path) -> None:
+        from agentbox.sandboxes.local import free_port
+
         port = free_port()
         self.api = f"http://127.0.0.1:{port}/api"
         self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

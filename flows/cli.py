@@ -21,7 +21,7 @@ from agentbox.errors import AgentboxError, ConfigError, RunCancelled, RunTimedOu
 from agentbox.plan import SessionPlan
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import BACKENDS
-from flows.prefect_server import EPHEMERAL_STARTUP_SECONDS, STARTUP_SETTING, ServerChoice, server_choice
+from flows.prefect_server import ServerChoice, server_choice
 
 MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
@@ -125,7 +125,7 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
     given, answers the run's approvals instead of the Prefect UI (the terminal's, with --approve)."""
     from prefect.exceptions import CancelledRun
     from prefect.flow_engine import FlowRunTimeoutError
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.settings import PREFECT_API_URL
     from prefect.task_engine import TaskRunTimeoutError
 
     from agentbox.settings import load_settings
@@ -134,7 +134,7 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
     async def main() -> BaseModel:
         if approver is not None:
             terminal_approver.set(approver)
-        if temporary or not PREFECT_API_URL.value():
+        if choice.temporary or not PREFECT_API_URL.value():
             await ensure_sandbox_limit(load_settings())
         try:
             return await flow_call()
@@ -148,14 +148,8 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
                 "Retry; if it persists, the run's logs say which service was slow.",
             ) from None
 
-    user_set = STARTUP_SETTING in os.environ
-    startup = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value() if user_set else EPHEMERAL_STARTUP_SECONDS
     choice = chosen_server()
-    temporary = choice.temporary
-    # should Prefect start a temporary server of its own after all, it gets as long
-    with choice.entered(startup), temporary_settings(
-        updates={} if user_set else {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}
-    ):
+    with choice.entered():
         return asyncio.run(main())
 
 
@@ -173,7 +167,7 @@ def exit_now(code: int) -> NoReturn:
 
 def on_prefect(call: Callable[[], Coroutine[Any, Any, BaseModel]]) -> BaseModel:
     """Run a command's Prefect calls (not a session flow) on the run's chosen server."""
-    with chosen_server().entered(EPHEMERAL_STARTUP_SECONDS):
+    with chosen_server().entered():
         return asyncio.run(call())
 
 
@@ -216,15 +210,6 @@ def chosen_server() -> ServerChoice:
         choice = ServerChoice()
         server_choice.set(choice)
     return choice
-
-
-def drop_temporary_server() -> None:
-    """Stop the temporary server started for this run, if any: the run goes on elsewhere (a re-run of the command in
-    a network namespace of its own, which starts its own)."""
-    choice = server_choice.get()
-    if choice is not None and choice.temporary is not None:
-        choice.temporary.stop()
-        choice.temporary = None
 
 
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:

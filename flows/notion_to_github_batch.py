@@ -16,7 +16,6 @@ A batch is far lighter than as many flow runs: one Python process orchestrates a
 # No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
 # parameter models' annotations to validate a deployment run's parameters.
 
-import argparse
 import asyncio
 from collections import Counter
 from typing import Annotated, Literal
@@ -28,12 +27,12 @@ from prefect.states import Cancelled, Completed, Failed
 from pydantic import BaseModel, Field
 
 from agentbox.errors import FailureReason, RunCancelled
-from agentbox.missions.notion_to_github import DEFAULT_BODY, DEFAULT_TITLE, IssueRequest
+from agentbox.missions.notion_to_github import IssueRequest
 from agentbox.policy import RunPolicy
 from agentbox.settings import load_settings
 from flows import cli
 from flows.notion_to_github import open_issue, run_backend
-from flows.notion_to_github_cli import plan_up_front, rehearsal_up_front
+from flows.notion_to_github_cli import mission_parser, plan_up_front, rehearsal_up_front
 from flows.session import AUTO_BACKEND, BackendChoice, SessionResult, failure_of, session_flow
 
 MAX_SESSIONS = 500  # sessions in one batch: its artifact and result stay readable
@@ -138,15 +137,8 @@ def human_lines(batch: BatchResult) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.notion_to_github_batch",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", action="append", required=True, help="GitHub repository as OWNER/NAME (repeat)")
-    parser.add_argument("--title", default=DEFAULT_TITLE)
-    parser.add_argument("--body", default=DEFAULT_BODY)
-    parser.add_argument("--rehearsal", action="store_true",
-                        help="run against local stand-ins; nothing leaves the machine")
-    cli.add_policy_arguments(parser)
-    cli.add_common_arguments(parser)
+    parser = mission_parser("python -m flows.notion_to_github_batch", __doc__.splitlines()[0], action="append",
+                            help="GitHub repository as OWNER/NAME (repeat)")
     args = parser.parse_args(argv)
 
     failed = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentbox.missions.notion_to_github import (
     DEFAULT_BODY,
@@ -53,7 +53,8 @@ def rehearsal_up_front(args: argparse.Namespace, module: str, argv: list[str] | 
     from agentbox.rehearsal.stage import rehearsal_stand_ins
 
     rehearsal_backend(args.backend)
-    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv, cli.drop_temporary_server)
+    enter_private_network_if_needed(module, sys.argv[1:] if argv is None else argv,
+                                    cli.chosen_server().drop_temporary)
     return rehearsal_stand_ins()
 
 
@@ -68,15 +69,22 @@ def plan_up_front(settings: Settings, args: argparse.Namespace, issue: IssueRequ
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.notion_to_github", description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", required=True, help="GitHub repository as OWNER/NAME")
+def mission_parser(prog: str, description: str, **repo: Any) -> argparse.ArgumentParser:
+    """The mission's options, shared by its single run and its batch (`repo`: how each takes --repo)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--repo", required=True, **repo)
     parser.add_argument("--title", default=DEFAULT_TITLE)
     parser.add_argument("--body", default=DEFAULT_BODY)
     parser.add_argument("--rehearsal", action="store_true",
                         help="run against local stand-ins; nothing leaves the machine")
     cli.add_policy_arguments(parser)
     cli.add_common_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = mission_parser("python -m flows.notion_to_github", __doc__.splitlines()[0],
+                            help="GitHub repository as OWNER/NAME")
     args = parser.parse_args(argv)
 
     def start() -> NotionToGithubResult:

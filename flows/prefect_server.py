@@ -12,7 +12,6 @@ import atexit
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from agentbox.errors import ConfigError
+from agentbox.sandboxes.local import free_port
 
 LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
 LOCAL_SERVER = "http://127.0.0.1:4200/api"
@@ -45,12 +45,6 @@ def local_server() -> str | None:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TemporaryServer:
     """Prefect's temporary server (its API without the UI, on a free loopback port), started without importing
     Prefect; it stops when the process exits, after Prefect has sent its last logs and events."""
@@ -61,7 +55,7 @@ class TemporaryServer:
         atexit.register(self.stop)
 
     def _spawn(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         self.process = subprocess.Popen(
@@ -130,10 +124,16 @@ class ServerChoice:
 
         if PREFECT_API_URL.value():  # a profile names a server: that one
             self.kept = None
-        if self.temporary and (PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value()):
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+            self.drop_temporary()
+        self.settled = True
+
+    def drop_temporary(self) -> None:
+        """Stop the temporary server, if one was started: the run goes elsewhere (a profile's server, or a re-run of
+        the command in a network namespace of its own, which starts its own)."""
+        if self.temporary is not None:
             self.temporary.stop()
             self.temporary = None
-        self.settled = True
 
     def ui(self) -> str | None:
         """Where a person can see the run and answer its approvals: a kept or configured server's UI; None on a
@@ -146,17 +146,24 @@ class ServerChoice:
         return PREFECT_UI_URL.value() or PREFECT_API_URL.value() or None
 
     @contextlib.contextmanager
-    def entered(self, startup_timeout: float) -> Iterator[None]:
+    def entered(self) -> Iterator[None]:
         from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP_TIMEOUT
 
         self.settle()
+        user_set = STARTUP_SETTING in os.environ
+        startup = STARTUP_TIMEOUT.value() if user_set else EPHEMERAL_STARTUP_SECONDS
+        # should Prefect start a temporary server of its own after all, it gets as long
+        updates = {} if user_set else {STARTUP_TIMEOUT: EPHEMERAL_STARTUP_SECONDS}
         if self.kept:
             print(f"Prefect: the server at {self.kept.removesuffix('/api')} (its UI shows this run).", file=sys.stderr)
         elif self.temporary:
             print("Prefect: a temporary server, for this run only (`make server` keeps one, with its UI).",
                   file=sys.stderr)
-        api = self.kept or (self.temporary.wait(startup_timeout) if self.temporary else None)
-        with temporary_settings(updates={PREFECT_API_URL: api} if api else {}):
+        api = self.kept or (self.temporary.wait(startup) if self.temporary else None)
+        if api:
+            updates[PREFECT_API_URL] = api
+        with temporary_settings(updates=updates):
             yield
 
 

@@ -105,7 +105,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free now (the caller binds it soon after)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -308,6 +309,12 @@ class LocalSandboxes(SandboxBackend):
             expires_at=datetime.fromisoformat(info["expires_at"]),
         )
 
+    def _gateway_argv(self, state: Path, *options: str) -> list[str]:
+        """The sandbox's gateway under bubblewrap: its config read-only, its call log the only place it writes."""
+        return self._bwrap(state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR,
+                                   "--bind", str(state / "audit"), AUDIT_DIR, "--",
+                                   sys.executable, "-m", "agentbox.gateway", *options])
+
     def _make_dirs(self, state: Path) -> None:
         """A new sandbox's state directory, with its private directories (its processes come later)."""
         for sub in ("home", "tmp", "gateway", "audit", "procs", "net"):
@@ -327,10 +334,11 @@ class LocalSandboxes(SandboxBackend):
 
     def _claim_spare(self) -> Path | None:
         """A warm spare's state, claimed by renaming its marker away (one claimer wins), or None."""
+        fingerprint = self._fingerprint()
         for marker in sorted(self.root.glob(f"local-*/{SPARE_MARKER}")):
             state = marker.parent
             try:
-                if marker.read_text() != self._fingerprint():
+                if marker.read_text() != fingerprint:
                     continue
                 marker.rename(state / "spare.claimed")
             except OSError:  # claimed or expired meanwhile
@@ -346,9 +354,8 @@ class LocalSandboxes(SandboxBackend):
         if pid is None or not process_alive(pid, str(state)):
             raise SandboxError("The warm spare gateway it claimed was gone.", "Run again.")
         os.kill(pid, signal.SIGUSR1)
-        sockets = [state / "net" / name for name in ("proxy.sock", "model.sock", "gateway.sock")]
         deadline = time.monotonic() + EGRESS_READY_WITHIN
-        while not all(s.exists() for s in sockets):
+        while not egress_ready(state):
             if not process_alive(pid, str(state)) or time.monotonic() > deadline:
                 detail = one_line((state / "supervisor.log").read_text(errors="replace"), last=True, empty="no log")
                 raise SandboxError(f"The local sandbox supervisor failed to start ({detail}).")
@@ -366,13 +373,9 @@ class LocalSandboxes(SandboxBackend):
                 return  # its supervisor has not written its pid yet
         state = self.root / f"local-{secrets.token_hex(6)}"
         self._make_dirs(state)
-        gateway = [sys.executable, "-m", "agentbox.gateway", "--stdin-config"]
-        spare = {
-            "fingerprint": self._fingerprint(),
-            "env": self._base_env(),
-            "gateway_argv": self._bwrap(state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR,
-                                                "--bind", str(state / "audit"), AUDIT_DIR, "--", *gateway]),
-        }
+        env = self._base_env()
+        spare = {"fingerprint": self._fingerprint(), "env": env,
+                 "gateway_argv": self._gateway_argv(state, "--stdin-config")}
         _write_private(state / "spare.json", json.dumps(spare))
         # Not waited for: the session that made it has ended, and a spare that fails to start removes itself (the
         # next create starts its gateway cold). Its launcher is reaped with this process's next child, or by init.
@@ -380,7 +383,7 @@ class LocalSandboxes(SandboxBackend):
         with open(state / "supervisor.log", "ab") as log:
             subprocess.Popen([sys.executable, "-m", "agentbox.sandboxes.supervisor", str(state), "--spare"],
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
-                             env=self._base_env())
+                             env=env)
 
     def _spare_states(self) -> list[Path]:
         """Warm spares under the root, claimable or still starting; a claimed one is a sandbox (its sandbox.json)."""
@@ -405,7 +408,7 @@ class LocalSandboxes(SandboxBackend):
         network: Network,
     ) -> dict:
         """Write what the supervisor and later commands need; secrets only in files only the owner can read."""
-        port = _free_port()
+        port = free_port()
         token = secrets.token_urlsafe(24)
         _write_private(state / "gateway" / "mcp.json", json.dumps(mcp_config))
         _write_private(state / "token", token)
@@ -417,7 +420,6 @@ class LocalSandboxes(SandboxBackend):
             gateway_args += ["--catalog", f"{GATEWAY_DIR}/catalog.json"]
         if tools is not None:
             gateway_args += ["--tools", ",".join(tools)]
-        gateway = [sys.executable, "-m", "agentbox.gateway", *gateway_args]
         created = _now()
         info = {
             "id": sandbox_id,
@@ -428,10 +430,7 @@ class LocalSandboxes(SandboxBackend):
             "gateway_args": gateway_args,
             "routes": [f"{PROXY_INSIDE}={NET_DIR}/proxy.sock", f"{MODEL_INSIDE}={NET_DIR}/model.sock",
                        f"127.0.0.1:{port}={NET_DIR}/gateway.sock"],
-            "gateway_argv": self._bwrap(
-                state, ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR,
-                        "--bind", str(state / "audit"), AUDIT_DIR, "--", *gateway]
-            ),
+            "gateway_argv": self._gateway_argv(state, *gateway_args),
         }
         _write_private(state / "sandbox.json", json.dumps(info))
         gateway_env = {
@@ -775,6 +774,11 @@ async def _feed(pipe: asyncio.StreamWriter, chunks: AsyncIterator[str]) -> None:
 def _killpg(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def egress_ready(state: Path) -> bool:
+    """Whether the sandbox's egress proxy has made its sockets (its commands need them)."""
+    return all((state / "net" / name).exists() for name in ("proxy.sock", "model.sock", "gateway.sock"))
 
 
 def _abandon(state: Path, spare: bool) -> None:

@@ -23,7 +23,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from agentbox.sandboxes.local import EGRESS, EGRESS_READY_WITHIN, SPARE_MARKER, SPARE_TTL_SECONDS, kill_state
+from agentbox.sandboxes.local import (
+    EGRESS,
+    EGRESS_READY_WITHIN,
+    SPARE_MARKER,
+    SPARE_TTL_SECONDS,
+    egress_ready,
+    kill_state,
+)
 
 
 def _unblocked() -> None:
@@ -41,25 +48,33 @@ def start_egress(state: Path) -> subprocess.Popen:
         )
     (state / "egress.pid").write_text(str(egress.pid))
     deadline = time.monotonic() + EGRESS_READY_WITHIN
-    sockets = [state / "net" / name for name in ("proxy.sock", "model.sock", "gateway.sock")]
-    while not all(s.exists() for s in sockets):
+    while not egress_ready(state):
         if egress.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("the egress proxy did not start: " + (state / "egress.log").read_text()[-500:])
         time.sleep(0.005)
     return egress
 
 
+def take_gateway_env(state: Path) -> dict[str, str]:
+    """The gateway's environment, token included; its file goes at once, so the token then lives only in this
+    process and the gateway."""
+    env = json.loads((state / "gateway_env.json").read_text())
+    (state / "gateway_env.json").unlink()
+    return env
+
+
+def spawn_gateway(state: Path, argv: list[str], env: dict[str, str], stdin: int) -> subprocess.Popen:
+    with open(state / "gateway.log", "ab") as log:
+        gateway = subprocess.Popen(argv, env=env, stdin=stdin, stdout=log, stderr=log, cwd="/",
+                                   preexec_fn=_unblocked)
+    (state / "gateway.pid").write_text(str(gateway.pid))
+    return gateway
+
+
 def start_gateway(state: Path) -> subprocess.Popen:
     """The sandbox's gateway, under bubblewrap; started first, since it takes the longest (imports, MCP servers)."""
     info = json.loads((state / "sandbox.json").read_text())
-    env = json.loads((state / "gateway_env.json").read_text())
-    (state / "gateway_env.json").unlink()  # the token now lives only in this process and the gateway
-    with open(state / "gateway.log", "ab") as log:
-        gateway = subprocess.Popen(
-            info["gateway_argv"], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/"
-        )
-    (state / "gateway.pid").write_text(str(gateway.pid))
-    return gateway
+    return spawn_gateway(state, info["gateway_argv"], take_gateway_env(state), subprocess.DEVNULL)
 
 
 def supervise(state: Path, gateway: subprocess.Popen, egress: subprocess.Popen) -> None:
@@ -81,12 +96,7 @@ def supervise(state: Path, gateway: subprocess.Popen, egress: subprocess.Popen) 
 def start_spare_gateway(state: Path) -> subprocess.Popen:
     """A warm spare's gateway (`--stdin-config`): it imports while nobody waits, and gets its options on stdin."""
     spare = json.loads((state / "spare.json").read_text())
-    with open(state / "gateway.log", "ab") as log:
-        gateway = subprocess.Popen(
-            spare["gateway_argv"], env=spare["env"], stdin=subprocess.PIPE, stdout=log, stderr=log, cwd="/",
-            preexec_fn=_unblocked,
-        )
-    (state / "gateway.pid").write_text(str(gateway.pid))
+    gateway = spawn_gateway(state, spare["gateway_argv"], spare["env"], subprocess.PIPE)
     marker = state / "spare.new"
     marker.write_text(spare["fingerprint"])
     marker.rename(state / SPARE_MARKER)  # now claimable, all at once
@@ -113,9 +123,8 @@ def claimed(state: Path) -> bool:
 def configure(state: Path, gateway: subprocess.Popen) -> None:
     """Hand a claimed spare's gateway its options and environment (token included), then forget them."""
     info = json.loads((state / "sandbox.json").read_text())
-    env = json.loads((state / "gateway_env.json").read_text())
-    (state / "gateway_env.json").unlink()
-    gateway.stdin.write(json.dumps({"args": info["gateway_args"], "env": env}).encode() + b"\n")
+    request = {"args": info["gateway_args"], "env": take_gateway_env(state)}
+    gateway.stdin.write(json.dumps(request).encode() + b"\n")
     gateway.stdin.close()
 
 
