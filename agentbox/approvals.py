@@ -30,7 +30,7 @@ from agentbox.claude import (
 )
 from agentbox.errors import ConfigError, RunCancelled, one_line
 from agentbox.policy import BLOCKED, RunPolicy
-from agentbox.settings import map_strings, redact
+from agentbox.secrets import redact, redact_value
 
 class ApprovalRequest(BaseModel, frozen=True):
     """A call a person must approve: which server's tool, with which arguments (secrets redacted)."""
@@ -60,11 +60,6 @@ class Approver(Protocol):
     via: str
 
     async def ask(self, request: ApprovalRequest, timeout: float) -> Answer | None: ...
-
-
-def redact_value(value: Any, secrets: list[str]) -> Any:
-    """`redact` through a JSON value's strings."""
-    return map_strings(value, lambda text: redact(text, secrets))
 
 
 class PermissionHost:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -22,10 +21,10 @@ from agentbox.errors import ConfigError, one_line
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes import SandboxBackend, backend_class, open_backend
 from agentbox.sandboxes.base import DEFAULT_MODEL_URL, Network
-from agentbox.settings import Settings, load_settings, references_in, resolve_references, secret_fields
+from agentbox.secrets import is_reference, references_in, resolve_references, secret_fields
+from agentbox.settings import Settings, load_settings
 
 MAX_PROMPT_CHARS = 100_000
-_WHOLE_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 
 
 class StandIns(BaseModel, frozen=True):
@@ -285,7 +284,7 @@ def check_prompt(prompt: Any) -> None:
 
 def check_no_literal_secrets(mcp: dict[str, Any]) -> None:
     """Secret-looking fields must be `${NAME}` references: a literal value would be stored by Prefect."""
-    literal = [f"{key}.{name}" for key, name, value in secret_fields(mcp) if not _WHOLE_REFERENCE.match(value)]
+    literal = [f"{key}.{name}" for key, name, value in secret_fields(mcp) if not is_reference(value)]
     if literal:
         raise ConfigError(
             f"The MCP config holds literal secrets ({', '.join(literal)}); they would be stored by Prefect.",

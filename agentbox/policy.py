@@ -147,55 +147,6 @@ class RunPolicy(BaseModel, frozen=True):
         return lines
 
 
-class GatewayCall(BaseModel):
-    """One tools/call as the gateway logged it (argument names and size, never their values), with the id Claude
-    Code gave the same call."""
-
-    time: str
-    tool: str
-    arguments: list[str] = []
-    argument_bytes: int = 0
-    outcome: str  # ok | error | blocked
-    detail: str = ""
-    seconds: float = 0.0
-    tool_use_id: str = ""
-
-    @property
-    def blocked(self) -> bool:
-        return self.outcome == "blocked"
-
-
-class EgressAttempt(BaseModel):
-    """One connection the sandbox's egress proxy decided on (host and port, never what was sent)."""
-
-    time: float
-    kind: str = "egress"  # egress (the forward proxy) | service (the model API, the gateway)
-    method: str = ""
-    host: str = ""
-    port: int = 0
-    service: str = ""
-    decision: str  # allowed | blocked | error
-    detail: str = ""
-
-    @property
-    def blocked(self) -> bool:
-        return self.decision == "blocked"
-
-
-def audit_of(calls: list[dict], tool_uses: list[tuple[str, str]]) -> list[GatewayCall]:
-    """The gateway's calls, each joined with Claude's tool-use id: the n-th call of a tool at the gateway is the n-th
-    time Claude called it (`tool_uses` holds (tool, id) in Claude's order)."""
-    ids: dict[str, list[str]] = {}
-    for tool, tool_use_id in tool_uses:
-        ids.setdefault(tool, []).append(tool_use_id)
-    audit = []
-    for call in calls:
-        entry = GatewayCall.model_validate(call)
-        pending = ids.get(entry.tool) or []
-        audit.append(entry.model_copy(update={"tool_use_id": pending.pop(0)}) if pending else entry)
-    return audit
-
-
 def tool_list(text: str | None) -> list[str] | None:
     """Tool names written as one comma-separated string (a flag, a setting); None stays None, "" is no tool."""
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]

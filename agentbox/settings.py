@@ -8,8 +8,6 @@ variable in one message before anything is created or paid for.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -205,63 +203,3 @@ def configured_flow_retries() -> int:
         return load_settings().flow_retries
     except ConfigError:
         return Settings.model_fields["flow_retries"].default
-
-
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def map_strings(value: object, change: Callable[[str], object]) -> object:
-    """A JSON-like value with `change` applied to each of its strings (dict keys stay as they are)."""
-    if isinstance(value, str):
-        return change(value)
-    if isinstance(value, dict):
-        return {k: map_strings(v, change) for k, v in value.items()}
-    if isinstance(value, list):
-        return [map_strings(v, change) for v in value]
-    return value
-
-
-def resolve_references(value: object, lookup: Callable[[str], str]) -> object:
-    """Replace every `${NAME}` inside strings of a JSON-like value with `lookup(NAME)`.
-
-    Flows hand MCP configs around with references only, so Prefect stores names, never values.
-    """
-    return map_strings(value, lambda text: _REFERENCE.sub(lambda m: lookup(m.group(1)), text))
-
-
-def references_in(value: object) -> set[str]:
-    """Names of every `${NAME}` in a JSON-like value (to check them all before starting)."""
-    if isinstance(value, str):
-        return set(_REFERENCE.findall(value))
-    if isinstance(value, dict):
-        return set().union(*(references_in(v) for v in value.values())) if value else set()
-    if isinstance(value, list):
-        return set().union(*(references_in(v) for v in value)) if value else set()
-    return set()
-
-
-_SECRET_NAME = re.compile(r"(?i)(token|secret|password|apikey|api_key|accesskey|credential|pat$|key$)")
-
-
-def looks_secret(name: str) -> bool:
-    """Whether a field or variable name says its value is a secret: `githubPersonalAccessToken`, `ANTHROPIC_API_KEY`."""
-    return bool(_SECRET_NAME.search(name))
-
-
-def secret_fields(config: object) -> list[tuple[str, str, str]]:
-    """(server key, field name, value) of every string field of an MCP config whose name says it is a secret."""
-    if not isinstance(config, dict):
-        return []
-    return [
-        (key, name, value)
-        for key, values in config.items() if isinstance(values, dict)
-        for name, value in values.items()
-        if isinstance(value, str) and looks_secret(name)
-    ]
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in `text` with `***` (a last line of defence for logs and error messages)."""
-    for value in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text

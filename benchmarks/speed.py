@@ -161,7 +161,7 @@ class KeptServer:
     PREFECT_HOME, bootstrapped with the sandbox limit."""
 
     def __init__(self, home: Path) -> None:
-        from agentbox.sandboxes.local import free_port
+        from agentbox.host import free_port
 
         port = free_port()
         self.api = f"http://127.0.0.1:{port}/api"

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from agentbox.errors import ConfigError
-from agentbox.sandboxes.local import free_port
+from agentbox.host import free_port
 
 LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
 LOCAL_SERVER = "http://127.0.0.1:4200/api"

@@ -23,10 +23,12 @@ from pydantic import BaseModel, Field, computed_field
 from agentbox.claude import GATEWAY_NAME, AgentRun
 from agentbox.errors import AgentboxError, FailureReason, PolicyViolation, RunTimedOut, one_line
 from agentbox.plan import SessionPlan, plan_session
-from agentbox.policy import BLOCKED, EgressAttempt, GatewayCall, audit_of
+from agentbox.audit import EgressAttempt, GatewayCall, audit_of
+from agentbox.policy import BLOCKED
 from agentbox.sandboxes import BACKENDS, SandboxHandle, backend_class
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SESSION_LABEL_KEY, SLOT_LEASE_LABEL_KEY
-from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout, redact
+from agentbox.secrets import redact
+from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout
 from flows.janitor import kill_run_sandboxes_hook
 from tasks.agent_runs import completed_agent_run, record_agent_run
 from tasks.budget import check_daily_budget

@@ -40,7 +40,7 @@ from agentbox.errors import (
 from agentbox.plan import SessionPlan, Timeouts
 from agentbox.sandboxes import SandboxHandle
 from agentbox.policy import BLOCKED
-from agentbox.settings import redact
+from agentbox.secrets import redact
 from agentbox.spend import Spend
 from tasks.approvals import current_approver
 from tasks.budget import record_spend

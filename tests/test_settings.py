@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from agentbox.errors import ConfigError
 from agentbox.plan import plan_session
-from agentbox.settings import Settings, load_settings, redact, references_in, resolve_references
+from agentbox.secrets import redact, references_in, resolve_references
+from agentbox.settings import Settings, load_settings
 
 SECRET_FIELDS = ("E2B_API_KEY", "ANTHROPIC_API_KEY", "NOTION_INTEGRATION_TOKEN", "GITHUB_TOKEN")
 EXTRA_VARS = ("AGENTBOX_TEST_REF", "AGENTBOX_TEST_OTHER", "AGENTBOX_TEST_BLANK")

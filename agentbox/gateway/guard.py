@@ -23,14 +23,7 @@ from fastmcp.server.middleware import Middleware, MiddlewareContext
 from mcp.types import TextContent
 
 from agentbox.policy import BLOCKED
-from agentbox.settings import secret_fields
-
-MIN_SECRET_CHARS = 8  # shorter values (a port, "true") would match everywhere and prove nothing
-
-
-def config_secrets(config: dict[str, Any]) -> list[str]:
-    """The values of a gateway config's fields whose names say they are secrets."""
-    return [value for _, _, value in secret_fields(config)]
+from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
 
 
 @dataclass
@@ -39,16 +32,16 @@ class CallGuard(Middleware):
 
     secrets: Iterable[str]
     call_log: Path | None = None
-    _values: list[str] = field(init=False)
+    matcher: SecretMatcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self._values = sorted({s for s in self.secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+        self.matcher = SecretMatcher(self.secrets, BLOCK_MIN_CHARS)
 
     async def on_call_tool(self, context: MiddlewareContext, call_next) -> Any:  # noqa: ANN001 - fastmcp's type
         tool, arguments = context.message.name, context.message.arguments or {}
         started, text = time.monotonic(), json.dumps(arguments, ensure_ascii=False)
         entry = {"tool": tool, "arguments": sorted(arguments), "argument_bytes": len(text.encode())}
-        if any(value in text for value in self._values):
+        if self.matcher.found_in(text):
             self._write(entry, started, "blocked", "a secret of this run in its arguments")
             raise ToolError(f"{BLOCKED} The arguments of {tool} contain a secret of this run; they were not sent.")
         try:
@@ -64,18 +57,13 @@ class CallGuard(Middleware):
         """Replace every secret in the result's text (and structured content); whether there was one."""
         found = False
         for block in result.content:
-            if isinstance(block, TextContent) and any(v in block.text for v in self._values):
-                found, block.text = True, self.redact_text(block.text)
+            if isinstance(block, TextContent) and self.matcher.found_in(block.text):
+                found, block.text = True, self.matcher.redact(block.text)
         if result.structured_content is not None:
             dumped = json.dumps(result.structured_content, ensure_ascii=False)
-            if any(v in dumped for v in self._values):
-                found, result.structured_content = True, json.loads(self.redact_text(dumped))
+            if self.matcher.found_in(dumped):
+                found, result.structured_content = True, json.loads(self.matcher.redact(dumped))
         return found
-
-    def redact_text(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, "***")
-        return text
 
     def _write(self, entry: dict[str, Any], started: float, outcome: str, detail: str) -> None:
         if self.call_log is None:

@@ -38,7 +38,8 @@ from starlette.responses import JSONResponse
 
 from agentbox.errors import ConfigError, one_line
 from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
-from agentbox.gateway.guard import CallGuard, config_secrets
+from agentbox.gateway.guard import CallGuard
+from agentbox.secrets import config_secrets
 from agentbox.policy import tool_list
 
 log = logging.getLogger("agentbox.gateway")

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from agentbox.rehearsal.faults import FaultInjector, retry_headers
-from agentbox.settings import map_strings
+from agentbox.secrets import map_strings
 
 # The answer to requests outside the scripted conversation, such as `claude`'s title generation (sent without tools).
 SIDE_REQUEST_TEXT = "Rehearsal"

@@ -48,7 +48,7 @@ from agentbox.claude import MODEL_KEY_ENV, MODEL_URL_ENV
 from agentbox.errors import SandboxCommandTimeout, SandboxError, one_line
 from agentbox.gateway.catalog import expected_tools, load_catalog, validate_config
 from agentbox.sandboxes.confine import staged
-from agentbox.settings import looks_secret
+from agentbox.secrets import looks_secret
 from agentbox.sandboxes.base import (
     CommandResult,
     Network,
