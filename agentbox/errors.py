@@ -48,6 +48,11 @@ class ConfigError(AgentboxError):
     reason = "policy"  # what the run was told to do was refused before it began
 
 
+class InvalidValue(ConfigError, ValueError):
+    """A value a model's validator refuses: pydantic reports it like any ValueError (a run form, a deployment's
+    parameters), and a command line can say it in its own words."""
+
+
 class RunTimedOut(AgentboxError):
     """The flow run passed its timeout and was stopped (its sandbox is torn down as on any failure)."""
 

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentbox.errors import ConfigError
+from agentbox.sandboxes.registry import backend_names
 
 ENV_FILE = ".env"
 WHERE = f"the environment or in {ENV_FILE} (see .env.example)"
@@ -117,10 +118,8 @@ class Settings(BaseSettings):
     @field_validator("sandbox_backend")
     @classmethod
     def _registered_backend(cls, name: str | None) -> str | None:
-        from agentbox.sandboxes import BACKENDS  # the registry imports settings: import it when validating
-
-        if name and name not in BACKENDS:
-            raise ValueError(f"must be one of the registered backends: {', '.join(sorted(BACKENDS))}")
+        if name and name not in backend_names():
+            raise ValueError(f"must be one of the registered backends: {', '.join(sorted(backend_names()))}")
         return name or None
 
     @field_validator("sandbox_ttl_seconds")

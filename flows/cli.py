@@ -20,14 +20,14 @@ from agentbox.approvals import Approver, TerminalApprover, terminal_approver
 from agentbox.errors import AgentboxError, ConfigError, RunCancelled, RunTimedOut, one_line
 from agentbox.plan import SessionPlan
 from agentbox.policy import RunPolicy, parse_policy
-from agentbox.sandboxes import BACKENDS
+from agentbox.sandboxes.registry import backend_names
 from flows.prefect_server import ServerChoice, server_choice
 
 MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=sorted(BACKENDS), default=None,
+    parser.add_argument("--backend", choices=sorted(backend_names()), default=None,
                         help="sandbox backend (default: SANDBOX_BACKEND)")
     parser.add_argument("--json", action="store_true", help="print only the result as JSON on stdout")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
@@ -113,6 +113,9 @@ def build(model: type[BaseModel], **values: object) -> BaseModel:
     try:
         return model(**values)
     except ValidationError as exc:
+        for error in exc.errors():  # a validator's own ConfigError says it best
+            if isinstance(cause := (error.get("ctx") or {}).get("error"), ConfigError):
+                raise cause from None
         problems = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"Invalid option ({problems}).", "See --help.") from None
 
@@ -212,26 +215,66 @@ def chosen_server() -> ServerChoice:
     return choice
 
 
-def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[BaseModel], list[str]]) -> int:
-    """Run a flow from the command line: result on stdout, one line on stderr when it fails."""
+def failure_code(exc: BaseException, args: argparse.Namespace) -> int:
+    """Say a failure in one line on stderr (its traceback first with --debug); the exit code it means."""
+    if isinstance(exc, KeyboardInterrupt):
+        print("error: interrupted; the sandbox was torn down.", file=sys.stderr)
+        return 130
+    if args.debug:
+        traceback.print_exception(exc)
+    print(f"error: {describe_failure(exc)}", file=sys.stderr)
+    return exc.exit_code if isinstance(exc, AgentboxError) else 1
+
+
+def print_result(result: BaseModel, args: argparse.Namespace, human: Callable[[Any], list[str]]) -> None:
+    print(result.model_dump_json(indent=2) if args.json else "\n".join(human(result)))
+
+
+def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[Any], list[str]]) -> int:
+    """Run a command's work (not a flow's: see FlowCommand): result on stdout, one line on stderr when it fails."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.debug:
         hide_tracebacks_on_console()
     token = server_choice.set(ServerChoice())  # a temporary server starts now, alongside the imports
     try:
         result = start()
-    except KeyboardInterrupt:
-        print("error: interrupted; the sandbox was torn down.", file=sys.stderr)
-        return 130
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {describe_failure(exc)}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, AgentboxError) else 1
+        return failure_code(exc, args)
     finally:
         server_choice.reset(token)
-    if args.json:
-        print(result.model_dump_json(indent=2))
-    else:
-        print("\n".join(human(result)))
+    print_result(result, args, human)
     return 0
+
+
+class FlowCommand:
+    """A flow's command line (`python -m flows.<flow>`), in two halves around the flow module's own imports.
+
+    `prepare()` runs first thing in the flow's module, before Prefect is imported: it reads the options, chooses the
+    Prefect server (a temporary one starts now, alongside the imports), and has `plan` check the input and the whole
+    plan and say who answers approvals, so bad input gets its one line at once. `plan` returns how to start the run
+    given the flow. `finish(flow)`, at the end of the module, runs it and prints the result (`--json`: the model) or
+    one line; both halves end the process with its exit code (1 also when `failed` says the result is a failure)."""
+
+    def __init__(self, parser: Callable[[], argparse.ArgumentParser],
+                 plan: Callable[[argparse.Namespace], Callable[[Any], BaseModel]],
+                 human: Callable[[Any], list[str]], failed: Callable[[Any], bool] = lambda result: False) -> None:
+        self.parser, self.plan, self.human, self.failed = parser, plan, human, failed
+
+    def prepare(self) -> None:
+        self.args = self.parser().parse_args()
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        server_choice.set(ServerChoice())
+        try:
+            self.start = self.plan(self.args)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
+            exit_now(failure_code(exc, self.args))
+
+    def finish(self, flow: Any) -> NoReturn:
+        if not self.args.debug:
+            hide_tracebacks_on_console()
+        try:
+            result = self.start(flow)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
+            exit_now(failure_code(exc, self.args))
+        print_result(result, self.args, self.human)
+        exit_now(1 if self.failed(result) else 0)

@@ -13,17 +13,17 @@ local stand-ins, so the whole pipeline runs on this machine and nothing is sent 
 # No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
 # parameter models' annotations to validate a deployment run's parameters.
 
-if __name__ == "__main__":  # the command line: it checks its input and says what it will do before Prefect is imported
-    from flows.cli import exit_now
-    from flows.notion_to_github_cli import main
+if __name__ == "__main__":  # the command line checks its input and plans before Prefect is imported
+    from flows.commands.notion_to_github import command
 
-    exit_now(main())
+    command.prepare()
 
 import contextlib
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 from prefect import State, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
 from pydantic import BaseModel, Field
 
 from agentbox.missions.notion_to_github import (
@@ -31,26 +31,20 @@ from agentbox.missions.notion_to_github import (
     OUTPUT_SCHEMA,
     POLICY,
     IssueRequest,
-    build_prompt,
     check_answer,
     created_issue,
     notion_databases,
-    parse_repo,
 )
-from agentbox.errors import RunCancelled
 from agentbox.plan import rehearsal_backend
 from agentbox.policy import RunPolicy
+from agentbox.sandboxes.registry import AUTO_BACKEND, backend_named
 from agentbox.settings import Settings, load_settings
-from flows.session import (
-    AUTO_BACKEND,
-    BackendChoice,
-    SessionResult,
-    backend_named,
-    plan_this_run,
-    reported,
-    run_session,
-    session_flow,
-)
+from flows.planning import BackendChoice, plan_this_run
+from flows.results import SessionResult
+from flows.session import reported, run_session, session_flow
+
+if TYPE_CHECKING:
+    from agentbox.rehearsal.stage import Stage
 
 
 class RecordedIssue(BaseModel):
@@ -106,10 +100,7 @@ async def notion_to_github(
     """
     settings = load_settings()
     result = SessionResult(backend=run_backend(settings, backend, rehearsal), rehearsal=rehearsal)
-    try:
-        return await open_issue(issue, rehearsal, backend, policy, result, settings)
-    except RunCancelled as exc:  # cancelled while it waited for a person: the run ends Cancelled, not Failed
-        return Cancelled(message=str(exc))
+    return await open_issue(issue, rehearsal, backend, policy, result, settings)
 
 
 def run_backend(settings: Settings, choice: str | None, rehearsal: bool) -> str:
@@ -124,12 +115,11 @@ async def open_issue(
 ) -> NotionToGithubResult:
     """One session of the mission, filling `result` as it goes (its `failure` says why, when it raises); the flow's
     run, or one of a batch's sessions (`session` names it on its sandbox)."""
-    owner, name = parse_repo(issue.repo)
-    prompt = build_prompt(owner, name, issue.title, issue.body)
+    owner, name = issue.owner, issue.name
     recorded: list[RecordedIssue] = []
     async with reported(artifact_key, result, settings, description=artifact_description) as extra:
-        with mission_stage(owner, name, issue) if rehearsal else contextlib.nullcontext() as stage:
-            plan = plan_this_run(settings, prompt, MCP, session=session, backend=result.backend,
+        with mission_stage(issue) if rehearsal else contextlib.nullcontext() as stage:
+            plan = plan_this_run(settings, issue.prompt(), MCP, session=session, backend=result.backend,
                                  stand_ins=stage and stage.stand_ins, policy=policy, default_policy=POLICY,
                                  output_schema=OUTPUT_SCHEMA)
             try:
@@ -156,19 +146,23 @@ async def open_issue(
     )
 
 
-def mission_stage(owner: str, name: str, issue: IssueRequest):  # noqa: ANN201 - the stage's context manager
+def mission_stage(issue: IssueRequest) -> "AbstractContextManager[Stage]":
     """Stand-ins of Anthropic (playing this mission), Notion and GitHub, for the length of one run."""
     from agentbox.rehearsal.seed import notion_to_github_script
     from agentbox.rehearsal.stage import rehearsal_stage
 
     get_run_logger().warning("REHEARSAL: stand-ins replace Anthropic, Notion and GitHub; nothing leaves this machine")
-    return rehearsal_stage(notion_to_github_script(owner, name, issue.title, issue.body))
+    return rehearsal_stage(notion_to_github_script(issue.owner, issue.name, issue.title, issue.body))
 
 
-def recorded_issues(stage) -> list[RecordedIssue]:  # noqa: ANN001 - a rehearsal Stage, or None
+def recorded_issues(stage: "Stage | None") -> list[RecordedIssue]:
     if stage is None:
         return []
     return [
         RecordedIssue(repo=f"{i['owner']}/{i['repo']}", number=i["number"], title=i["title"], body=i.get("body") or "")
         for i in stage.issues
     ]
+
+
+if __name__ == "__main__":
+    command.finish(notion_to_github)

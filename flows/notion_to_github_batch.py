@@ -16,6 +16,11 @@ A batch is far lighter than as many flow runs: one Python process orchestrates a
 # No `from __future__ import annotations`: a runner loads this file by path, and Prefect must resolve the
 # parameter models' annotations to validate a deployment run's parameters.
 
+if __name__ == "__main__":  # the command line checks its input and plans before Prefect is imported
+    from flows.commands.notion_to_github_batch import command
+
+    command.prepare()
+
 import asyncio
 from collections import Counter
 from typing import Annotated, Literal
@@ -29,11 +34,12 @@ from pydantic import BaseModel, Field
 from agentbox.errors import FailureReason, RunCancelled
 from agentbox.missions.notion_to_github import IssueRequest
 from agentbox.policy import RunPolicy
+from agentbox.sandboxes.registry import AUTO_BACKEND
 from agentbox.settings import load_settings
-from flows import cli
 from flows.notion_to_github import open_issue, run_backend
-from flows.notion_to_github_cli import mission_parser, plan_up_front, rehearsal_up_front
-from flows.session import AUTO_BACKEND, BackendChoice, SessionResult, failure_of, session_flow
+from flows.planning import BackendChoice
+from flows.results import SessionResult, failure_of
+from flows.session import session_flow
 
 MAX_SESSIONS = 500  # sessions in one batch: its artifact and result stay readable
 
@@ -129,44 +135,5 @@ async def notion_to_github_batch(
     return Completed(message=summary, data=batch)
 
 
-def human_lines(batch: BatchResult) -> list[str]:
-    lines = [f"{r.session:>3} {r.repo}: {r.outcome}" + (f" ({r.reason}): {r.message}" if r.reason else "")
-             + (f" {r.issue_url}" if r.issue_url else "") for r in batch.sessions]
-    return [*lines, f"{batch.completed} completed, {batch.failed} failed, {batch.cancelled} cancelled in "
-            f"{batch.wall_seconds:.1f} s."]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = mission_parser("python -m flows.notion_to_github_batch", __doc__.splitlines()[0], action="append",
-                            help="GitHub repository as OWNER/NAME (repeat)")
-    args = parser.parse_args(argv)
-
-    failed = False
-
-    def start() -> BatchResult:
-        nonlocal failed
-        issues = [cli.build(IssueRequest, repo=repo.strip(), title=args.title, body=args.body) for repo in args.repo]
-        policy = cli.policy_from(args)
-        stand_ins = rehearsal_up_front(args, "flows.notion_to_github_batch", argv)
-        settings = load_settings()
-        plans = [plan_up_front(settings, args, issue, stand_ins, policy, notion_to_github_batch.timeout_seconds)
-                 for issue in issues]  # every check, for every session, before Prefect starts
-        approver = cli.approvals_up_front(plans[-1], args)
-
-        async def batch() -> BatchResult:
-            state = await notion_to_github_batch(issues, args.rehearsal, args.backend or AUTO_BACKEND, policy,
-                                                 return_state=True)
-            return await state.aresult(raise_on_failure=False)
-
-        result = cli.run_flow(batch, notion_to_github_batch.timeout_seconds, approver)
-        if not isinstance(result, BatchResult):  # the run itself failed, before or around its sessions
-            raise result if isinstance(result, BaseException) else RuntimeError(str(result))
-        failed = bool(result.failed or result.cancelled)
-        return result
-
-    code = cli.run(start, args, human=human_lines)
-    return 1 if code == 0 and failed else code
-
-
 if __name__ == "__main__":
-    cli.exit_now(main())
+    command.finish(notion_to_github_batch)

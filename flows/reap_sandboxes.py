@@ -9,20 +9,23 @@ API, or when it is older than the maximum age. Sandboxes of other apps are never
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # the command line reads its options before Prefect is imported
+    from flows.commands.reap_sandboxes import command
+
+    command.prepare()
+
 from datetime import datetime, timezone
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel
 
 from agentbox.sandboxes import reachable_backends
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SandboxInfo
 from agentbox.settings import load_settings
-from flows import cli
 from flows.janitor import end_sandbox
 
 
@@ -43,7 +46,7 @@ class ReapReport(BaseModel):
     kept: list[Verdict]
 
 
-async def reason_to_reap(client, info: SandboxInfo, max_age_minutes: float) -> str:  # noqa: ANN001
+async def reason_to_reap(client: PrefectClient, info: SandboxInfo, max_age_minutes: float) -> str:
     """Why this sandbox should go, or "" if a live run still needs it."""
     age = (datetime.now(timezone.utc) - info.created_at).total_seconds() / 60
     if age > max_age_minutes:
@@ -92,22 +95,5 @@ async def reap_sandboxes(max_age_minutes: float = 120, dry_run: bool = False) ->
     return report
 
 
-def human_lines(report: ReapReport) -> list[str]:
-    verb = "Would reap" if report.dry_run else "Reaped"
-    lines = [f"{verb} {v.sandbox_id} ({v.backend}): {v.reason}" for v in report.reaped]
-    return [*lines, f"{verb} {len(report.reaped)}, kept {len(report.kept)}."]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.reap_sandboxes", description=__doc__.splitlines()[0])
-    parser.add_argument("--max-age-minutes", type=float, default=120)
-    parser.add_argument("--dry-run", action="store_true", help="say what would be killed, kill nothing")
-    parser.add_argument("--json", action="store_true", help="print only the report as JSON on stdout")
-    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
-    args = parser.parse_args(argv)
-    return cli.run(lambda: cli.run_flow(lambda: reap_sandboxes(args.max_age_minutes, args.dry_run), None), args,
-                   human=human_lines)
-
-
 if __name__ == "__main__":
-    cli.exit_now(main())
+    command.finish(reap_sandboxes)

@@ -118,7 +118,7 @@ def test_the_policy_summary_says_what_is_allowed():
 
 
 def test_the_run_says_which_layers_enforce_its_policy():
-    from flows.session import policy_lines
+    from flows.planning import policy_lines
 
     assert policy_lines(plan(default_policy=POLICY))[-1] == (
         "Enforced by: the gateway's allow-list, Claude Code's --allowedTools"

@@ -29,7 +29,8 @@ from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.stage import rehearsal_stage
 from agentbox.settings import load_settings
 from flows.agent_session import EXAMPLE_MCP, SessionRequest, agent_session
-from flows.session import plan_this_run, teardown
+from flows.planning import plan_this_run
+from flows.session import teardown
 from tasks.claude import register_claude, run_prompt
 from tasks.gateway import wait_for_gateway
 from tasks.sandbox import create_sandbox

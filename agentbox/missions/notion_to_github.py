@@ -11,10 +11,10 @@ import contextlib
 import json
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentbox.claude import AgentRun
-from agentbox.errors import AgentboxError, ConfigError, UpstreamToolError, one_line
+from agentbox.errors import AgentboxError, InvalidValue, UpstreamToolError, one_line
 from agentbox.policy import RunPolicy
 
 DEFAULT_TITLE = "Summary of our Notion workspace"
@@ -46,9 +46,10 @@ NOTION_SEARCH = "API-post-search"
 
 
 def parse_repo(repo: str) -> tuple[str, str]:
-    """(owner, name) of a GitHub repository written owner/name, else a ConfigError saying how to write it."""
+    """(owner, name) of a GitHub repository written owner/name, else an InvalidValue (a ConfigError) saying how to
+    write it."""
     if not isinstance(repo, str) or not REPO.match(repo.strip()) or repo.strip().endswith((".git", "/")):
-        raise ConfigError(
+        raise InvalidValue(
             f"'{repo}' is not a GitHub repository of the form owner/name.",
             "Pass --repo OWNER/NAME, e.g. octocat/hello-world.",
         )
@@ -69,6 +70,23 @@ class IssueRequest(BaseModel):
     title: str = Field(DEFAULT_TITLE, min_length=1, max_length=256, description="The issue's title.")
     body: str = Field(DEFAULT_BODY, max_length=65_536,
                       description="The issue's body; the agent adds the Notion databases it found.")
+
+    @field_validator("repo")
+    @classmethod
+    def _owner_slash_name(cls, repo: str) -> str:
+        return "/".join(parse_repo(repo))
+
+    @property
+    def owner(self) -> str:
+        return self.repo.split("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.repo.split("/")[1]
+
+    def prompt(self) -> str:
+        """The mission's prompt for this issue."""
+        return build_prompt(self.owner, self.name, self.title, self.body)
 
 
 def build_prompt(owner: str, name: str, title: str, body: str) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field, field_validator
 
 from agentbox.errors import SandboxExpired
+from agentbox.sandboxes.registry import backend_class
 
 if TYPE_CHECKING:
     from agentbox.settings import Settings
@@ -52,8 +53,6 @@ class SandboxHandle(BaseModel):
     @field_validator("backend")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from agentbox.sandboxes import backend_class
-
         backend_class(name)  # a ConfigError naming the known backends
         return name
 
