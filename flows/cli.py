@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import logging
 import os
 import sys
-import threading
 import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -22,6 +20,7 @@ from agentbox.plan import SessionPlan
 from agentbox.policy import RunPolicy, parse_policy
 from agentbox.sandboxes.registry import backend_names
 from flows.prefect_server import ServerChoice, server_choice
+from tasks.compat import exit_without_teardown
 
 MAX_PROMPT_FILE_BYTES = 1_000_000  # read no further: the plan refuses prompts far shorter than this anyway
 
@@ -157,15 +156,10 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, BaseModel]], timeout_se
 
 
 def exit_now(code: int) -> NoReturn:
-    """End a command line once its work is done and written: what Python's exit does, in its order (threading's
-    shutdown: Prefect drains its log and event workers there, through the same private hook; then the atexit
-    handlers: a temporary server stopped), without the interpreter's teardown of every module and object that
-    follows, which costs about half a second after a flow run and serves nothing once the process ends."""
-    threading._shutdown()  # noqa: SLF001 - Python's own first step of exiting
-    atexit._run_exitfuncs()  # noqa: SLF001
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """End a command line once its work is done and written: what Python's exit does, in its order (Prefect drains
+    its logs and events; a temporary server stops), without the interpreter's teardown, about half a second after a
+    flow run that serves nothing once the process ends (see tasks/compat.py)."""
+    exit_without_teardown(code)
 
 
 def on_prefect(call: Callable[[], Coroutine[Any, Any, BaseModel]]) -> BaseModel:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from prefect import Flow, State
+from prefect.client.schemas.objects import FlowRun
+
 from agentbox.sandboxes import reachable_backends
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SLOT_LEASE_LABEL_KEY, SandboxBackend, SandboxInfo
 from agentbox.settings import load_settings
@@ -31,7 +34,7 @@ async def end_sandbox(sandboxes: SandboxBackend, info: SandboxInfo) -> bool:
     return killed
 
 
-async def kill_run_sandboxes_hook(flow, flow_run, state) -> None:  # noqa: ANN001 - Prefect's hook signature
+async def kill_run_sandboxes_hook(flow: Flow, flow_run: FlowRun, state: State) -> None:
     """on_crashed / on_cancellation: the run's `finally` may not have run (SIGKILL, OOM): kill what it left, and
     free its slots."""
     settings = load_settings()

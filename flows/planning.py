@@ -10,7 +10,6 @@ from prefect.context import FlowRunContext
 from prefect.runtime import deployment, flow_run
 from pydantic import AfterValidator, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
 
 from agentbox.plan import SessionPlan, plan_session
 from agentbox.sandboxes.base import APP_LABEL, APP_LABEL_KEY, SESSION_LABEL_KEY
@@ -29,7 +28,7 @@ class _RegisteredBackendsSchema:
     form is built), so a backend registered before then is offered."""
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(cls, schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return {**handler(schema), "enum": backend_choices()}
 
 

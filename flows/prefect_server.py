@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib.util
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from pathlib import Path
 
 from agentbox.errors import ConfigError
 from agentbox.host import free_port
+from tasks.compat import temporary_server_command
 
 LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
 LOCAL_SERVER = "http://127.0.0.1:4200/api"
@@ -56,14 +55,8 @@ class TemporaryServer:
 
     def _spawn(self) -> None:
         self.port = free_port()
-        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL,
-        )
+        argv, env = temporary_server_command(self.port)
+        self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
 
     @property
     def api(self) -> str:

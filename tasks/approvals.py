@@ -25,11 +25,11 @@ from prefect.input import RunInput, keyset_from_paused_state
 from prefect.input.actions import aread_flow_run_input
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Paused, Running
-from prefect.utilities.engine import propose_state
 
 from agentbox.approvals import Answer, ApprovalRequest, Approver, terminal_approver
 from agentbox.errors import ApprovalDenied, RunCancelled, one_line
 from agentbox.plan import SessionPlan
+from tasks.compat import propose_flow_run_state
 
 PAUSE_MARGIN_SECONDS = 60  # the server fails a run resumed past its pause timeout: ours ends first
 POLL_SECONDS = 1.0
@@ -52,10 +52,9 @@ def approval_form(request: ApprovalRequest) -> type[RunInput]:
             description="What the tool is called with. Edit them to approve a changed call.")),
     )
     server = f" of the MCP server `{request.server}`" if request.server else ""
-    form._description = (
+    return form.with_initial_data(description=(
         f"## Approve `{request.tool}`?\n\nThe agent wants to call `{request.tool}`{server} with these arguments:\n\n"
-        f"```json\n{request.arguments_json()}\n```\n\nNothing runs until you answer.")
-    return form
+        f"```json\n{request.arguments_json()}\n```\n\nNothing runs until you answer."))
 
 
 def pause_key(request: ApprovalRequest) -> str:
@@ -90,7 +89,7 @@ class PrefectUIApprover:
         logger = get_run_logger()
         async with get_client() as client:
             try:
-                state = await propose_state(client, paused, flow_run_id=flow_run_id)
+                state = await propose_flow_run_state(client, paused, flow_run_id)
             except (Abort, Pause) as exc:  # Prefect refused the pause: the run is over or going
                 raise RunCancelled(f"The run could not pause for approval ({one_line(exc)}).",
                                    "See the run's state history.") from None
@@ -122,7 +121,7 @@ class PrefectUIApprover:
                 return await self._answer(form, keyset, flow_run_id)
             if time.monotonic() >= deadline:  # nobody answered: the run goes on, and silence decides
                 with contextlib.suppress(Pause):  # refused, still paused: look again
-                    if (await propose_state(client, Running(), flow_run_id=flow_run_id)).is_running():
+                    if (await propose_flow_run_state(client, Running(), flow_run_id)).is_running():
                         return await self._answer(form, keyset, flow_run_id)
             await asyncio.sleep(POLL_SECONDS)
 
@@ -141,7 +140,7 @@ async def resume_if_paused(client: PrefectClient, flow_run_id: uuid.UUID) -> Non
     try:
         current = (await client.read_flow_run(flow_run_id)).state
         if current is not None and current.is_paused():
-            await propose_state(client, Running(), flow_run_id=flow_run_id)
+            await propose_flow_run_state(client, Running(), flow_run_id)
     except (Exception, Abort, Pause) as exc:  # noqa: BLE001 - said, never raised over why the wait ended
         get_run_logger().warning("Could not set the run Running again after its approval wait (%s).",
                                  one_line(exc))

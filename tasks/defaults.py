@@ -7,16 +7,18 @@ still declares its own retries and timeout on its decorator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from prefect import task
+from prefect import State, Task, task
+from prefect.client.schemas.objects import TaskRun
 from prefect.cache_policies import NO_CACHE
 from prefect.states import aget_state_exception
 
 from agentbox.errors import AgentboxError
 
 
-async def retry_if_retryable(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's callback signature
+async def retry_if_retryable(task: Task, task_run: TaskRun, state: State) -> bool:
     """Prefect awaits an async retry condition: the failure is read without blocking the event loop."""
     try:
         exc = await aget_state_exception(state)
@@ -25,6 +27,6 @@ async def retry_if_retryable(task, task_run, state) -> bool:  # noqa: ANN001 - P
     return exc.retryable if isinstance(exc, AgentboxError) else True
 
 
-def session_task(name: str, **options: Any):  # noqa: ANN201 - returns Prefect's decorator
+def session_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """`@task` with the session's shared defaults; `options` (retries, timeout_seconds, ...) add to them."""
     return task(name=name, cache_policy=NO_CACHE, retry_condition_fn=retry_if_retryable, **options)

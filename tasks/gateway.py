@@ -22,8 +22,8 @@ ATTEMPTS = 4  # each attempt polls for a quarter of the plan's gateway-ready tim
     retry_jitter_factor=0.2,  # 401/403 and a failed upstream are final: our errors say so
 )
 async def wait_for_gateway(plan: SessionPlan, handle: SandboxHandle) -> list[str]:
-    """Poll MCP initialize + tools/list (from tens of ms, backing off) until every expected server's tools are
-    listed."""
+    """Poll MCP initialize + tools/list (every 20 ms) until every expected server's tools are listed; each attempt
+    of the task polls for a quarter of the plan's gateway-ready timeout."""
     token = await plan.sandboxes(plan.read_settings()).gateway_token(handle)
     result = await wait_until_ready(
         handle.gateway_url, token, plan.expected_tools, deadline_seconds=plan.timeouts.gateway_ready / ATTEMPTS

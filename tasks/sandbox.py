@@ -14,8 +14,6 @@ from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.concurrency._asyncio import aacquire_concurrency_slots_with_lease
-from prefect.concurrency._leases import amaintain_concurrency_lease
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run, task_run
@@ -25,6 +23,7 @@ from agentbox.errors import ConfigError
 from agentbox.plan import SessionPlan
 from agentbox.sandboxes import SandboxHandle
 from agentbox.settings import Settings
+from tasks.compat import acquire_concurrency_slot, renewing_lease
 from tasks.defaults import session_task
 
 DEFAULT_SANDBOX_SLOTS = 5  # sandboxes at once, when nobody said otherwise (deployments.bootstrap --sandboxes N)
@@ -79,8 +78,7 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
     Yields the slot's lease id (None without a limit). The session labels its sandbox with it, so that when the run
     dies without releasing it (SIGKILL, OOM), the crash hook or the reaper that kills the sandbox frees the slot in
     seconds; left alone, the server would free it only when the lease ends (`SLOT_LEASE_SECONDS` after its last
-    renewal). Prefect's public `concurrency()` keeps the lease id to itself, hence its parts here (Prefect is
-    pinned)."""
+    renewal). Prefect's public `concurrency()` keeps the lease id to itself, hence its parts (tasks/compat.py)."""
     name = plan.concurrency_limit
     if not name:
         yield None
@@ -88,8 +86,7 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
     started = time.monotonic()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
     try:
-        granted = await aacquire_concurrency_slots_with_lease(
-            names=[name], slots=1, lease_duration=SLOT_LEASE_SECONDS, strict=True, holder=holder)
+        lease_id = await acquire_concurrency_slot(name, SLOT_LEASE_SECONDS, holder)
     except ConcurrencySlotAcquisitionError:
         raise ConfigError(
             f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",
@@ -100,11 +97,10 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
         waited = time.monotonic() - started
         if waited > 1:
             get_run_logger().info("Waited %.1f s for a sandbox slot of limit '%s'", waited, name)
-        async with amaintain_concurrency_lease(granted.lease_id, SLOT_LEASE_SECONDS,
-                                               raise_on_lease_renewal_failure=False):
-            yield str(granted.lease_id)
+        async with renewing_lease(lease_id, SLOT_LEASE_SECONDS):
+            yield str(lease_id)
     finally:
-        await asyncio.shield(release_slot(granted.lease_id))
+        await asyncio.shield(release_slot(lease_id))
 
 
 async def release_slot(lease_id: UUID | str) -> bool:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from fastmcp.exceptions import ToolError
-from fastmcp.server.middleware import Middleware, MiddlewareContext
-from mcp.types import TextContent
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools import ToolResult
+from mcp.types import CallToolRequestParams, TextContent
 
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
@@ -37,7 +38,8 @@ class CallGuard(Middleware):
     def __post_init__(self) -> None:
         self.matcher = SecretMatcher(self.secrets, BLOCK_MIN_CHARS)
 
-    async def on_call_tool(self, context: MiddlewareContext, call_next) -> Any:  # noqa: ANN001 - fastmcp's type
+    async def on_call_tool(self, context: MiddlewareContext[CallToolRequestParams],
+                           call_next: CallNext[CallToolRequestParams, ToolResult]) -> ToolResult:
         tool, arguments = context.message.name, context.message.arguments or {}
         started, text = time.monotonic(), json.dumps(arguments, ensure_ascii=False)
         entry = {"tool": tool, "arguments": sorted(arguments), "argument_bytes": len(text.encode())}
@@ -53,7 +55,7 @@ class CallGuard(Middleware):
         self._write(entry, started, "error" if result.is_error else "ok", "secret redacted" if redacted else "")
         return result
 
-    def _redact(self, result: Any) -> bool:
+    def _redact(self, result: ToolResult) -> bool:
         """Replace every secret in the result's text (and structured content); whether there was one."""
         found = False
         for block in result.content:

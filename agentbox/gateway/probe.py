@@ -2,8 +2,8 @@
 
 A gateway can answer `tools/list` while one of its servers is still starting or has failed, so an HTTP 200 proves
 little: the probe runs MCP initialize + tools/list with the bearer token and checks the expected tool names. A 401/403
-is a distinct error that no retry can fix; refused connections, 5xx and timeouts are worth retrying. Polling starts at
-tens of milliseconds and backs off, bounded by a deadline: no fixed sleeps.
+is a distinct error that no retry can fix; refused connections, 5xx and timeouts are worth retrying. It polls every
+20 ms by default (a closed port costs a bare TCP connect, not a handshake), bounded by a deadline.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class GatewayProbe:
         try:
             with anyio.fail_after(timeout):
                 return await self._handshake_and_list()
-        except BaseException as exc:  # noqa: BLE001 - classified below, never swallowed
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit, anyio.get_cancelled_exc_class())) and not isinstance(
                 exc, TimeoutError
             ):
@@ -237,8 +237,8 @@ async def wait_until_ready(
     first_delay: float = 0.02,
     max_delay: float = 0.02,
 ) -> ProbeResult:
-    """Probe with exponential backoff from `first_delay` until ready or the deadline; auth and upstream errors stop
-    at once."""
+    """Probe until ready or the deadline, waiting `first_delay` after the first failed probe and doubling the wait
+    up to `max_delay` (both 20 ms by default: a steady poll); auth and upstream errors stop at once."""
     start = time.monotonic()
     delay, attempts = first_delay, 0
     async with GatewayProbe(url, token) as gateway:

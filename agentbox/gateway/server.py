@@ -69,12 +69,16 @@ class BearerToken(TokenVerifier):
 
 class ListedOnceProxy(ProxyProvider):
     """A proxy that lists its server's tools once, as Docker's gateway does: a tool set is fixed for a sandbox's
-    life, and tools/list then costs no round trip to the server (about 45 ms each for notion + github)."""
+    life, and tools/list then costs no round trip to the server (about 45 ms each for notion + github).
+    `_list_tools` is the hook fastmcp's providers override to provide their tools (its documented extension point);
+    fastmcp's own lookups of a tool by name go through it too, so they find the same list."""
+
+    listed: Sequence[Tool] | None = None
 
     async def _list_tools(self) -> Sequence[Tool]:
-        if self._tools_cache is not None:
-            return self._tools_cache.items
-        return await super()._list_tools()
+        if self.listed is None:
+            self.listed = await super()._list_tools()
+        return self.listed
 
 
 @dataclass
@@ -95,15 +99,15 @@ def transport_for(upstream: Upstream) -> StdioTransport | StreamableHttpTranspor
 
 
 async def start_upstream(upstream: Upstream, proxy: ListedOnceProxy, timeout: float) -> UpstreamStatus:
-    """List the server's tools once through its proxy: this starts the server, proves it speaks MCP and fills the
-    proxy's cache, so the gateway's first tools/list costs no round trip. It connects through the proxy's own client
+    """List the server's tools once through its proxy: this starts the server, proves it speaks MCP and keeps the
+    list in the proxy, so the gateway's first tools/list costs no round trip. It connects through the proxy's own client
     on purpose: fastmcp rebuilds a kept-alive stdio session (restarts the server) for a client whose options differ."""
     status = UpstreamStatus(upstream.key)
     try:
         async with asyncio.timeout(timeout):
-            status.tools = [t.name for t in await proxy._list_tools()]
+            status.tools = [t.name for t in await proxy.list_tools()]
         status.state = "ready"
-    except BaseException as exc:  # noqa: BLE001 - any failure of a server is reported, never fatal to the others
+    except BaseException as exc:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         status.state, status.error = "failed", _describe(exc)

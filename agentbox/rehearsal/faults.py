@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Message, Receive, Scope, Send
 
 FaultKind = Literal["error", "slow", "cut"]
 
@@ -105,7 +106,7 @@ class FaultMiddleware:
         self.state = state
         self.error_answer = error_answer
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         injector: FaultInjector | None = getattr(self.state, "faults", None)
         if scope["type"] != "http" or injector is None or not injector.faults:
             return await self.app(scope, receive, send)
@@ -119,7 +120,7 @@ class FaultMiddleware:
         fault = injector.draw(text)
         replayed = False
 
-        async def replay():  # noqa: ANN202 - the body, once, for the app
+        async def replay() -> Message:
             nonlocal replayed
             if replayed:
                 return await receive()
