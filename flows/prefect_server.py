@@ -13,12 +13,11 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 
 from agentbox.errors import ConfigError
-from agentbox.host import free_port
+from agentbox.host import free_port, wait_until
 from tasks.compat import temporary_server_command
 
 LOCAL_SERVER_SETTING = "AGENTBOX_PREFECT_SERVER"  # where `make server` listens; empty: never look for it
@@ -66,18 +65,22 @@ class TemporaryServer:
         """Its API URL once it answers; a ConfigError when it cannot start."""
         import httpx
 
-        deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2) as http:
-            while time.monotonic() < deadline:
+
+            def settled() -> bool:
+                """It answers, or it exited for good (one that lost its port to another process starts again)."""
                 code = self.process.poll()
-                if code == PORT_IN_USE:  # the port was taken meanwhile: another one
+                if code == PORT_IN_USE:
                     self._spawn()
-                elif code is not None:
-                    break
+                    return False
+                if code is not None:
+                    return True
                 with contextlib.suppress(httpx.HTTPError):
-                    if http.get(f"{self.api}/health").status_code == 200:
-                        return self.api
-                time.sleep(0.05)
+                    return http.get(f"{self.api}/health").status_code == 200
+                return False
+
+            if wait_until(settled, timeout, interval=0.05) and self.process.poll() is None:
+                return self.api
         code = self.process.poll()
         raise ConfigError(
             f"Prefect's temporary server did not start ({f'exit code {code}' if code is not None else 'no answer'} "

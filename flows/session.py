@@ -71,8 +71,8 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         clock = time.monotonic()
 
     earlier = await completed_agent_run(plan)
-    if earlier and (previous := SessionResult.model_validate(earlier)).acted():
-        return await reused(plan, result, previous)  # a retry of this flow run, whose agent did its work already
+    if earlier and (previous := SessionResult.model_validate(earlier)).acted():  # a retry, after the agent's work
+        return await reuse_earlier_run(plan, result, previous)
     await check_daily_budget(plan)
     async with sandbox_slot(plan) as lease:  # held until the sandbox is gone
         if lease:  # on the sandbox, so that whoever kills it after a crash frees the slot too
@@ -103,7 +103,7 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
     return raise_if_failed(result, problem)
 
 
-async def reused(plan: SessionPlan, result: SessionResult, previous: SessionResult) -> SessionResult:
+async def reuse_earlier_run(plan: SessionPlan, result: SessionResult, previous: SessionResult) -> SessionResult:
     """A retried flow run's session whose agent run an earlier attempt completed: that run, judged again, and no new
     sandbox nor agent run (which would do its writes twice)."""
     get_run_logger().warning(
