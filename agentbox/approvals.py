@@ -3,8 +3,9 @@
 Claude Code asks its host before every tool call it was not allowed in advance (`can_use_tool`). `PermissionHost`
 answers: a gateway tool the policy names under `require_approval` is put to an `Approver` (the Prefect UI, or the
 terminal with `--approve`), one request at a time and within the run's whole approval budget; anything else is
-allowed or refused by the policy alone. Every answer becomes a `PermissionDecision` for the log and the artifact.
-Nothing here knows Prefect: the approvers that need it live with the tasks.
+allowed or refused by the policy alone. Every answer becomes a `PermissionDecision` for the log (`decision_line`) and
+the artifact, and a refusal says why to Claude (`refusal_for_agent`). Nothing here knows Prefect: the approvers
+that need it live with the tasks.
 """
 
 from __future__ import annotations
@@ -130,6 +131,25 @@ class PermissionHost:
         if answer is None:
             return None, "silence", f"nobody answered within the run's {self.wait_budget:g} s for approvals"
         return answer, "person", ""
+
+
+def decision_line(decision: PermissionDecision) -> str:
+    """The log line of one permission decision: allowed or denied, by whom, after how long, and why."""
+    verdict = "ALLOWED" if decision.allowed else "DENIED"
+    who = {"policy": "by the run policy", "person": f"by a person ({decision.via})",
+           "silence": "as nobody answered in time", "error": "as nobody could be asked"}[decision.by]
+    extra = (" with edited arguments" if decision.edited else "") + (f": {decision.reason}" if decision.reason else "")
+    waited = f" after {decision.waited_seconds:.0f} s" if decision.by != "policy" else ""
+    return f"{verdict} {decision.tool} {who}{waited}{extra}"
+
+
+def refusal_for_agent(decision: PermissionDecision) -> str:
+    """What Claude is told when a call is refused: the policy's word, a person's reason, or that nobody approved."""
+    if decision.by == "policy":
+        return BLOCKED
+    if decision.by == "person":
+        return f"A person denied this call{': ' + decision.reason if decision.reason else ''}. Do not retry it."
+    return "Nobody approved this call in time. Do not retry it."
 
 
 # -- the terminal -------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from agentbox.audit import EgressAttempt, GatewayCall, audit_of
 from agentbox.claude import AgentRun
 from agentbox.errors import AgentboxError, PolicyViolation, RunCancelled, RunTimedOut, one_line
 from agentbox.plan import SessionPlan
+from agentbox.run_checks import check_run
 from agentbox.sandboxes.base import SLOT_LEASE_LABEL_KEY, SandboxHandle
 from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout
 from flows.janitor import kill_run_sandboxes_hook
@@ -29,7 +30,7 @@ from flows.report import session_artifact
 from flows.results import SessionResult, failure_of
 from tasks.agent_runs import completed_agent_run, record_agent_run
 from tasks.budget import check_daily_budget
-from tasks.claude import check_run, register_claude, run_prompt
+from tasks.claude import register_claude, run_prompt
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 

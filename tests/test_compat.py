@@ -42,7 +42,7 @@ def test_prefect_starts_its_temporary_server_as_compat_does():
 
     from tasks.compat import TEMPORARY_SERVER_ENV, TEMPORARY_SERVER_FACTORY, temporary_server_command
 
-    prefect_own = inspect.getsource(SubprocessASGIServer._run_uvicorn_command)
+    prefect_own = inspect.getsource(SubprocessASGIServer._run_uvicorn_command)  # noqa: SLF001 - what compat copies
     for name, value in TEMPORARY_SERVER_ENV.items():
         assert f'"{name}": "{value}"' in prefect_own
     assert f'"{TEMPORARY_SERVER_FACTORY}"' in prefect_own

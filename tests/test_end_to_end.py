@@ -157,7 +157,7 @@ def test_a_hijacked_agent_cannot_send_a_token_out(world, monkeypatch):
     received: list[str] = []
 
     class Collect(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's name
+        def do_POST(self):
             received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
             self.send_response(204)
             self.end_headers()

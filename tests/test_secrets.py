@@ -23,7 +23,7 @@ WRONG_GITHUB_TOKEN = "ghp_SECRETwrongVALUE9876543210fedcba"
 ISSUE = IssueRequest(repo="octo/secret", title="T", body="B")
 
 
-def assert_no_secret(text: str, where: str, world) -> None:  # noqa: ANN001
+def assert_no_secret(text: str, where: str, world) -> None:
     e2b_key = [world.e2b.env["E2B_API_KEY"]] if world.e2b else []
     for value in [*SECRETS.values(), WRONG_GITHUB_TOKEN, *e2b_key]:
         assert value not in text, f"a secret appeared in {where}"
