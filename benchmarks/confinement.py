@@ -18,12 +18,15 @@ import json
 import os
 import statistics
 import time
+from unittest import mock
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("SANDBOX_CONCURRENCY_LIMIT", "")  # Prefect's temporary server has no limit to count against
 
-from agentbox.sandboxes import BACKENDS  # noqa: E402
-from agentbox.sandboxes.local import LocalSandboxes, _write_private  # noqa: E402
+from agentbox.sandboxes import BACKENDS
+from agentbox.sandboxes.local import LocalSandboxes, processes
+from agentbox.sandboxes.local.owners import write_private
+from agentbox.sandboxes.local.state import SandboxState
 
 CONFINED = BACKENDS["local"]
 BASELINE = f"{__name__}:UnconfinedSandboxes"
@@ -32,19 +35,20 @@ BASELINE = f"{__name__}:UnconfinedSandboxes"
 class UnconfinedSandboxes(LocalSandboxes):
     """The local backend with its commands' confinement taken out (the baseline only: never a product path)."""
 
-    def _offline(self, state, command):
-        return ["--", *command]
+    async def create(self, mcp_config, envs, *args, **kwargs):
+        handle = await super().create(mcp_config, envs, *args, **kwargs)
+        state = SandboxState.of(self.root, handle.id)
+        write_private(state.env_file, json.dumps(envs))  # the real model URL and key, no proxy
+        return handle
 
-    def _confined(self, state, argv):
-        return argv
+    async def run(self, handle, command, **kwargs):
+        # Its commands' argv without the network namespace and without confine (sessions run one at a time).
+        with (mock.patch.object(processes, "offline", lambda state, routes, command: ["--", *command]),
+              mock.patch.object(processes, "confined", lambda argv, *limits: argv)):
+            return await super().run(handle, command, **kwargs)
 
     async def claude_gateway_token(self, handle):
         return await self.gateway_token(handle)
-
-    def _prepare(self, state, sandbox_id, mcp_config, envs, *rest):
-        info = super()._prepare(state, sandbox_id, mcp_config, envs, *rest)
-        _write_private(state / "env.json", json.dumps(envs))  # the real model URL and key, no proxy
-        return info
 
 
 def session(adapter: str, index: int) -> tuple[float, dict[str, float]]:

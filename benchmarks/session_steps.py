@@ -24,13 +24,13 @@ from urllib.parse import urlparse
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("SANDBOX_CONCURRENCY_LIMIT", "")  # Prefect's temporary server has no limit to count against
 
-from agentbox.gateway.probe import wait_until_ready  # noqa: E402
-from agentbox.missions.notion_to_github import MCP  # noqa: E402
-from agentbox.plan import plan_session  # noqa: E402
-from agentbox.rehearsal.model import ModelScript  # noqa: E402
-from agentbox.rehearsal.stage import rehearsal_stage  # noqa: E402
-from agentbox.settings import load_settings  # noqa: E402
-from agentbox.sandboxes.local import LocalSandboxes  # noqa: E402
+from agentbox.gateway.probe import wait_until_ready
+from agentbox.missions.notion_to_github import MCP
+from agentbox.plan import plan_session
+from agentbox.rehearsal.model import ModelScript
+from agentbox.rehearsal.stage import rehearsal_stage
+from agentbox.settings import load_settings
+from agentbox.sandboxes.local import LocalSandboxes
 
 
 async def first_accept(host: str, port: int, deadline: float) -> float:

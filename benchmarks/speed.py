@@ -100,7 +100,8 @@ async def gateway_ready(root: Path, warm: bool) -> float:
     from agentbox.plan import plan_session
     from agentbox.rehearsal.model import ModelScript
     from agentbox.rehearsal.stage import rehearsal_stage
-    from agentbox.sandboxes.local import SPARE_MARKER, LocalSandboxes
+    from agentbox.sandboxes.local import LocalSandboxes
+    from agentbox.sandboxes.local.spare import CLAIMABLE_MARKER
     from agentbox.settings import load_settings
 
     with rehearsal_stage(ModelScript([{"text": "ok"}])) as stage:
@@ -110,7 +111,7 @@ async def gateway_ready(root: Path, warm: bool) -> float:
         if warm:
             sandboxes.make_spare()
             deadline = time.monotonic() + 60
-            while not any(root.glob(f"local-*/{SPARE_MARKER}")) and time.monotonic() < deadline:
+            while not any(root.glob(f"local-*/{CLAIMABLE_MARKER}")) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1)  # let it finish its imports, as a spare left by the last session has
         started = time.monotonic()

@@ -109,7 +109,7 @@ def listeners():
         class Answer(http.server.BaseHTTPRequestHandler):
             body = canary.encode()
 
-            def do_GET(self):  # noqa: N802 - http.server's name
+            def do_GET(self):
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(self.body)))
                 self.end_headers()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agentbox.policy import RunPolicy
-from agentbox.sandboxes.egress import Egress, allowed
+from agentbox.sandboxes.local.egress import Egress, allowed
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def test_a_warm_spare_gateway_serves_the_next_sandbox_and_holds_no_secret():
     sandbox's token; a spare nobody claims stops when discarded and leaves nothing."""
     from agentbox.errors import GatewayAuthError
     from agentbox.gateway.probe import wait_until_ready
-    from agentbox.sandboxes.local import SPARE_MARKER
+    from agentbox.sandboxes.local.spare import CLAIMABLE_MARKER
 
     backend = LocalSandboxes(SANDBOX_ROOT, warm_spare=True)  # the built-in catalog: GitHub's real MCP server
     expected = {"githubOfficial": ["create_issue"]}
@@ -147,7 +147,7 @@ def test_a_warm_spare_gateway_serves_the_next_sandbox_and_holds_no_secret():
 
     def spare_states(deadline: float = 60) -> list[Path]:
         end = time.monotonic() + deadline
-        while not (found := [m.parent for m in SANDBOX_ROOT.glob(f"local-*/{SPARE_MARKER}")]):
+        while not (found := [m.parent for m in SANDBOX_ROOT.glob(f"local-*/{CLAIMABLE_MARKER}")]):
             assert time.monotonic() < end, "no warm spare was made"
             time.sleep(0.05)
         return found
@@ -183,12 +183,13 @@ def test_a_warm_spare_whose_state_is_removed_stops_by_itself():
     10 minutes: it stops within seconds, gateway included."""
     import shutil
 
-    from agentbox.sandboxes.local import SPARE_MARKER, process_alive
+    from agentbox.host import process_alive
+    from agentbox.sandboxes.local.spare import CLAIMABLE_MARKER
 
     backend = LocalSandboxes(SANDBOX_ROOT, warm_spare=True)
     backend.make_spare()
     end = time.monotonic() + 60
-    while not (markers := list(SANDBOX_ROOT.glob(f"local-*/{SPARE_MARKER}"))):
+    while not (markers := list(SANDBOX_ROOT.glob(f"local-*/{CLAIMABLE_MARKER}"))):
         assert time.monotonic() < end, "no warm spare was made"
         time.sleep(0.05)
     state = markers[0].parent
@@ -207,8 +208,10 @@ def test_a_warm_spare_is_claimed_only_from_its_own_network():
     import subprocess
     import sys
 
-    code = "from agentbox.sandboxes.local import LocalSandboxes as L; print(L('/nonexistent')._fingerprint())"
-    ours = LocalSandboxes(SANDBOX_ROOT)._fingerprint()
+    from agentbox.sandboxes.local.spare import spare_fingerprint
+
+    code = "from agentbox.sandboxes.local.spare import spare_fingerprint; print(spare_fingerprint())"
+    ours = spare_fingerprint()
     inside = subprocess.run([shutil.which("unshare"), "--user", "--map-root-user", "--net", "--", sys.executable,
                              "-c", code], capture_output=True, text=True, timeout=60, cwd=PROJECT)
     assert inside.returncode == 0, inside.stderr

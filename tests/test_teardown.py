@@ -159,7 +159,7 @@ def test_run_stops_when_claude_starts_without_the_gateway():
 # Faults of Claude and the model: the same on both backends.
 
 
-def session(world, script: list[dict], **options):  # noqa: ANN001
+def session(world, script: list[dict], **options):
     world.play(script)
     return asyncio.run(agent_session.with_options(**options)(SessionRequest(prompt="hello", mcp=NOTION), return_state=True))
 

@@ -91,7 +91,7 @@ def metadata_query(raw: str | None) -> dict[str, str]:
     return {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in urllib.parse.parse_qsl(raw)}
 
 
-def target_metadata(state: State, path: str, body) -> dict[str, str] | None:  # noqa: ANN001 - parsed JSON
+def target_metadata(state: State, path: str, body: object) -> dict[str, str] | None:  # body: parsed JSON
     """The metadata of the sandbox a request is about: the create body's, or the named sandbox's."""
     if path == "/v2/sandboxes" and isinstance(body, dict):
         return body.get("metadata")

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agentbox.sandboxes.local import write_owned
+from agentbox.sandboxes.local.owners import write_owned
 from tests.e2b_standin.gateway import gateway_command, run_mcp_gateway
 from tests.e2b_standin.jail import USERS, PathRefused, exited, reap
 from tests.e2b_standin.state import GONE, CommandRecord, Proc, Sandbox, State
@@ -197,7 +197,7 @@ class ProcessService:
             sandbox_id=sbx.id, cmd=cfg.cmd, args=tuple(cfg.args), user=user, env_names=tuple(sorted(cfg.envs)),
             cwd=cfg.cwd if cfg.has_field("cwd") else None, timeout_ms=timeout_ms,
         ))
-        wrap = lambda e: pb.StartResponse(event=e)  # noqa: E731
+        wrap = lambda e: pb.StartResponse(event=e)
         gateway_argv = gateway_command(cfg.cmd, list(cfg.args))
         if gateway_argv is not None:
             yield wrap(ev_start(self.state.fake_pid()))

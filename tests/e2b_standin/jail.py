@@ -1,10 +1,10 @@
 """Where a stand-in sandbox's processes run: under bubblewrap, exactly as the local backend isolates its sandboxes.
 
-The bwrap argv and the base environment are the local backend's own (`LocalSandboxes._bwrap`, `_base_env`), so the
-stand-in's sandboxes look like the local backend's from inside: /home/user and /tmp private to each sandbox, the
-host's filesystem by the same allow-list (the rest of the host does not exist), a pid namespace of their own, uid
-1000 ("user") by default, started through `confine` as the local backend's commands are (a uid of its own outside,
-the same process and memory limits). Two differences: `user="root"` runs as uid 0 inside, unconfined (E2B runs
+The bwrap argv and the base environment are the local backend's own (`bwrap_argv`, `base_env`), so the stand-in's
+sandboxes look like the local backend's from inside: /home/user and /tmp private to each sandbox, the host's
+filesystem by the same allow-list (the rest of the host does not exist), a pid namespace of their own, uid 1000
+("user") by default, started through `confine` as the local backend's commands are (a uid of its own outside, the
+same process and memory limits). Two differences: `user="root"` runs as uid 0 inside, unconfined (E2B runs
 `mcp-gateway` as root), and the gateway also sees this checkout's `tests/servers/` (read-only) so test catalogs can
 point at the stdio servers there.
 """
@@ -20,19 +20,24 @@ import time
 import sys
 from pathlib import Path
 
-from agentbox.sandboxes.local import (
+from agentbox.sandboxes.local.bwrap import (
+    DEFAULT_MAX_MEMORY_MIB,
+    DEFAULT_MAX_PROCESSES,
     HOME,
-    JAILNET,
-    NET_DIR,
     PROJECT_DIR,
-    PROXY_INSIDE,
-    LocalSandboxes,
-    sandbox_uid,
+    base_env,
+    bwrap_argv,
+    confined,
+    needed_paths,
     sealed,
+    write_identity_files,
 )
+from agentbox.sandboxes.local.network import PROXY_INSIDE, offline
+from agentbox.sandboxes.local.owners import prepare_private_dirs, sandbox_uid
+from agentbox.sandboxes.local.prepare import GATEWAY_DIR  # where the gateway finds its catalog copy
+from agentbox.sandboxes.local.state import SandboxState
 
 TEST_SERVERS = PROJECT_DIR / "tests" / "servers"
-GATEWAY_DIR = "/run/agentbox"  # where the gateway finds its catalog copy, as in the local backend
 TOKEN_DIR = "/etc/mcp-gateway"  # E2B's mcp-gateway keeps its token in /etc/mcp-gateway/.token (root only)
 USERS = {"user": (1000, HOME), "root": (0, "/root")}
 
@@ -58,7 +63,6 @@ class Jail:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.local = LocalSandboxes(root)  # only its argv builder and environment are used
         self.tools = self._install_tools()
 
     def _install_tools(self) -> Path:
@@ -77,9 +81,11 @@ class Jail:
         return tools
 
     def prepare(self, state: Path) -> None:
-        for sub in ("home", "tmp", "gateway", "mcp-gateway", "net"):
-            (state / sub).mkdir(parents=True, mode=0o700)
-        self.local.prepare_private_dirs(state, state.name)
+        local = SandboxState(state)  # the local backend's layout, where the two share it
+        for directory in (local.home, local.tmp, local.gateway, state / "mcp-gateway", local.net):
+            directory.mkdir(parents=True, mode=0o700)
+        prepare_private_dirs(local)
+        write_identity_files(local)
 
     @staticmethod
     def owner(state: Path, user: str) -> int | None:
@@ -92,19 +98,20 @@ class Jail:
         """With `routes`, the command runs in a network namespace of its own whose only ways out are those
         (`jailnet`), to the sandbox's egress proxy: E2B's egress policy, enforced."""
         uid, home = USERS[user]
-        argv = [*self.local._bwrap(state), "--ro-bind", str(self.tools), "/usr/local/bin"]
-        if routes is not None:
-            extra = [*extra, "--unshare-net", "--ro-bind", str(state / "net"), NET_DIR]
-            command = [sys.executable, "-I", "-S", str(JAILNET), *routes, "--", *command]
+        local = SandboxState(state)
+        argv = [*bwrap_argv(local, needed_paths()), "--ro-bind", str(self.tools), "/usr/local/bin"]
         argv[argv.index("--chdir") + 1] = cwd or home  # bwrap warns on stderr about a second --chdir
         if uid != 1000:
             for flag in ("--uid", "--gid"):
                 argv[argv.index(flag) + 1] = str(uid)
-        argv = sealed([*argv, *extra, "--", *command])
-        return argv if user == "root" else self.local._confined(state, argv)
+        tail = ["--", *command] if routes is None else offline(local, routes, command)
+        argv = sealed([*argv, *extra, *tail])
+        if user == "root":
+            return argv
+        return confined(argv, sandbox_uid(state.name), DEFAULT_MAX_PROCESSES, DEFAULT_MAX_MEMORY_MIB << 20)
 
     def gateway_argv(self, state: Path, command: list[str]) -> list[str]:
-        extra = ["--tmpfs", "/run", "--ro-bind", str(state / "gateway"), GATEWAY_DIR]
+        extra = ["--tmpfs", "/run", "--ro-bind", str(SandboxState(state).gateway), GATEWAY_DIR]
         if TEST_SERVERS.is_dir():
             extra += ["--ro-bind", str(TEST_SERVERS), str(TEST_SERVERS)]
         return self.argv(state, "root", "/", command, extra)
@@ -113,7 +120,7 @@ class Jail:
         """envd's order: its defaults for the user, then the sandbox's envVars, then the request's envs. An
         `offline` command finds its egress proxy in HTTP(S)_PROXY (E2B's is transparent; the stand-in's cannot be)."""
         _, home = USERS[user]
-        env = {**self.local._base_env(), "HOME": home, "USER": user, "LOGNAME": user}
+        env = {**base_env(), "HOME": home, "USER": user, "LOGNAME": user}
         if offline:
             env.update({name: f"http://{PROXY_INSIDE}" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
                                                                     "https_proxy")})
@@ -126,7 +133,8 @@ class Jail:
         /home/user, /tmp and /etc/mcp-gateway (root only). Relative paths are relative to the user's home."""
         _, home = USERS[user]
         inside = os.path.normpath(path if path.startswith("/") else os.path.join(home, path))
-        for prefix, outside, root_only in ((HOME, state / "home", False), ("/tmp", state / "tmp", False),
+        local = SandboxState(state)
+        for prefix, outside, root_only in ((HOME, local.home, False), ("/tmp", local.tmp, False),
                                            (TOKEN_DIR, state / "mcp-gateway", True)):
             if inside == prefix or inside.startswith(prefix + "/"):
                 if root_only and user != "root":

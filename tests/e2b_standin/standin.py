@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from agentbox.sandboxes.local.bwrap import check_bubblewrap
 from tests.e2b_standin.control import ControlPlane
 from tests.e2b_standin.envd import envd_app
 from tests.e2b_standin.jail import reap_now
@@ -188,7 +189,7 @@ class E2BStandIn:
 
     async def _serve(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         state = self._state
-        await state.jail.local._check_bubblewrap()  # SandboxError saying how to fix it, if bwrap cannot run
+        await check_bubblewrap()  # SandboxError saying how to fix it, if bwrap cannot run
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         servers = [

@@ -24,8 +24,9 @@ from typing import Any
 
 from e2b.envd.process import process_pb as pb
 
-from agentbox.sandboxes.egress import Egress
-from agentbox.sandboxes.local import NET_DIR, PROXY_INSIDE
+from agentbox.sandboxes.local.egress import Egress
+from agentbox.sandboxes.local.network import PROXY_INSIDE, route
+from agentbox.sandboxes.local.state import SandboxState
 from tests.e2b_standin.jail import Jail, reap
 
 log = logging.getLogger("e2b_standin")
@@ -207,12 +208,12 @@ def egress_config(sbx: Sandbox, log: Path) -> dict[str, Any]:
     inject = {host: {k: v for rule in rules for k, v in rule.get("transform", {}).get("headers", {}).items()}
               for host, rules in (network.get("rules") or {}).items()}
     return {
-        "directory": str(sbx.dir / "net"),
-        "proxy": "proxy.sock",
+        "directory": str(SandboxState(sbx.dir).net),
+        "proxy": SandboxState.PROXY_SOCKET,
         "allow": allow,
         "inject": inject,
         "log": str(log),
-        "services": {"gateway": {"socket": "gateway.sock", "upstream": f"http://{sbx.domain}:{MCP_PORT}",
+        "services": {"gateway": {"socket": SandboxState.GATEWAY_SOCKET, "upstream": f"http://{sbx.domain}:{MCP_PORT}",
                                  "inside": f"{sbx.domain}:{MCP_PORT}"}},
     }
 
@@ -287,7 +288,8 @@ class State:
         if sbx.egress is None:
             config = {**egress_config(sbx, self.egress_log_path(sbx.id)), "resolve": self.resolve}
             sbx.egress = await Egress(config).start()
-        return [f"{PROXY_INSIDE}={NET_DIR}/proxy.sock", f"{sbx.domain}:{MCP_PORT}={NET_DIR}/gateway.sock"]
+        return [route(PROXY_INSIDE, SandboxState.PROXY_SOCKET),
+                route(f"{sbx.domain}:{MCP_PORT}", SandboxState.GATEWAY_SOCKET)]
 
     def egress_log_path(self, sandbox_id: str) -> Path:
         return self.base_dir / f"egress-{sandbox_id}.jsonl"

@@ -10,8 +10,8 @@ proxy lets through, decided by host name:
 
 A name the policy allows must resolve to a public address: one that resolves to loopback or a private network (a DNS
 rebinding trick, or a typo) is refused unless the resolver pins it (`resolve`, like curl's --resolve). Standard
-library only; run as `python -m agentbox.sandboxes.egress <config.json>`, which it deletes once read (it holds the
-credentials).
+library only; run by a sandbox's supervisor as `python -I -S egress.py <config.json>`, which it deletes once read (it
+holds the credentials).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def public(address: str) -> bool:
 
 
 class Egress:
-    """The proxy of one sandbox, from its config (see `agentbox.sandboxes.local` for what it holds)."""
+    """The proxy of one sandbox, from its config (`agentbox.sandboxes.local.network.egress_config` says what it
+    holds)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.allow: list[str] = config.get("allow", [])
