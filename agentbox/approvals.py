@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import getpass
+import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -30,28 +33,64 @@ from agentbox.claude import (
     split_tool_name,
 )
 from agentbox.errors import ConfigError, RunCancelled, one_line
-from agentbox.policy import BLOCKED, RunPolicy
+from agentbox.policy import BLOCKED, RunPolicy, Silence
 from agentbox.secrets import redact, redact_value
 
 class ApprovalRequest(BaseModel, frozen=True):
-    """A call a person must approve: which server's tool, with which arguments (secrets redacted)."""
+    """A call a person must approve: which server's tool, with which arguments (secrets redacted), and what silence
+    means."""
 
     tool: str = Field(description="The gateway's name for the tool, e.g. create_issue.")
     server: str = Field(description="The MCP server serving it, e.g. githubOfficial; empty if unknown.")
     arguments: dict[str, Any]
     tool_use_id: str = ""
+    on_silence: Silence = "deny"
 
     def arguments_json(self) -> str:
         return json.dumps(self.arguments, indent=2, ensure_ascii=False, sort_keys=True)
 
+    @property
+    def call(self) -> str:
+        """The call an answer is for: Claude's id for it and a short hash of the arguments shown, so an answer to a
+        call shown earlier (or with other arguments) cannot be taken for an answer to this one."""
+        digest = hashlib.sha256(json.dumps(self.arguments, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return f"{self.tool_use_id or 'call'}:{digest[:8]}"
+
 
 class Answer(BaseModel, frozen=True):
-    """A person's answer: approve (perhaps with edited arguments) or deny, and why."""
+    """A person's answer: approve (perhaps with edited arguments) or deny, why, and who answered."""
 
     approve: bool
     reason: str = ""
     arguments: dict[str, Any] | None = Field(None, description="Edited arguments to call the tool with instead.")
     via: str = Field(description="Where the answer came from: terminal, prefect-ui.")
+    answered_by: str = Field("", description="Who answered, as they said.")
+    call: str = Field("", description="The call it answers (ApprovalRequest.call); empty: the one it was asked.")
+
+
+class PendingApproval(BaseModel):
+    """A call waiting for a person's answer, as a paused run publishes it for whoever answers from elsewhere (the
+    command line, a notification): what the form shows, when it was asked, and until when it waits."""
+
+    call: str = Field(description="The call an answer must name (ApprovalRequest.call).")
+    tool: str
+    server: str = ""
+    arguments: dict[str, Any] = Field(description="As shown in the form (secrets redacted).")
+    asked_at: datetime
+    waits_until: datetime
+    on_silence: Silence = "deny"
+
+    @classmethod
+    def of(cls, request: ApprovalRequest, timeout: float) -> PendingApproval:
+        asked_at = datetime.now(timezone.utc)
+        return cls(call=request.call, tool=request.tool, server=request.server, arguments=request.arguments,
+                   asked_at=asked_at, waits_until=asked_at + timedelta(seconds=timeout),
+                   on_silence=request.on_silence)
+
+
+def this_user() -> str:
+    """user@host of this process, for an answer given here."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 class Approver(Protocol):
@@ -87,11 +126,12 @@ class PermissionHost:
         server, tool = split_tool_name(request.tool_name)
         shown = redact_value(request.input, self.secrets)
 
-        def decided(allowed: bool, by: str, reason: str = "", via: str = "", edited: bool = False
+        def decided(allowed: bool, by: str, reason: str = "", answer: Answer | None = None, edited: bool = False
                     ) -> PermissionDecision:
             decision = PermissionDecision(
                 tool=request.tool_name, tool_use_id=request.tool_use_id, arguments=shown, asked_at=asked_at,
-                answered_at=datetime.now(timezone.utc), allowed=allowed, by=by, via=via,
+                answered_at=datetime.now(timezone.utc), allowed=allowed, by=by, via=answer.via if answer else "",
+                answered_by=redact(answer.answered_by, self.secrets) if answer else "",
                 reason=redact(reason, self.secrets), edited=edited)
             self.decisions.append(decision)
             return decision
@@ -99,13 +139,13 @@ class PermissionHost:
         permitted = self.policy.tools is None or tool in self.policy.tools
         if server == GATEWAY_NAME and permitted and self.policy.needs_approval(tool):
             ask = ApprovalRequest(tool=tool, server=self.server_of(tool), arguments=shown,
-                                  tool_use_id=request.tool_use_id)
+                                  tool_use_id=request.tool_use_id, on_silence=self.policy.on_silence)
             answer, by, why = await self._ask(ask)
             if answer is None:  # silence, or nobody could be asked: the policy says what that means
                 allowed = by == "silence" and self.policy.on_silence == "approve"
                 return decided(allowed, by, why), request.input if allowed else None
             edited = answer.approve and answer.arguments is not None and answer.arguments != shown
-            decision = decided(answer.approve, "person", answer.reason, answer.via, edited)
+            decision = decided(answer.approve, "person", answer.reason, answer, edited)
             return decision, (answer.arguments if edited else request.input) if answer.approve else None
         if request.tool_name == STRUCTURED_OUTPUT_TOOL and self.structured_output:
             return decided(True, "policy"), request.input
@@ -136,7 +176,8 @@ class PermissionHost:
 def decision_line(decision: PermissionDecision) -> str:
     """The log line of one permission decision: allowed or denied, by whom, after how long, and why."""
     verdict = "ALLOWED" if decision.allowed else "DENIED"
-    who = {"policy": "by the run policy", "person": f"by a person ({decision.via})",
+    signed = f", answered by {decision.answered_by}," if decision.answered_by else ""
+    who = {"policy": "by the run policy", "person": f"by a person ({decision.via}){signed}",
            "silence": "as nobody answered in time", "error": "as nobody could be asked"}[decision.by]
     extra = (" with edited arguments" if decision.edited else "") + (f": {decision.reason}" if decision.reason else "")
     waited = f" after {decision.waited_seconds:.0f} s" if decision.by != "policy" else ""
@@ -183,9 +224,10 @@ class TerminalApprover:
                 return None
             word, _, reason = line.strip().partition(" ")
             if word.lower() in ("y", "yes"):
-                return Answer(approve=True, reason=reason.strip(), via=self.via)
+                return Answer(approve=True, reason=reason.strip(), via=self.via, answered_by=this_user())
             if word.lower() in ("n", "no"):
-                return Answer(approve=False, reason=reason.strip() or "denied on the terminal", via=self.via)
+                return Answer(approve=False, reason=reason.strip() or "denied on the terminal", via=self.via,
+                              answered_by=this_user())
 
     async def _line(self, timeout: float) -> str | None:
         """One line typed on the terminal, None at end of input or past `timeout`."""

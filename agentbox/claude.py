@@ -294,6 +294,7 @@ class PermissionDecision(BaseModel):
         description="policy: the run policy decided; person: someone answered; silence: nobody did in time; "
         "error: asking failed (denied).")
     via: str = Field("", description="Where the person answered: terminal, prefect-ui.")
+    answered_by: str = Field("", description="Who answered, as they said (the form's field, user@host, --as).")
     reason: str = ""
     edited: bool = Field(False, description="The person approved with changed arguments.")
 

@@ -73,11 +73,13 @@ def approvals_table(result: SessionResult) -> list[str]:
     rows = [
         f"| {d.asked_at:%H:%M:%S} | `{d.tool}` | `{cell(json.dumps(d.arguments, ensure_ascii=False))}` "
         f"| {'approved' if d.allowed else 'denied'}{' (edited)' if d.edited else ''} | "
-        f"{answers[d.by].format(via=d.via or 'a person')} | {d.waited_seconds:.0f} | {cell(d.reason) or '-'} |"
+        f"{answers[d.by].format(via=d.via or 'a person')} | {cell(d.answered_by) or '-'} | {d.waited_seconds:.0f} | "
+        f"{cell(d.reason) or '-'} |"
         for d in shown
     ]
-    header = ["## Approvals", "", "| asked (UTC) | tool | arguments | answer | by | waited (s) | reason |",
-              "|---|---|---|---|---|---|---|"]
+    header = ["## Approvals", "",
+              "| asked (UTC) | tool | arguments | answer | by | answered by | waited (s) | reason |",
+              "|---|---|---|---|---|---|---|---|"]
     return [*header, *rows, ""]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 import uuid
@@ -22,15 +23,16 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import Abort, Pause
 from prefect.input import RunInput, keyset_from_paused_state
-from prefect.input.actions import aread_flow_run_input
+from prefect.input.actions import acreate_flow_run_input, adelete_flow_run_input, aread_flow_run_input
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Paused, Running
 
-from agentbox.approvals import Answer, ApprovalRequest, Approver, terminal_approver
+from agentbox.approvals import Answer, ApprovalRequest, Approver, PendingApproval, terminal_approver
 from agentbox.errors import ApprovalDenied, RunCancelled, one_line
 from agentbox.plan import SessionPlan
 from tasks.compat import propose_flow_run_state
 
+PENDING_KEY = "agentbox-pending-approval"  # the run input that publishes the call a paused run waits on
 PAUSE_MARGIN_SECONDS = 60  # the server fails a run resumed past its pause timeout: ours ends first
 POLL_SECONDS = 1.0
 # A run shows one form at a time: the sessions of a batch that need a person queue for the run's page.
@@ -50,6 +52,10 @@ def approval_form(request: ApprovalRequest) -> type[RunInput]:
         arguments=(dict[str, Any], pydantic.Field(
             default=request.arguments, title="Arguments",
             description="What the tool is called with. Edit them to approve a changed call.")),
+        answered_by=(str, pydantic.Field("", title="Answered by", max_length=200,
+                                         description="Who you are (kept in the run's log and artifact).")),
+        call=(str, pydantic.Field(request.call, title="Call", max_length=300,
+                                  description="The call this answer is for: leave it as it is.")),
     )
     server = f" of the MCP server `{request.server}`" if request.server else ""
     return form.with_initial_data(description=(
@@ -81,9 +87,23 @@ class PrefectUIApprover:
             return await self._ask(request, timeout, flow_run_id)
 
     async def _ask(self, request: ApprovalRequest, timeout: float, flow_run_id: uuid.UUID) -> Answer | None:
+        """Pause for `request` until it gets an answer that names it (one for another call is refused: the run
+        pauses again for the time left), silence, or the run's end."""
+        deadline = time.monotonic() + timeout
+        for attempt in itertools.count():
+            answer = await self._pause_and_wait(request, deadline - time.monotonic(), flow_run_id, attempt)
+            if answer is None or answer.call in ("", request.call):
+                return answer
+            get_run_logger().warning("Refused an answer for the call %s: %s waits for an answer to %s.",
+                                     answer.call[:300], request.tool, request.call)
+            if time.monotonic() >= deadline:
+                return None
+
+    async def _pause_and_wait(self, request: ApprovalRequest, timeout: float, flow_run_id: uuid.UUID, attempt: int
+                              ) -> Answer | None:
         form = approval_form(request)
-        paused = Paused(timeout_seconds=int(timeout) + PAUSE_MARGIN_SECONDS, reschedule=False,
-                        pause_key=pause_key(request))
+        key = pause_key(request) + (f"-{attempt}" if attempt else "")
+        paused = Paused(timeout_seconds=int(timeout) + PAUSE_MARGIN_SECONDS, reschedule=False, pause_key=key)
         keyset = keyset_from_paused_state(paused)
         paused.state_details.run_input_keyset = keyset
         logger = get_run_logger()
@@ -98,8 +118,10 @@ class PrefectUIApprover:
                                      "See the run's state history.")
             try:
                 await form.asave(keyset, flow_run_id=flow_run_id)
-                logger.warning("Waiting up to %d s for a person to approve %s: %s", timeout, request.tool,
-                               run_page(flow_run_id))
+                pending = PendingApproval.of(request, timeout)
+                await acreate_flow_run_input(PENDING_KEY, pending.model_dump(mode="json"), flow_run_id=flow_run_id)
+                logger.warning("Waiting up to %d s for a person to approve %s: %s (or `%s`)", timeout, request.tool,
+                               run_page(flow_run_id), answer_command(flow_run_id, pending))
                 return await self._wait(client, form, keyset, flow_run_id, timeout)
             finally:  # however the wait ends (Claude gone, the run's budget or timeout), a paused run goes on
                 await asyncio.shield(resume_if_paused(client, flow_run_id))
@@ -132,11 +154,19 @@ class PrefectUIApprover:
             return None
         answer = form(**value)
         return Answer(approve=answer.decision == "approve", reason=answer.reason, arguments=answer.arguments,
-                      via=self.via)
+                      via=self.via, answered_by=answer.answered_by.strip(), call=answer.call)
+
+
+def answer_command(flow_run_id: uuid.UUID, pending: PendingApproval) -> str:
+    """The command that approves the pending call from any terminal that reaches the Prefect API."""
+    return f"python -m flows.approvals approve {flow_run_id} --call {pending.call}"
 
 
 async def resume_if_paused(client: PrefectClient, flow_run_id: uuid.UUID) -> None:
-    """Set a run that is still Paused Running again (its later tasks would wait for it otherwise)."""
+    """Set a run that is still Paused Running again (its later tasks would wait for it otherwise), and take its
+    pending call down."""
+    with contextlib.suppress(Exception):
+        await adelete_flow_run_input(PENDING_KEY, flow_run_id=flow_run_id)
     try:
         current = (await client.read_flow_run(flow_run_id)).state
         if current is not None and current.is_paused():
