@@ -145,6 +145,10 @@ class BudgetExceeded(AgentboxError):
     reason = "policy"
 
 
+class DailyBudgetReached(BudgetExceeded):
+    """Today's runs of a deployment (outside deployments: of a flow) spent its daily budget: this run did not start."""
+
+
 class RunCancelled(AgentboxError):
     """The run was cancelled (from the Prefect UI or API) while it waited; its sandbox was torn down."""
 

@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         None, gt=0, description="The most the runs of one deployment (outside deployments: of one flow) may spend on "
         "the model per UTC day, as their recorded spend; a run that would start past it is refused."
     )
+    notify_urls: SecretStr | None = Field(
+        None, description="Where deployments.bootstrap points the server's notifications when --notify is not "
+        "given: comma-separated Slack or Microsoft Teams incoming-webhook URLs, or any http(s) webhook URL."
+    )
+    notify_success: bool = Field(False, description="Notify of runs that succeed too (deployments.bootstrap).")
     egress_resolve: str = Field(
         "", description="Names the egress proxy resolves to fixed addresses, like curl --resolve: "
         "'name=address,...'. Pinned names may resolve to loopback or private addresses; others may not."

@@ -53,6 +53,14 @@ class SessionResult(BaseModel):
             blocked += unlogged and BLOCKED in call.output and call.id not in refused_by_claude
         return blocked + len(self.run.permission_denials)
 
+    def blocked(self) -> list[str]:
+        """What the layers blocked, one line each (counted by `violations`): for people to see what was tried."""
+        lines = [f"gateway call {c.tool}: {c.detail or 'blocked'}" for c in self.audit or [] if c.blocked]
+        lines += [f"connection to {e.service or f'{e.host}:{e.port}'}: {e.detail or 'blocked'}"
+                  for e in self.egress or [] if e.blocked]
+        lines += [f"tool {tool} (refused to Claude Code)" for tool in self.run.permission_denials]
+        return lines
+
     def acted(self) -> bool:
         """Whether the agent's run did anything through the gateway (any tool call that succeeded): running it again
         could do it twice. A run that did nothing yet (the model API failed its first turn, say) may run again."""

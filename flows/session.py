@@ -15,11 +15,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
+from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled
 
 from agentbox.audit import EgressAttempt, GatewayCall, audit_of
 from agentbox.claude import AgentRun
-from agentbox.errors import AgentboxError, PolicyViolation, RunCancelled, RunTimedOut, one_line
+from agentbox.errors import AgentboxError, DailyBudgetReached, PolicyViolation, RunCancelled, RunTimedOut, one_line
+from agentbox.notifications import failure_notice, success_notice
 from agentbox.plan import SessionPlan
 from agentbox.run_checks import check_run
 from agentbox.sandboxes.base import SLOT_LEASE_LABEL_KEY, SandboxHandle
@@ -31,6 +33,7 @@ from flows.results import SessionResult, failure_of
 from tasks.agent_runs import completed_agent_run, record_agent_run
 from tasks.budget import check_daily_budget
 from tasks.claude import register_claude, run_prompt
+from tasks.events import RUN_COMPLETED, RUN_FAILED, emit_run_event
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 
@@ -190,6 +193,7 @@ async def reported(key: str, result: SessionResult, settings: Settings, descript
     cancelling it: here that becomes our own RunTimedOut, so the artifact says which timeout it was."""
     extra: list[str] = []
     started, timeout = time.monotonic(), running_flow_timeout()
+    about = f"{flow_run.id}/{key}/{flow_run.run_count}"  # this attempt of this session
     try:
         yield extra
     except BaseException as exc:
@@ -197,5 +201,11 @@ async def reported(key: str, result: SessionResult, settings: Settings, descript
             exc = RunTimedOut.after(timeout)
         result.failure = failure_of(exc, result, settings)
         await asyncio.shield(session_artifact(key, result, description=description))
+        if not isinstance(exc, DailyBudgetReached):  # said once a day instead (tasks/budget.py)
+            notice = failure_notice(str(flow_run.name), str(deployment.name or ""), result.failure.reason,
+                                    result.failure.message, result.blocked())
+            emit_run_event(RUN_FAILED, notice, about, reason=result.failure.reason)
         raise
     await session_artifact(key, result, extra=extra, description=description)
+    summary = f"Sandbox {result.sandbox_id or '-'}; {len(result.run.tool_calls)} tool call(s); cost {result.cost()}."
+    emit_run_event(RUN_COMPLETED, success_notice(str(flow_run.name), str(deployment.name or ""), summary), about)

@@ -15,12 +15,14 @@ import itertools
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import pydantic
 from prefect import get_run_logger
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.context import FlowRunContext
+from prefect.runtime import deployment, flow_run
 from prefect.exceptions import Abort, Pause
 from prefect.input import RunInput, keyset_from_paused_state
 from prefect.input.actions import acreate_flow_run_input, adelete_flow_run_input, aread_flow_run_input
@@ -29,8 +31,10 @@ from prefect.states import Paused, Running
 
 from agentbox.approvals import Answer, ApprovalRequest, Approver, PendingApproval, terminal_approver
 from agentbox.errors import ApprovalDenied, RunCancelled, one_line
+from agentbox.notifications import approval_notice
 from agentbox.plan import SessionPlan
 from tasks.compat import propose_flow_run_state
+from tasks.events import APPROVAL_REMINDER, APPROVAL_REQUESTED, emit_run_event
 
 PENDING_KEY = "agentbox-pending-approval"  # the run input that publishes the call a paused run waits on
 PAUSE_MARGIN_SECONDS = 60  # the server fails a run resumed past its pause timeout: ours ends first
@@ -120,18 +124,28 @@ class PrefectUIApprover:
                 await form.asave(keyset, flow_run_id=flow_run_id)
                 pending = PendingApproval.of(request, timeout)
                 await acreate_flow_run_input(PENDING_KEY, pending.model_dump(mode="json"), flow_run_id=flow_run_id)
+                command = answer_command(flow_run_id, pending)
                 logger.warning("Waiting up to %d s for a person to approve %s: %s (or `%s`)", timeout, request.tool,
-                               run_page(flow_run_id), answer_command(flow_run_id, pending))
-                return await self._wait(client, form, keyset, flow_run_id, timeout)
+                               run_page(flow_run_id), command)
+                announce(pending, command)
+
+                def remind(left: float) -> None:
+                    announce(pending, command, reminder_left=left)
+
+                return await self._wait(client, form, keyset, flow_run_id, timeout, remind)
             finally:  # however the wait ends (Claude gone, the run's budget or timeout), a paused run goes on
                 await asyncio.shield(resume_if_paused(client, flow_run_id))
 
     async def _wait(self, client: PrefectClient, form: type[RunInput], keyset: dict[str, str],
-                    flow_run_id: uuid.UUID, timeout: float) -> Answer | None:
+                    flow_run_id: uuid.UUID, timeout: float, remind: Callable[[float], None]) -> Answer | None:
         """Watch the paused run until a person resumes it (their answer), `timeout` passes (None: silence) or it
-        is cancelled (RunCancelled)."""
+        is cancelled (RunCancelled); `remind` is called once, with the seconds left, when half the wait is gone."""
         deadline = time.monotonic() + timeout
+        reminded = False
         while True:
+            if not reminded and deadline - time.monotonic() <= timeout / 2:
+                reminded = True
+                remind(deadline - time.monotonic())
             current = (await client.read_flow_run(flow_run_id)).state
             if current is None or current.is_cancelling() or current.is_cancelled():
                 raise RunCancelled("The run was cancelled while it waited for approval; its sandbox was torn "
@@ -155,6 +169,17 @@ class PrefectUIApprover:
         answer = form(**value)
         return Answer(approve=answer.decision == "approve", reason=answer.reason, arguments=answer.arguments,
                       via=self.via, answered_by=answer.answered_by.strip(), call=answer.call)
+
+
+def announce(pending: PendingApproval, command: str, reminder_left: float | None = None) -> None:
+    """Tell whoever the server's automations notify (deployments/notify.py) that the run waits for `pending`, or
+    still waits; said once per call (and once more as the reminder), however often this runs."""
+    notice = approval_notice(str(flow_run.name), str(deployment.name or ""), pending, command, reminder_left)
+    details = {"call": pending.call, "tool": pending.tool, "command": command}
+    if reminder_left is None:
+        emit_run_event(APPROVAL_REQUESTED, notice, f"{flow_run.id}/{pending.call}", **details)
+    else:
+        emit_run_event(APPROVAL_REMINDER, notice, f"{flow_run.id}/{pending.call}", **details)
 
 
 def answer_command(flow_run_id: uuid.UUID, pending: PendingApproval) -> str:

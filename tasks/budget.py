@@ -31,8 +31,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.runtime import deployment, flow_run
 
-from agentbox.errors import BudgetExceeded, one_line
+from agentbox.errors import DailyBudgetReached, one_line
+from agentbox.notifications import budget_notice
 from agentbox.plan import SessionPlan
+from tasks.events import BUDGET_REACHED, emit_run_event
 
 SPEND_KEY = "agentbox-spend"
 PAGE = 200  # the API's largest page
@@ -104,7 +106,10 @@ async def check_daily_budget(plan: SessionPlan) -> None:
         return
     spent = await spent_today(str(flow_run.flow_name), deployment.id, besides=flow_run.id)
     if spent >= plan.daily_budget_usd:
-        raise BudgetExceeded(
+        group = spending_group()
+        today = datetime.now(timezone.utc).date().isoformat()
+        emit_run_event(BUDGET_REACHED, budget_notice(group, spent, plan.daily_budget_usd), f"{group}/{today}")
+        raise DailyBudgetReached(
             f"The runs of {spending_group()} spent ${spent:.4f} today (UTC) of their ${plan.daily_budget_usd:g} "
             "daily budget; this run was not started.",
             "Raise DAILY_BUDGET_USD, or wait until tomorrow (UTC).",

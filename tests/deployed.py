@@ -9,12 +9,15 @@ sandboxes of the other tests, whose runs this server does not know. Registered a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,7 +58,7 @@ def server(tmp_path_factory, services):
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     # the UI on, at the address its pages call the API from (tests/test_ui.py drives it in a browser)
     server_env = {**base, **FAST, "PREFECT_HOME": str(home / "server"), "PREFECT_UI_ENABLED": "true",
-                  "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+                  "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
                   "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
                   "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1"}
     log = home / "server.log"
@@ -154,3 +157,42 @@ def final_state(server, run_id: str, timeout: float = 240):
             return run
         time.sleep(0.25)
     raise TimeoutError(f"run {run_id} never finished: {run.state}; logs in {server.logs}")
+
+
+class WebhookListener:
+    """A webhook on loopback that keeps every JSON body it is sent, with when it came."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                received.append((time.time(), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hook"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def wait_for(self, subject_start: str, about: str, timeout: float = 120) -> tuple[float, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [(at, m) for at, m in self.received if m["subject"].startswith(subject_start) and about in m["body"]]
+            if found:
+                return found[0]
+            time.sleep(0.1)
+        raise AssertionError(f"no '{subject_start}' message about {about}: {self.received}")
+
+
+@pytest.fixture(scope="module")
+def listener(server, deployed):
+    """A webhook on loopback that this module's server notifies (`deployments.bootstrap --notify`)."""
+    hook = WebhookListener()
+    cli(server, sys.executable, "-m", "deployments.bootstrap", "--sandboxes", "2", "--notify", hook.url)
+    yield hook
+    hook.http.shutdown()

@@ -19,7 +19,7 @@ from playwright.sync_api import sync_playwright
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterName
 
-from tests.deployed import call, final_state
+from tests.deployed import call, final_state, trigger
 from tests.support import PROJECT
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -146,3 +146,26 @@ def test_a_person_denies_create_issue_and_the_run_fails_naming_the_denial(page, 
     denial = "create_issue was not approved: a person denied it on the prefect-ui (Not this repository)."
     assert denial in run.state.message
     assert denial in artifact_of(server, run_id) and "| denied | prefect-ui |" in artifact_of(server, run_id)
+
+
+def test_the_link_in_a_notification_opens_the_paused_runs_resume_form(page, server, worker, listener):
+    """Someone gets the message a paused run sends, follows its link, and answers on the page it opens, signing it."""
+    run_id = off_the_page(trigger, server, "notion-to-github/notion-to-github", {"issue": {"repo": "octo/ui-link"}})
+    _, message = off_the_page(listener.wait_for, "Approval needed: create_issue", run_id)
+    link = re.search(r"The run's page: (\S+)", message["body"]).group(1)
+    assert link == f"{server.ui}/runs/flow-run/{run_id}"
+    page.goto(link)
+    page.get_by_role("button", name="Resume").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Approve create_issue?").wait_for()
+    select = form_field(page, dialog, "Decision").locator(".p-select-button__control")
+    select.focus()
+    page.keyboard.press("Space")
+    page.get_by_text("approve", exact=True).click()
+    form_field(page, dialog, "Answered by").locator("textarea").fill("Grace from the message")
+    dialog.get_by_role("button", name="Submit").click()
+
+    page.get_by_text("Completed", exact=True).first.wait_for(timeout=WAIT_MS)
+    assert off_the_page(final_state, server, run_id).state.is_completed()
+    assert "| approved | prefect-ui | Grace from the message |" in artifact_of(server, run_id)
+
