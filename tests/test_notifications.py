@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -101,3 +102,33 @@ def test_a_denied_run_sends_its_failure_and_reason(server, worker, listener):
     assert "create_issue was not approved: a person denied it on the prefect-ui (wrong repository)" in failure["body"]
     assert f"{server.ui}/runs/flow-run/{run_id}" in failure["body"]
     assert os.environ.get("POLICY_REQUIRE_APPROVAL") == ""  # the suite's; the worker runs with the workflow's
+
+
+def test_the_same_event_sent_twice_is_one_message(server, worker, listener):
+    """What a retried task or a restarted automation service would do: the same fact (the same event id) arrives
+    twice, and people get one message."""
+    import asyncio
+    import uuid
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    from tasks.events import RUN_FAILED
+
+    run_id = trigger(server, "notion-to-github/notion-to-github", {"issue": {"repo": "octo/twice"},
+                                                                   "policy": {"require_approval": []}})
+    assert final_state(server, run_id).state.is_completed()
+    event = Event(event=RUN_FAILED, id=uuid.uuid4(),
+                  resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+                  payload={"subject": "Run failed (agent): twice", "body": f"{run_id} sent twice"})
+
+    async def send_twice() -> None:
+        async with PrefectEventsClient(server.url) as events:
+            await events.emit(event)
+            await events.emit(event)
+
+    asyncio.run(send_twice())
+    listener.wait_for("Run failed (agent): twice", run_id)
+    time.sleep(5)  # a second message would come within this
+    assert [m["subject"] for _, m in listener.received if f"{run_id} sent twice" in m["body"]] == [
+        "Run failed (agent): twice"]
