@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import getpass
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -86,11 +84,6 @@ class PendingApproval(BaseModel):
         return cls(call=request.call, tool=request.tool, server=request.server, arguments=request.arguments,
                    asked_at=asked_at, waits_until=asked_at + timedelta(seconds=timeout),
                    on_silence=request.on_silence)
-
-
-def this_user() -> str:
-    """user@host of this process, for an answer given here."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 class Approver(Protocol):
@@ -224,10 +217,9 @@ class TerminalApprover:
                 return None
             word, _, reason = line.strip().partition(" ")
             if word.lower() in ("y", "yes"):
-                return Answer(approve=True, reason=reason.strip(), via=self.via, answered_by=this_user())
+                return Answer(approve=True, reason=reason.strip(), via=self.via)
             if word.lower() in ("n", "no"):
-                return Answer(approve=False, reason=reason.strip() or "denied on the terminal", via=self.via,
-                              answered_by=this_user())
+                return Answer(approve=False, reason=reason.strip() or "denied on the terminal", via=self.via)
 
     async def _line(self, timeout: float) -> str | None:
         """One line typed on the terminal, None at end of input or past `timeout`."""

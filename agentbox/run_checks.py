@@ -26,7 +26,8 @@ def check_run(run: AgentRun, plan: SessionPlan) -> None:
     if refused := run.refused_by_people():
         first = refused[0]
         _, tool = split_tool_name(first.tool)
-        why = {"person": f"a person denied it on the {first.via or 'UI'}", "silence": "nobody answered in time",
+        who = first.answered_by or "a person"
+        why = {"person": f"{who} denied it on the {first.via or 'UI'}", "silence": "nobody answered in time",
                "error": "nobody could be asked"}[first.by]
         raise ApprovalDenied(
             f"{tool} was not approved: {why}{' (' + first.reason + ')' if first.reason else ''}.",

@@ -16,15 +16,17 @@ the kept `make server`; never on a temporary server, which would hold no run.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import socket
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from agentbox.approvals import PendingApproval, this_user
+from agentbox.approvals import PendingApproval
 from agentbox.errors import ConfigError, one_line
 from flows import cli
 
@@ -54,6 +56,11 @@ class Answered(BaseModel):
     reason: str = ""
     answered_by: str
     arguments: dict[str, Any] | None = Field(None, description="The arguments approved, when they were edited.")
+
+
+def this_user() -> str:
+    """user@host of this process: who answers, unless --as says otherwise."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def parse_run_id(text: str) -> UUID:

@@ -136,6 +136,7 @@ def test_a_denial_from_the_command_line_fails_the_run_naming_the_reason_and_who(
     assert world.issues(f"octo/{repo}") == []
     who = replies[0].stdout.split(" as ")[1].split(";")[0]
     assert "@" in who  # user@host when --as is not given
+    assert str(error).startswith(f"create_issue was not approved: {who} denied it on the prefect-ui")
     assert f"DENIED mcp__gateway__create_issue by a person (prefect-ui), answered by {who}," in caplog.text
 
 

@@ -99,7 +99,7 @@ def test_a_denied_run_sends_its_failure_and_reason(server, worker, listener):
     assert denied.returncode == 0, denied.stderr
     assert final_state(server, run_id).state.is_failed()
     _, failure = listener.wait_for("Run failed (policy): notion-to-github octo/refused", run_id)
-    assert "create_issue was not approved: a person denied it on the prefect-ui (wrong repository)" in failure["body"]
+    assert "create_issue was not approved: Ada denied it on the prefect-ui (wrong repository)" in failure["body"]
     assert f"{server.ui}/runs/flow-run/{run_id}" in failure["body"]
     assert os.environ.get("POLICY_REQUIRE_APPROVAL") == ""  # the suite's; the worker runs with the workflow's
 

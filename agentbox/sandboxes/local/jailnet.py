@@ -57,11 +57,19 @@ def _listener(address: str) -> socket.socket:
     return sock
 
 
+def _quiet_about_cancelled_relays(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The command's stderr is the sandbox's: a relay still open when the command exits is cancelled with the loop,
+    and asyncio would print that as a traceback there (a connection's callback finding its task cancelled)."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
 async def _main(routes: list[tuple[socket.socket, str]], command: list[str]) -> int:
     for sock, path in routes:
         await asyncio.start_server(_relay_to(path), sock=sock)
     child = await asyncio.create_subprocess_exec(*command)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_about_cancelled_relays)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, child.send_signal, sig)
     code = await child.wait()
