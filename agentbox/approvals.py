@@ -78,6 +78,11 @@ class PendingApproval(BaseModel):
     waits_until: datetime
     on_silence: Silence = "deny"
 
+    def answer_command(self, flow_run_id: object, verb: str = "approve") -> str:
+        """The command that answers this call (`verb`: approve or deny) from any terminal that reaches the run's
+        Prefect server."""
+        return f"python -m flows.approvals {verb} {flow_run_id} --call {self.call}"
+
     @classmethod
     def of(cls, request: ApprovalRequest, timeout: float) -> PendingApproval:
         asked_at = datetime.now(timezone.utc)

@@ -31,7 +31,7 @@ def run_label(run_name: str, deployment: str) -> str:
     return f"{run_name} (deployment {deployment})" if deployment else run_name
 
 
-def approval_notice(run_name: str, deployment: str, pending: PendingApproval, command: str,
+def approval_notice(run_name: str, deployment: str, flow_run_id: object, pending: PendingApproval,
                     reminder_left: float | None = None) -> Notice:
     """A run paused for a person: which call, with which arguments, until when and what silence means, and the
     command that answers it. `reminder_left`: seconds left, when this is the reminder."""
@@ -52,8 +52,8 @@ def approval_notice(run_name: str, deployment: str, pending: PendingApproval, co
         arguments,
         wait,
         f"Call: {pending.call}",
-        f"Answer from any terminal with the project and PREFECT_API_URL: {command}",
-        "(deny with: " + command.replace(" approve ", " deny ", 1) + " --reason R)",
+        f"Answer from any terminal with the project and PREFECT_API_URL: {pending.answer_command(flow_run_id)}",
+        f"(deny with: {pending.answer_command(flow_run_id, 'deny')} --reason R)",
     ])
     return Notice(subject=subject, body=body)
 

@@ -114,8 +114,8 @@ async def list_waiting() -> Waitlist:
     return Waitlist(runs=sorted((w for w in found if w), key=lambda w: w.pending.asked_at))
 
 
-async def pending_of(client: Any, run_id: UUID) -> Waiting:
-    """The call run `run_id` waits on; one clear ConfigError when it is unknown, not paused, or not ours."""
+async def pending_of(client: Any, run_id: UUID) -> tuple[Any, Waiting]:
+    """Run `run_id` and the call it waits on; one clear ConfigError when it is unknown, not paused, or not ours."""
     from prefect.exceptions import ObjectNotFound
 
     try:
@@ -131,14 +131,14 @@ async def pending_of(client: Any, run_id: UUID) -> Waiting:
     if found is None:
         raise ConfigError(f"Run {run_id} is paused, but not for an approval of this project's.",
                           "Resume it from its page in the Prefect UI.")
-    return found
+    return flow_run, found
 
 
 async def show(run_id: UUID) -> Waiting:
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
-        return await pending_of(client, run_id)
+        return (await pending_of(client, run_id))[1]
 
 
 async def answer(run_id: UUID, approve: bool, reason: str, arguments: dict[str, Any] | None, who: str,
@@ -150,13 +150,12 @@ async def answer(run_id: UUID, approve: bool, reason: str, arguments: dict[str, 
     from prefect.input.actions import aread_flow_run_input
 
     async with get_client() as client:
-        found = await pending_of(client, run_id)
+        flow_run, found = await pending_of(client, run_id)
         pending = found.pending
         if call is not None and call.strip() != pending.call:
             raise ConfigError(f"The call {call.strip()[:120]} is no longer pending on run {run_id}: it waits on "
                               f"{pending.call} ({pending.tool}).",
                               f"See it with `python -m flows.approvals show {run_id}`, then answer that one.")
-        flow_run = await client.read_flow_run(run_id)
         keyset = flow_run.state.state_details.run_input_keyset or {}
         schema = await aread_flow_run_input(keyset["schema"], flow_run_id=run_id) if keyset.get("schema") else None
         defaults = {name: field.get("default") for name, field in (schema or {}).get("properties", {}).items()
@@ -210,9 +209,8 @@ def waiting_lines(found: Waiting, detail: bool) -> list[str]:
     arguments = json.dumps(p.arguments, indent=2, ensure_ascii=False, sort_keys=True)
     return [head, *([f"Deployment: {found.deployment}"] if found.deployment else []), f"Page: {found.page}",
             f"Arguments:\n{arguments}", "Answer:",
-            f"  python -m flows.approvals approve {found.flow_run_id} --call {p.call} [--reason R] "
-            "[--arguments JSON]",
-            f"  python -m flows.approvals deny {found.flow_run_id} --call {p.call} --reason R"]
+            f"  {p.answer_command(found.flow_run_id)} [--reason R] [--arguments JSON]",
+            f"  {p.answer_command(found.flow_run_id, 'deny')} --reason R"]
 
 
 def human(result: BaseModel) -> list[str]:

@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
+from contextvars import Token
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -224,12 +225,18 @@ def print_result(result: BaseModel, args: argparse.Namespace, human: Callable[[A
     print(result.model_dump_json(indent=2) if args.json else "\n".join(human(result)))
 
 
+def choose_server() -> Token:
+    """A command line's first step: Prefect's analytics off unless asked for, and its server chosen (a temporary
+    one starts now, alongside the imports)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return server_choice.set(ServerChoice())
+
+
 def run(start: Callable[[], BaseModel], args: argparse.Namespace, human: Callable[[Any], list[str]]) -> int:
     """Run a command's work (not a flow's: see FlowCommand): result on stdout, one line on stderr when it fails."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.debug:
         hide_tracebacks_on_console()
-    token = server_choice.set(ServerChoice())  # a temporary server starts now, alongside the imports
+    token = choose_server()
     try:
         result = start()
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line
@@ -256,8 +263,7 @@ class FlowCommand:
 
     def prepare(self) -> None:
         self.args = self.parser().parse_args()
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        server_choice.set(ServerChoice())
+        choose_server()
         try:
             self.start = self.plan(self.args)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one line

@@ -19,7 +19,6 @@ if __name__ == "__main__":  # the command line checks its input and plans before
     command.prepare()
 
 import contextlib
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from prefect import State, get_run_logger
@@ -146,7 +145,7 @@ async def open_issue(
     )
 
 
-def mission_stage(issue: IssueRequest) -> "AbstractContextManager[Stage]":
+def mission_stage(issue: IssueRequest) -> "contextlib.AbstractContextManager[Stage]":
     """Stand-ins of Anthropic (playing this mission), Notion and GitHub, for the length of one run."""
     from agentbox.rehearsal.seed import notion_to_github_script
     from agentbox.rehearsal.stage import rehearsal_stage

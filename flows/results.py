@@ -44,20 +44,21 @@ class SessionResult(BaseModel):
     @computed_field
     @property
     def violations(self) -> int:
-        """Everything a layer blocked: connections the egress proxy refused, calls the gateway refused, tools Claude
-        Code denied."""
-        blocked = sum(c.blocked for c in self.audit or []) + sum(e.blocked for e in self.egress or [])
-        refused_by_claude = {d.tool_use_id for d in self.run.decisions if not d.allowed}  # counted once, below
-        for call in self.run.tool_calls:  # where a layer's log is unreadable: its refusals as the agent saw them
-            unlogged = self.audit is None if call.server == GATEWAY_NAME else self.egress is None
-            blocked += unlogged and BLOCKED in call.output and call.id not in refused_by_claude
-        return blocked + len(self.run.permission_denials)
+        """How many things a layer blocked (see `blocked`)."""
+        return len(self.blocked())
 
     def blocked(self) -> list[str]:
-        """What the layers blocked, one line each (counted by `violations`): for people to see what was tried."""
+        """Everything a layer blocked, one line each, for people to see what was tried: calls the gateway refused,
+        connections the egress proxy refused, where a layer's log is unreadable its refusals as the agent saw them,
+        and tools Claude Code denied."""
         lines = [f"gateway call {c.tool}: {c.detail or 'blocked'}" for c in self.audit or [] if c.blocked]
         lines += [f"connection to {e.service or f'{e.host}:{e.port}'}: {e.detail or 'blocked'}"
                   for e in self.egress or [] if e.blocked]
+        refused_by_claude = {d.tool_use_id for d in self.run.decisions if not d.allowed}  # in permission_denials
+        for call in self.run.tool_calls:
+            unlogged = self.audit is None if call.server == GATEWAY_NAME else self.egress is None
+            if unlogged and BLOCKED in call.output and call.id not in refused_by_claude:
+                lines.append(f"call {call.name}: blocked (as the agent saw it)")
         lines += [f"tool {tool} (refused to Claude Code)" for tool in self.run.permission_denials]
         return lines
 

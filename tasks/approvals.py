@@ -124,13 +124,12 @@ class PrefectUIApprover:
                 await form.asave(keyset, flow_run_id=flow_run_id)
                 pending = PendingApproval.of(request, timeout)
                 await acreate_flow_run_input(PENDING_KEY, pending.model_dump(mode="json"), flow_run_id=flow_run_id)
-                command = answer_command(flow_run_id, pending)
                 logger.warning("Waiting up to %d s for a person to approve %s: %s (or `%s`)", timeout, request.tool,
-                               run_page(flow_run_id), command)
-                announce(pending, command)
+                               run_page(flow_run_id), pending.answer_command(flow_run_id))
+                announce(pending)
 
                 def remind(left: float) -> None:
-                    announce(pending, command, reminder_left=left)
+                    announce(pending, reminder_left=left)
 
                 return await self._wait(client, form, keyset, flow_run_id, timeout, remind)
             finally:  # however the wait ends (Claude gone, the run's budget or timeout), a paused run goes on
@@ -171,20 +170,14 @@ class PrefectUIApprover:
                       via=self.via, answered_by=answer.answered_by.strip(), call=answer.call)
 
 
-def announce(pending: PendingApproval, command: str, reminder_left: float | None = None) -> None:
+def announce(pending: PendingApproval, reminder_left: float | None = None) -> None:
     """Tell whoever the server's automations notify (deployments/notify.py) that the run waits for `pending`, or
-    still waits; said once per call (and once more as the reminder), however often this runs."""
-    notice = approval_notice(str(flow_run.name), str(deployment.name or ""), pending, command, reminder_left)
-    details = {"call": pending.call, "tool": pending.tool, "command": command}
-    if reminder_left is None:
-        emit_run_event(APPROVAL_REQUESTED, notice, f"{flow_run.id}/{pending.call}", **details)
-    else:
-        emit_run_event(APPROVAL_REMINDER, notice, f"{flow_run.id}/{pending.call}", **details)
-
-
-def answer_command(flow_run_id: uuid.UUID, pending: PendingApproval) -> str:
-    """The command that approves the pending call from any terminal that reaches the Prefect API."""
-    return f"python -m flows.approvals approve {flow_run_id} --call {pending.call}"
+    still waits (`reminder_left`: the seconds left); said once per call, and once as its reminder, however often
+    this runs."""
+    notice = approval_notice(str(flow_run.name), str(deployment.name or ""), flow_run.id, pending, reminder_left)
+    event = APPROVAL_REQUESTED if reminder_left is None else APPROVAL_REMINDER
+    emit_run_event(event, notice, f"{flow_run.id}/{pending.call}", call=pending.call, tool=pending.tool,
+                   command=pending.answer_command(flow_run.id))
 
 
 async def resume_if_paused(client: PrefectClient, flow_run_id: uuid.UUID) -> None:
