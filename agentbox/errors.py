@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 # Why a session failed, from a fixed set a user can count: whose side the failure was on.
 FailureReason = Literal["sandbox provider", "model API", "MCP upstream", "gateway", "agent", "policy", "timeout",
-                        "cancelled"]
+                        "cancelled", "orchestrator"]
 FAILURE_REASONS: tuple[str, ...] = get_args(FailureReason)
 
 MAX_DETAIL = 300  # characters of a foreign error's text quoted in ours
@@ -64,6 +64,14 @@ class RunTimedOut(AgentboxError):
             f"The run took longer than its flow timeout ({seconds:g} s) and was stopped; its sandbox was torn down.",
             "Raise FLOW_TIMEOUT_SECONDS if it needs more time (and SANDBOX_TTL_SECONDS above it).",
         )
+
+
+class LeaseLost(AgentboxError):
+    """The run could not keep its leases (its slot of the sandbox limit, lapsed while the Prefect API was
+    unreachable): its sandbox was stopped rather than run outside the limit."""
+
+    retryable = True
+    reason = "orchestrator"
 
 
 class SandboxError(AgentboxError):

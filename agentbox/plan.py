@@ -58,6 +58,8 @@ class SessionPlan(BaseModel, frozen=True):
     policy: RunPolicy = Field(default_factory=RunPolicy)
     timeouts: Timeouts
     ttl_seconds: int
+    lease_seconds: int | None = Field(None, description="The sandbox's lease, renewed while the run lives; None: "
+                                      "it lives its whole TTL.")
     concurrency_limit: str = Field(description="Global limit each session holds a slot of; empty: none.")
     daily_budget_usd: float | None = Field(None, description="What the runs of its deployment may spend per day.")
     anthropic_base_url: str | None = None
@@ -169,6 +171,7 @@ def plan_session(
             gateway_ready=settings.gateway_ready_timeout_seconds,
         ),
         ttl_seconds=settings.sandbox_ttl_seconds,
+        lease_seconds=min(settings.sandbox_lease_seconds, settings.sandbox_ttl_seconds),
         concurrency_limit=settings.sandbox_concurrency_limit,
         daily_budget_usd=None if stand_ins else settings.daily_budget_usd,  # a rehearsal spends nothing
         anthropic_base_url=settings.anthropic_base_url,

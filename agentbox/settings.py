@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     sandbox_ttl_seconds: int = Field(
         5700, ge=60, description="The sandbox dies by itself after this; must outlive the flow timeout."
     )
+    sandbox_lease_seconds: int = Field(
+        90, ge=5, le=3600, description="A sandbox dies this long after its run last renewed its lease (the run "
+        "renews it while it lives, also while it waits for a person): however the run dies, its sandbox follows "
+        "within about this time. Never past SANDBOX_TTL_SECONDS."
+    )
 
     @field_validator("sandbox_backend")
     @classmethod

@@ -35,6 +35,7 @@ from tasks.budget import check_daily_budget
 from tasks.claude import register_claude, run_prompt
 from tasks.events import RUN_COMPLETED, RUN_FAILED, emit_run_event
 from tasks.gateway import read_egress_log, read_gateway_calls, wait_for_gateway
+from tasks.lease import SessionLease
 from tasks.sandbox import create_sandbox, kill_run_sandboxes, kill_sandbox, sandbox_slot
 
 
@@ -78,32 +79,35 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
     if earlier and (previous := SessionResult.model_validate(earlier)).acted():  # a retry, after the agent's work
         return await reuse_earlier_run(plan, result, previous)
     await check_daily_budget(plan)
-    async with sandbox_slot(plan) as lease:  # held until the sandbox is gone
-        if lease:  # on the sandbox, so that whoever kills it after a crash frees the slot too
-            plan = plan.model_copy(update={"metadata": {**plan.metadata, SLOT_LEASE_LABEL_KEY: lease}})
+    async with sandbox_slot(plan) as slot:  # held until the sandbox is gone
+        if slot:  # on the sandbox, so that whoever kills it after a crash frees the slot too
+            plan = plan.model_copy(update={"metadata": {**plan.metadata, SLOT_LEASE_LABEL_KEY: slot}})
         step("slot")  # the daily budget's check, and the wait for a slot of the sandbox limit
         failed, agent_done, problem = True, False, None
-        try:
-            handle = await create_sandbox(plan)
-            result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
-            step("create")
-            result.tools = len(await wait_for_gateway(plan, handle))
-            step("gateway_ready")
-            await register_claude(plan, handle)
-            step("register")
-            result.run = await run_prompt(plan, handle)
-            step("prompt")
-            agent_done = True
-            problem = problem_of(result.run, plan)  # raised after the audit: what the agent was kept from comes first
-            failed = problem is not None
-        finally:
-            clock = time.monotonic()
-            if handle:
-                result.audit, result.egress = await audit(plan, handle, result)
-            if agent_done:  # before the teardown, which may fail: a retry of the run must not run the agent again
-                await asyncio.shield(record_agent_run(plan, result.model_dump(mode="json")))
-            await teardown(plan, handle, session_failed=failed)
-            step("kill")
+        async with SessionLease(plan, slot) as lease:  # both die with the run, however it dies
+            try:
+                handle = await create_sandbox(plan)
+                result.sandbox_id, result.gateway_url = handle.id, handle.gateway_url
+                await lease.cover(handle)
+                step("create")
+                result.tools = len(await wait_for_gateway(plan, handle))
+                step("gateway_ready")
+                await register_claude(plan, handle)
+                step("register")
+                result.run = await run_prompt(plan, handle)
+                step("prompt")
+                agent_done = True
+                problem = problem_of(result.run, plan)  # raised after the audit: what the agent was kept from first
+                failed = problem is not None
+            finally:
+                clock = time.monotonic()
+                if handle:
+                    result.audit, result.egress = await audit(plan, handle, result)
+                if agent_done:  # before the teardown, which may fail: a retry of the run must not run the agent again
+                    await asyncio.shield(record_agent_run(plan, result.model_dump(mode="json")))
+                await lease.cover(None)
+                await teardown(plan, handle, session_failed=failed)
+                step("kill")
     return raise_if_failed(result, problem)
 
 

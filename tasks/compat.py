@@ -10,7 +10,6 @@ import importlib.util
 import os
 import sys
 import threading
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 from uuid import UUID
@@ -68,14 +67,6 @@ async def acquire_concurrency_slot(name: str, lease_seconds: float, holder: Conc
     granted = await aacquire_concurrency_slots_with_lease(
         names=[name], slots=1, lease_duration=lease_seconds, strict=True, holder=holder)
     return granted.lease_id
-
-
-def renewing_lease(lease_id: UUID, lease_seconds: float) -> AbstractAsyncContextManager[None]:
-    """Renew a concurrency lease in the background while the block runs (a failed renewal is logged by Prefect, not
-    raised: the slot then ends with its lease)."""
-    from prefect.concurrency._leases import amaintain_concurrency_lease
-
-    return amaintain_concurrency_lease(lease_id, lease_seconds, raise_on_lease_renewal_failure=False)
 
 
 # -- Prefect: a flow run's state, proposed from inside it ----------------------------------------------------------

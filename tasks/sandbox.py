@@ -23,11 +23,11 @@ from agentbox.errors import ConfigError
 from agentbox.plan import SessionPlan
 from agentbox.sandboxes import SandboxHandle
 from agentbox.settings import Settings
-from tasks.compat import acquire_concurrency_slot, renewing_lease
+from tasks.compat import acquire_concurrency_slot
 from tasks.defaults import session_task
+from tasks.lease import SLOT_LEASE_SECONDS
 
 DEFAULT_SANDBOX_SLOTS = 5  # sandboxes at once, when nobody said otherwise (deployments.bootstrap --sandboxes N)
-SLOT_LEASE_SECONDS = 60  # the shortest lease Prefect's server grants; renewed while the session lives
 
 
 @session_task(
@@ -50,6 +50,7 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
         idempotency_key=f"agentbox-{task_run.id}" if task_run.id else None,  # same across this task's retries
         tools=plan.policy.tools,
         network=plan.network(),
+        lease_seconds=plan.lease_seconds,  # renewed by the run's SessionLease (tasks/lease.py) while it lives
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle
@@ -75,10 +76,11 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
     """Hold one slot of the global sandbox limit for a whole session, so no more sandboxes run at once than E2B
     (or the machine) allows, across every worker. Strict: a missing limit is an error, never "unlimited".
 
-    Yields the slot's lease id (None without a limit). The session labels its sandbox with it, so that when the run
-    dies without releasing it (SIGKILL, OOM), the crash hook or the reaper that kills the sandbox frees the slot in
-    seconds; left alone, the server would free it only when the lease ends (`SLOT_LEASE_SECONDS` after its last
-    renewal). Prefect's public `concurrency()` keeps the lease id to itself, hence its parts (tasks/compat.py)."""
+    Yields the slot's lease id (None without a limit), which the session's `SessionLease` (tasks/lease.py) renews.
+    The session labels its sandbox with it, so that when the run dies without releasing it (SIGKILL, OOM), the crash
+    hook or the reaper that kills the sandbox frees the slot in seconds; left alone, the server frees it when the
+    lease ends (`SLOT_LEASE_SECONDS` after its last renewal). Prefect's public `concurrency()` keeps the lease id to
+    itself, hence its parts (tasks/compat.py)."""
     name = plan.concurrency_limit
     if not name:
         yield None
@@ -97,8 +99,7 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
         waited = time.monotonic() - started
         if waited > 1:
             get_run_logger().info("Waited %.1f s for a sandbox slot of limit '%s'", waited, name)
-        async with renewing_lease(lease_id, SLOT_LEASE_SECONDS):
-            yield str(lease_id)
+        yield str(lease_id)
     finally:
         await asyncio.shield(release_slot(lease_id))
 

@@ -53,13 +53,10 @@ def test_prefect_starts_its_temporary_server_as_compat_does():
 
 def test_prefect_concurrency_lease_functions_take_what_compat_passes():
     from prefect.concurrency._asyncio import aacquire_concurrency_slots_with_lease
-    from prefect.concurrency._leases import amaintain_concurrency_lease
 
     assert {"names", "slots", "lease_duration", "strict", "holder"} <= set(
         parameters(aacquire_concurrency_slots_with_lease))
     assert inspect.iscoroutinefunction(aacquire_concurrency_slots_with_lease)
-    assert parameters(amaintain_concurrency_lease)[:3] == ["lease_id", "lease_duration",
-                                                          "raise_on_lease_renewal_failure"]
     from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
 
     assert "lease_id" in ConcurrencyLimitWithLeaseResponse.model_fields

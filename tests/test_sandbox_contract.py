@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -92,3 +93,29 @@ def test_a_command_cut_off_by_the_ttl_says_so(world, sandboxes):
     assert f"Sandbox {handle.id} reached its TTL ({TTL} s" in str(info.value)
     assert "SANDBOX_TTL_SECONDS" in str(info.value)
     assert world.wait_gone(handle.id)
+
+
+LEASE = 8  # long enough for E2B's create (it starts the gateway within the lease), short for a test
+
+
+def test_a_sandbox_lives_while_its_lease_is_renewed_and_dies_within_it_once_it_is_not(world, sandboxes):
+    """The run's lease: renewed, the sandbox outlives its first lease; never renewed past its TTL; shortened, it
+    follows; left alone, it is gone with everything it ran within the lease (the run died, say)."""
+    handle = asyncio.run(sandboxes.create(MCP, {}, 120, {"app": "contract", "purpose": "lease"}, lease_seconds=LEASE))
+    try:
+        assert (handle.expires_at - handle.created_at).total_seconds() == pytest.approx(120, abs=2)  # the TTL
+        for _ in range(3):  # 1.5 leases in all
+            time.sleep(LEASE / 2)
+            ends = asyncio.run(sandboxes.renew(handle, LEASE))
+            assert 0 < (ends - datetime.now(timezone.utc)).total_seconds() <= LEASE
+        assert run(sandboxes, handle, "echo alive").stdout == "alive\n"
+        assert asyncio.run(sandboxes.renew(handle, 10_000)) == handle.expires_at  # never past the TTL
+
+        asyncio.run(sandboxes.renew(handle, 3))  # shortened, as E2B's set_timeout allows; then nobody renews it
+        started = time.monotonic()
+        assert world.wait_gone(handle.id, timeout=30)
+        assert time.monotonic() - started < 3 + 5
+        with pytest.raises(SandboxError):
+            asyncio.run(sandboxes.renew(handle, LEASE))
+    finally:
+        asyncio.run(sandboxes.kill(handle.id))

@@ -128,12 +128,20 @@ class SandboxBackend(abc.ABC):
         idempotency_key: str | None = None,
         tools: list[str] | None = None,
         network: Network | None = None,
+        lease_seconds: int | None = None,
     ) -> SandboxHandle:
         """Start a sandbox whose gateway serves `mcp_config` (only `tools` of it, where `gateway_filters_tools`); it
-        dies by itself after `ttl_seconds`. Its programs reach only what `network` allows (None: `Network()`, the
-        gateway and the model API), and find the model where `envs` says (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY;
-        a backend may swap those for a proxy's address and a placeholder). A retried call with the same
-        `idempotency_key` must not start a second sandbox."""
+        dies by itself after `ttl_seconds` (the handle's `expires_at`), and with a `lease_seconds`, already that long
+        after its creation unless `renew` keeps it alive. Its programs reach only what `network` allows (None:
+        `Network()`, the gateway and the model API), and find the model where `envs` says (ANTHROPIC_BASE_URL,
+        ANTHROPIC_API_KEY; a backend may swap those for a proxy's address and a placeholder). A retried call with
+        the same `idempotency_key` must not start a second sandbox."""
+
+    @abc.abstractmethod
+    async def renew(self, handle: SandboxHandle, seconds: float) -> datetime:
+        """Keep the sandbox alive `seconds` from now, never past its TTL (`handle.expires_at`); when it will die now.
+        SandboxError when it is gone. A run renews its sandbox's lease while it lives: however it dies, the sandbox
+        follows within the lease."""
 
     @abc.abstractmethod
     async def gateway_token(self, handle: SandboxHandle) -> str:

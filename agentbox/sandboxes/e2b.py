@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 from urllib.parse import urlsplit
 from collections.abc import AsyncIterator
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from e2b import (
@@ -153,12 +154,13 @@ class E2BSandboxes(SandboxBackend):
         idempotency_key: str | None = None,
         tools: list[str] | None = None,  # E2B starts its gateway itself, with every tool: Claude's allow-list rules
         network: Network | None = None,
+        lease_seconds: int | None = None,
     ) -> SandboxHandle:
         envs, policy = self._network(network or Network(), mcp_config, envs)
         async with _translated("create a sandbox"):
             sandbox = await AsyncSandbox.create(
                 template=self.template,
-                timeout=ttl_seconds,
+                timeout=min(lease_seconds or ttl_seconds, ttl_seconds),  # E2B's timeout is the lease: renewed
                 metadata=metadata,
                 envs=envs,
                 mcp=mcp_config,
@@ -171,15 +173,25 @@ class E2BSandboxes(SandboxBackend):
         url, internal = self._urls(sandbox)
         async with _translated("read the sandbox's details", sandbox.sandbox_id):
             info = await sandbox.get_info()
+        created = info.started_at.astimezone(timezone.utc)
         return SandboxHandle(
             id=sandbox.sandbox_id,
             backend="e2b",
             gateway_url=url,
             internal_gateway_url=internal,
             metadata=dict(info.metadata),
-            created_at=info.started_at.astimezone(timezone.utc),
-            expires_at=info.end_at.astimezone(timezone.utc),
+            created_at=created,
+            expires_at=created + timedelta(seconds=ttl_seconds),  # the TTL: `renew` never goes past it
         )
+
+    async def renew(self, handle: SandboxHandle, seconds: float) -> datetime:
+        now = datetime.now(timezone.utc)
+        ends = min(now + timedelta(seconds=seconds), handle.expires_at)
+        async with _translated("renew the sandbox's lease", handle.id):
+            # E2B's timeout counts from now, and set_timeout can shorten it as well as extend it
+            await AsyncSandbox.set_timeout(handle.id, max(1, math.ceil((ends - now).total_seconds())),
+                                           api_key=self._api_key)
+        return ends
 
     @classmethod
     def check_network(cls, options: dict[str, Any], network: Network) -> None:

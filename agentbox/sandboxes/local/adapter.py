@@ -7,7 +7,7 @@ import contextlib
 import json
 import subprocess
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,7 @@ class LocalSandboxes(SandboxBackend):
         idempotency_key: str | None = None,  # a local create is not retried behind our back
         tools: list[str] | None = None,
         network: Network | None = None,
+        lease_seconds: int | None = None,
     ) -> SandboxHandle:
         await check_bubblewrap()
         spare = spares.claim_spare(self.root) if self.warm_spare else None
@@ -103,7 +104,7 @@ class LocalSandboxes(SandboxBackend):
                     if not spare:
                         make_state(state)
                     info = prepare_sandbox(state, mcp_config, envs, ttl_seconds, metadata, tools,
-                                           network or Network(), self.catalog_file)
+                                           network or Network(), self.catalog_file, lease_seconds)
                     if spare:
                         await spares.Spare(state).wake()
                     else:
@@ -127,6 +128,14 @@ class LocalSandboxes(SandboxBackend):
             created_at=datetime.fromisoformat(info["created_at"]),
             expires_at=datetime.fromisoformat(info["expires_at"]),
         )
+
+    async def renew(self, handle: SandboxHandle, seconds: float) -> datetime:
+        state = SandboxState.of(self.root, handle.id)
+        state.require_running()
+        ends = min(datetime.now(timezone.utc) + timedelta(seconds=seconds), handle.expires_at)
+        with translated(f"renew the lease of {handle.id}", state=state):
+            state.write_lease(ends)  # the supervisor reads it when the end it knew comes
+        return ends
 
     async def gateway_token(self, handle: SandboxHandle) -> str:
         state = SandboxState.of(self.root, handle.id)
@@ -222,7 +231,7 @@ class LocalSandboxes(SandboxBackend):
                         id=info["id"],
                         metadata=info["metadata"],
                         created_at=datetime.fromisoformat(info["created_at"]),
-                        expires_at=datetime.fromisoformat(info["expires_at"]),
+                        expires_at=state.ends_at(info),
                     )
                 )
         return found

@@ -46,6 +46,7 @@ def prepare_sandbox(
     tools: list[str] | None,
     network: Network,
     catalog_file: Path | None,
+    lease_seconds: int | None = None,
 ) -> dict:
     """Write what the supervisor and later commands need, secrets only in files only the owner can read; the
     sandbox's info (as its `info_file` holds it)."""
@@ -72,6 +73,8 @@ def prepare_sandbox(
         "routes": sandbox_routes(port),
         "gateway_argv": gateway_argv(state, *gateway_args),
     }
+    if lease_seconds:  # before the info: a supervisor that finds the info finds the lease
+        state.write_lease(created + timedelta(seconds=min(lease_seconds, ttl_seconds)))
     write_private(state.info_file, json.dumps(info))
     gateway_env = {
         **base_env(),

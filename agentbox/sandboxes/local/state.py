@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from agentbox.host import process_alive, read_pid
 ID_PREFIX = "local-"
 STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor running
 SUPERVISOR = "agentbox.sandboxes.local.supervisor"
+LEASE_MOVED = signal.SIGUSR2  # tells the supervisor to read its lease again (blocked by it from its first moment)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,10 @@ class SandboxState:
         return self.path / "egress.pid"
 
     @property
+    def lease_file(self) -> Path:  # when the sandbox dies unless its run renews the lease (ISO time; none: its TTL)
+        return self.path / "lease"
+
+    @property
     def token_file(self) -> Path:  # the gateway's bearer token
         return self.path / "token"
 
@@ -212,6 +219,25 @@ class SandboxState:
             return json.loads(self.info_file.read_text())
         except (OSError, ValueError):
             return None
+
+    def ends_at(self, info: dict) -> datetime:
+        """When the sandbox dies: at its lease's end (when it has one), never past its TTL."""
+        ttl_end = datetime.fromisoformat(info["expires_at"])
+        try:
+            return min(ttl_end, datetime.fromisoformat(self.lease_file.read_text().strip()))
+        except (OSError, ValueError):
+            return ttl_end
+
+    def write_lease(self, ends_at: datetime) -> None:
+        """Move the lease's end (atomically: the supervisor may read it at any moment), and tell the supervisor, which
+        otherwise reads it again only when the end it knew comes (a lease can be shortened too)."""
+        draft = self.lease_file.with_name(f"{self.lease_file.name}.{secrets.token_hex(4)}")
+        draft.write_text(ends_at.isoformat())
+        draft.replace(self.lease_file)
+        pid = read_pid(self.supervisor_pid_file)
+        if process_alive(pid, self.marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, LEASE_MOVED)
 
     def supervisor_alive(self) -> bool:
         """Whether the sandbox's supervisor runs."""

@@ -2,8 +2,9 @@
 
 Started by the local backend as `python -m agentbox.sandboxes.local.supervisor <state dir>`. It forks into the
 background (a new session, so `killpg` on its pid takes the gateway too), writes its pid, starts the sandbox's gateway
-under bubblewrap and its egress proxy, then waits for SIGTERM or the TTL, whichever comes first, and kills the
-sandbox: no sandbox outlives its TTL even if the flow that made it died without a word.
+under bubblewrap and its egress proxy, then waits for SIGTERM or the sandbox's end, whichever comes first, and kills
+the sandbox. Its end is its lease's, which the run renews through the state (`SandboxState.write_lease`) while it
+lives, never past its TTL: a sandbox outlives a run that died without a word by the lease at most.
 
 With `--spare` it supervises a warm spare instead (LOCAL_WARM_GATEWAY, see `spare`): the gateway starts at once with
 no options and imports; a create that claims the spare signals SIGUSR1, and the supervisor hands the gateway its
@@ -26,7 +27,7 @@ from agentbox.host import wait_until
 from agentbox.sandboxes.local.network import EGRESS, EGRESS_READY_WITHIN, egress_ready
 from agentbox.sandboxes.local.processes import kill_state
 from agentbox.sandboxes.local.spare import CLAIM_SIGNALS, Spare, read_order
-from agentbox.sandboxes.local.state import SandboxState
+from agentbox.sandboxes.local.state import LEASE_MOVED, SandboxState
 
 
 def _unblocked() -> None:
@@ -75,16 +76,16 @@ def start_gateway(state: SandboxState) -> subprocess.Popen:
 
 
 def supervise(state: SandboxState, gateway: subprocess.Popen, egress: subprocess.Popen) -> None:
-    """Wait for SIGTERM, SIGINT, SIGHUP or the sandbox's TTL, then kill the sandbox."""
+    """Wait for SIGTERM, SIGINT, SIGHUP or the sandbox's end (its lease's, which its run moves on while it lives,
+    or its TTL's), then kill the sandbox. Woken at the end it knew, it reads the lease again: a renewed one goes on."""
     info = json.loads(state.info_file.read_text())
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-    expires = datetime.fromisoformat(info["expires_at"])
-    remaining = (expires - datetime.now(timezone.utc)).total_seconds()
-    while remaining > 0:
-        if signal.sigtimedwait({signal.SIGTERM, signal.SIGINT, signal.SIGHUP}, min(remaining, 3600)):
+    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, LEASE_MOVED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    while (remaining := (state.ends_at(info) - datetime.now(timezone.utc)).total_seconds()) > 0:
+        got = signal.sigtimedwait(signals, min(remaining, 3600))
+        if got and got.si_signo != LEASE_MOVED:
             break
         gateway.poll()  # reap a gateway that died; the sandbox lives on without it, as on E2B
-        remaining = (expires - datetime.now(timezone.utc)).total_seconds()
     for helper in (gateway, egress):
         helper.kill()
         helper.wait()
@@ -117,6 +118,7 @@ def main() -> int:
         ok = os.read(read_fd, 1) == b"1"
         return 0 if ok else 1
     os.close(read_fd)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {LEASE_MOVED})  # its default would end the supervisor, not the sandbox
     os.setsid()
     state.supervisor_pid_file.write_text(str(os.getpid()))
     devnull = os.open(os.devnull, os.O_RDWR)
