@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -33,6 +33,9 @@ from agentbox.claude import (
 from agentbox.errors import ConfigError, RunCancelled, one_line
 from agentbox.policy import BLOCKED, RunPolicy, Silence
 from agentbox.secrets import redact, redact_value
+
+if TYPE_CHECKING:
+    from agentbox.journal import Journal
 
 class ApprovalRequest(BaseModel, frozen=True):
     """A call a person must approve: which server's tool, with which arguments (secrets redacted), and what silence
@@ -105,8 +108,8 @@ class PermissionHost:
 
     def __init__(self, policy: RunPolicy, approver: Approver | None, *, wait_budget: float,
                  servers: dict[str, list[str]] | None = None, secrets: list[str] | None = None,
-                 structured_output: bool = False) -> None:
-        self.policy, self.approver = policy, approver
+                 structured_output: bool = False, journal: Journal | None = None) -> None:
+        self.policy, self.approver, self.journal = policy, approver, journal
         self.wait_budget = wait_budget
         self.servers = servers or {}
         self.secrets = secrets or []
@@ -119,20 +122,46 @@ class PermissionHost:
         return next((server for server, tools in self.servers.items() if tool in tools), "")
 
     async def decide(self, request: PermissionRequest) -> tuple[PermissionDecision, dict[str, Any] | None]:
-        """The decision on one request, and the input to run the tool with when allowed."""
+        """The decision on one request, and the input to run the tool with when allowed. A write (the policy's
+        `writes`) is journaled before it is allowed, and refused when it would repeat one done, or perhaps done, in
+        this run."""
+        server, tool = split_tool_name(request.tool_name)
+        journaled = self.journal is not None and server == GATEWAY_NAME and self.policy.is_write(tool)
+        if journaled and (earlier := self.journal.repeats(tool, request.input)):
+            return self._decided(request, datetime.now(timezone.utc), False, "policy",
+                                 f"this run already made this exact call ({earlier.summary()})"), None
+        decision, arguments = await self._decide(request)
+        if journaled and decision.allowed:
+            try:
+                await self.journal.called(request.tool_use_id, tool, arguments or {})
+            except Exception as exc:  # noqa: BLE001 - a write nobody could journal is not made
+                decision.allowed, decision.by = False, "error"
+                decision.reason = redact(f"the run's journal of writes could not be saved ({one_line(exc)})",
+                                         self.secrets)
+                return decision, None
+        return decision, arguments
+
+    def _decided(self, request: PermissionRequest, asked_at: datetime, allowed: bool, by: str, reason: str = "",
+                 answer: Answer | None = None, edited: bool = False) -> PermissionDecision:
+        """A decision on `request`, kept."""
+        decision = PermissionDecision(
+            tool=request.tool_name, tool_use_id=request.tool_use_id,
+            arguments=redact_value(request.input, self.secrets), asked_at=asked_at,
+            answered_at=datetime.now(timezone.utc), allowed=allowed, by=by, via=answer.via if answer else "",
+            answered_by=redact(answer.answered_by, self.secrets) if answer else "",
+            reason=redact(reason, self.secrets), edited=edited)
+        self.decisions.append(decision)
+        return decision
+
+    async def _decide(self, request: PermissionRequest) -> tuple[PermissionDecision, dict[str, Any] | None]:
+        """The run policy's decision, or a person's where it asks for one."""
         asked_at = datetime.now(timezone.utc)
         server, tool = split_tool_name(request.tool_name)
         shown = redact_value(request.input, self.secrets)
 
         def decided(allowed: bool, by: str, reason: str = "", answer: Answer | None = None, edited: bool = False
                     ) -> PermissionDecision:
-            decision = PermissionDecision(
-                tool=request.tool_name, tool_use_id=request.tool_use_id, arguments=shown, asked_at=asked_at,
-                answered_at=datetime.now(timezone.utc), allowed=allowed, by=by, via=answer.via if answer else "",
-                answered_by=redact(answer.answered_by, self.secrets) if answer else "",
-                reason=redact(reason, self.secrets), edited=edited)
-            self.decisions.append(decision)
-            return decision
+            return self._decided(request, asked_at, allowed, by, reason, answer, edited)
 
         permitted = self.policy.tools is None or tool in self.policy.tools
         if server == GATEWAY_NAME and permitted and self.policy.needs_approval(tool):

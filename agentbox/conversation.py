@@ -24,13 +24,17 @@ from agentbox.claude import (
     PermissionRequest,
     ResultEvent,
     StreamParser,
+    ToolCallEvent,
+    ToolResultEvent,
     UsageEvent,
     describe,
     permission_response,
     prompt_command,
+    split_tool_name,
     user_message,
 )
 from agentbox.errors import ClaudeError, SandboxCommandTimeout, one_line
+from agentbox.journal import Journal
 from agentbox.policy import RunPolicy
 from agentbox.sandboxes import SandboxBackend, SandboxHandle
 from agentbox.sandboxes.base import CommandResult
@@ -54,24 +58,28 @@ class Conversation:
 
     def __init__(self, sandboxes: SandboxBackend, handle: SandboxHandle, prompt: str, *, options: ClaudeOptions,
                  policy: RunPolicy, approver: Approver | None, claude_timeout: float, approval_timeout: float = 0.0,
-                 servers: dict[str, list[str]] | None = None, secrets: Sequence[str] = (), log: Log | None = None
-                 ) -> None:
+                 servers: dict[str, list[str]] | None = None, secrets: Sequence[str] = (), log: Log | None = None,
+                 journal: Journal | None = None) -> None:
         """`claude_timeout` bounds Claude's own work and `approval_timeout` all of the run's waits for people, on
         top; `servers` maps each MCP server to its tools (to name the server when a person is asked); `secrets`
-        (the gateway's token among them) are redacted from every line given to `log`."""
+        (the gateway's token among them) are redacted from every line given to `log`; `journal` keeps the run's
+        writes (each journaled before Claude may make it, and its outcome as it streams back)."""
         self.sandboxes, self.handle, self.prompt, self.options = sandboxes, handle, prompt, options
         self.budget = policy.budget_usd
         self.timeout = claude_timeout + approval_timeout
         self.secrets = list(secrets)
         self.log = log or logging.getLogger(__name__).log
+        self.policy, self.journal = policy, journal
         self.permissions = PermissionHost(policy, approver, wait_budget=approval_timeout, servers=servers,
-                                          secrets=self.secrets, structured_output=options.json_schema is not None)
+                                          secrets=self.secrets, structured_output=options.json_schema is not None,
+                                          journal=journal)
         self.agent_run = AgentRun()
         self.agent_run.decisions = self.permissions.decisions
         self.parser = StreamParser()
         self.spend = Spend()
         self.inbox: asyncio.Queue[str | None] = asyncio.Queue()  # lines for Claude's stdin; None closes it
         self.answering: set[asyncio.Task] = set()
+        self.journaling: set[asyncio.Task] = set()  # outcomes of writes being saved to the journal
         self.stop_reason: asyncio.Future[BaseException] | None = None  # why Claude must stop early, once it must
 
     async def run(self) -> AgentRun:
@@ -138,6 +146,29 @@ class Conversation:
                 self._stop(BudgetStop())
         elif isinstance(event, ResultEvent):
             self.inbox.put_nowait(None)
+        if self.journal is not None and isinstance(event, ToolCallEvent | ToolResultEvent):
+            self._journal(event)
+
+    def _journal(self, event: ToolCallEvent | ToolResultEvent) -> None:
+        """Save a write's outcome (and a write Claude made without asking, when permissions were bypassed) to the
+        journal, in order; a failure to save is logged (the write itself was journaled before it was made)."""
+        if isinstance(event, ToolCallEvent):
+            server, tool = split_tool_name(event.name)
+            if not self.options.bypass_permissions or server != GATEWAY_NAME or not self.policy.is_write(tool):
+                return  # asked about: journaled by the permission host, before it is allowed
+            saving = self.journal.called(event.id, tool, event.input)
+        else:
+            saving = self.journal.finished(event.tool_use_id, not event.is_error, redact(event.content, self.secrets))
+
+        async def save() -> None:
+            try:
+                await saving
+            except Exception as exc:  # noqa: BLE001 - said; the run goes on
+                self._say(f"Could not save the journal of writes ({one_line(exc)}).", logging.WARNING)
+
+        task = asyncio.ensure_future(save())
+        self.journaling.add(task)
+        task.add_done_callback(self.journaling.discard)
 
     async def _answer(self, request: PermissionRequest) -> None:
         """Decide one permission request, log the decision, and send Claude the answer: allowed (with the arguments
@@ -180,6 +211,7 @@ class Conversation:
         await asyncio.gather(command, *self.answering, return_exceptions=True)
         for event in self.parser.close():
             self.agent_run.apply(event)
+        await asyncio.gather(*self.journaling, return_exceptions=True)  # the outcomes saved before the run ends
 
     def _say(self, line: str, level: int = logging.INFO) -> None:
         self.log(level, redact(line, self.secrets))

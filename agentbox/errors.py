@@ -146,6 +146,21 @@ class ApprovalDenied(AgentboxError):
     reason = "policy"
 
 
+class WritesAlreadyMade(AgentboxError):
+    """An earlier attempt of this run made writes (or may have) before it stopped: the agent is not run again, so
+    nothing is done twice; a person decides what comes next."""
+
+    reason = "policy"
+
+    @classmethod
+    def of(cls, summaries: list[str]) -> WritesAlreadyMade:
+        return cls(
+            f"An earlier attempt of this run stopped after the agent's writes: {'; '.join(summaries)}. The agent is "
+            "not run again, so nothing is done twice.",
+            "A person must decide: check what was written, then start a new run if more is needed.",
+        )
+
+
 class BudgetExceeded(AgentboxError):
     """The run's spend passed its budget and the agent was stopped, or today's runs spent their daily budget and
     it did not start."""

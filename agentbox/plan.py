@@ -183,7 +183,7 @@ def plan_session(
 
 
 POLICY_FIELDS = ("tools", "allow_commands", "egress", "require_approval", "approval_timeout_seconds", "on_silence",
-                 "budget_usd")
+                 "budget_usd", "writes")
 POLICY_SETTINGS = {name: f"POLICY_{name.upper()}" for name in POLICY_FIELDS}
 
 

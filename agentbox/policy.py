@@ -27,6 +27,17 @@ _TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]{1,128}$")
 Silence = Literal["deny", "approve"]
 DEFAULT_APPROVAL_WAIT = 3600
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+# A tool writes, unless the policy says which do, when a word of its name is one of these verbs (create_issue,
+# API-patch-page, add_issue_comment, merge_pull_request, ...). "post" alone writes only without a reading verb:
+# Notion's API-post-search and API-post-database-query read.
+WRITE_VERBS = frozenset({
+    "add", "append", "approve", "archive", "assign", "cancel", "close", "comment", "commit", "create", "delete",
+    "deploy", "dismiss", "dispatch", "edit", "fork", "insert", "invite", "label", "lock", "mark", "merge", "move",
+    "patch", "post", "publish", "push", "put", "react", "release", "remove", "rename", "reopen", "replace", "reply",
+    "request", "rerun", "resolve", "run", "send", "set", "star", "submit", "tag", "transfer", "trigger", "unlock",
+    "unstar", "update", "upload", "write"})
+READ_VERBS = frozenset({"search", "query", "get", "list", "read", "retrieve", "fetch", "find", "describe", "view"})
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _EGRESS_HOST = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}(:[0-9]{{1,5}})?$")
 
 
@@ -69,8 +80,16 @@ class RunPolicy(BaseModel, frozen=True):
     )
     on_silence: Silence = Field(
         "deny", description="What it means when nobody answers in time: deny the call, or approve it.")
+    writes: list[str] | None = Field(
+        None,
+        description="Gateway tools that change something outside (by name or pattern): each call is journaled before "
+        "it is made, a retried run never makes it twice, and a second call with the same arguments is refused. "
+        "Empty list: none. None: the workflow's (notion-to-github: create_issue), else every tool whose name has a "
+        "writing verb (create, update, delete, merge, push, send, patch, add, ...).",
+        examples=[["create_issue", "API-patch-*"]],
+    )
 
-    @field_validator("require_approval")
+    @field_validator("require_approval", "writes")
     @classmethod
     def _patterns(cls, patterns: list[str] | None) -> list[str] | None:
         if patterns is None:
@@ -117,6 +136,14 @@ class RunPolicy(BaseModel, frozen=True):
         """Whether a gateway tool (by the gateway's name for it) needs a person's approval before each call."""
         return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.require_approval or [])
 
+    def is_write(self, tool: str) -> bool:
+        """Whether a gateway tool (by the gateway's name for it) writes: the policy's `writes`, else by its verb."""
+        if self.writes is not None:
+            return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.writes)
+        words = {w.lower() for w in _WORDS.findall(tool)}
+        verbs = words & WRITE_VERBS
+        return bool(verbs) and not (verbs == {"post"} and words & READ_VERBS)
+
     def allows(self, claude_tool: str) -> bool:
         """Whether the policy lets Claude use a tool (by Claude's name for it) without asking anyone."""
         server, tool = split_tool_name(claude_tool)
@@ -126,21 +153,23 @@ class RunPolicy(BaseModel, frozen=True):
 
     def claude_tools(self) -> tuple[str, ...]:
         """Claude Code's `--allowedTools`: the gateway's allowed tools, and the command tool if commands are on.
-        Tools that need approval are left out, so Claude asks the host about each call of them; with every tool
-        allowed and some needing approval, none is listed and the host allows the others call by call."""
+        Tools that need approval or write are left out, so Claude asks the host about each call of them (a write is
+        journaled before it is allowed); with every tool allowed and some asked about, none is listed and the host
+        allows the others call by call."""
         prefix = f"mcp__{GATEWAY_NAME}"
         if self.tools is None:
-            gateway = () if self.require_approval else (prefix,)
+            gateway = () if self.require_approval or self.writes != [] else (prefix,)
         else:
-            gateway = tuple(f"{prefix}__{t}" for t in self.tools if not self.needs_approval(t))
+            gateway = tuple(f"{prefix}__{t}" for t in self.tools if not self.needs_approval(t) and not self.is_write(t))
         return (*gateway, *(COMMAND_TOOLS if self.allow_commands else ()))
 
     def summary(self) -> list[str]:
         """The policy in a few lines, for the run's log and artifact."""
         tools = "every tool of the requested servers" if self.tools is None else ", ".join(self.tools) or "none"
         egress = ", ".join(["the model API", "the gateway", *self.egress])
+        writes = "those named with a writing verb" if self.writes is None else ", ".join(self.writes) or "none"
         lines = [f"Tools allowed: {tools}", f"Commands: {'allowed' if self.allow_commands else 'not allowed'}",
-                 f"Network: {egress} only"]
+                 f"Network: {egress} only", f"Writes (journaled, never done twice): {writes}"]
         if self.require_approval:
             lines.append(f"Approval by a person before each call of: {', '.join(self.require_approval)} (waiting "
                          f"{self.approval_timeout_seconds} s at most in all; silence means {self.on_silence})")
@@ -155,7 +184,7 @@ def tool_list(text: str | None) -> list[str] | None:
 def parse_policy(sources: dict[str, str], hint: str, **fields: str | bool | int | None) -> RunPolicy | None:
     """A policy from text, as settings or flags give it (only what they set; None if nothing); a bad value is one
     ConfigError naming its setting or flag (`sources` maps a field to it). List fields come as comma-separated text."""
-    lists = {"tools", "egress", "require_approval"}
+    lists = {"tools", "egress", "require_approval", "writes"}
     given = {name: tool_list(value) if name in lists else value for name, value in fields.items()}
     given = {name: value for name, value in given.items() if value is not None}
     if not given:

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     policy_approval_timeout_seconds: int | None = Field(
         None, description="Default run policy: how long a run waits for people, over all its approvals."
     )
+    policy_writes: str | None = Field(
+        None, description="Default run policy: comma-separated gateway tools (names or patterns) that write: "
+        "journaled, never done twice by a retried run (empty: none; unset: by the workflow, else by verb)."
+    )
     policy_on_silence: str | None = Field(
         None, description="Default run policy: deny or approve a call nobody answered in time."
     )

@@ -20,7 +20,8 @@ from prefect.states import Cancelled
 
 from agentbox.audit import EgressAttempt, GatewayCall, audit_of
 from agentbox.claude import AgentRun
-from agentbox.errors import AgentboxError, DailyBudgetReached, PolicyViolation, RunCancelled, RunTimedOut, one_line
+from agentbox.errors import (AgentboxError, DailyBudgetReached, PolicyViolation, RunCancelled, RunTimedOut,
+                             WritesAlreadyMade, one_line)
 from agentbox.notifications import failure_notice, success_notice
 from agentbox.plan import SessionPlan
 from agentbox.run_checks import check_run
@@ -30,7 +31,7 @@ from flows.janitor import kill_run_sandboxes_hook
 from flows.planning import policy_lines, running_flow_timeout
 from flows.report import session_artifact
 from flows.results import SessionResult, failure_of
-from tasks.agent_runs import completed_agent_run, record_agent_run
+from tasks.agent_runs import completed_agent_run, load_journal, record_agent_run
 from tasks.budget import check_daily_budget
 from tasks.claude import register_claude, run_prompt
 from tasks.events import RUN_COMPLETED, RUN_FAILED, emit_run_event
@@ -76,8 +77,12 @@ async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult
         clock = time.monotonic()
 
     earlier = await completed_agent_run(plan)
-    if earlier and (previous := SessionResult.model_validate(earlier)).acted():  # a retry, after the agent's work
+    previous = SessionResult.model_validate(earlier) if earlier else None
+    if previous and previous.run.finished and previous.acted():  # a retry, after the agent's finished work
         return await reuse_earlier_run(plan, result, previous)
+    if writes := (await load_journal(plan)).done_or_perhaps():  # a retry, after an agent stopped half-way
+        await teardown(plan, None)  # the earlier attempt's sandbox, if its teardown was what failed
+        raise WritesAlreadyMade.of([w.summary() for w in writes])
     await check_daily_budget(plan)
     async with sandbox_slot(plan) as slot:  # held until the sandbox is gone
         if slot:  # on the sandbox, so that whoever kills it after a crash frees the slot too

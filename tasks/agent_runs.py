@@ -1,4 +1,6 @@
-"""Nothing done twice: a session whose agent run completed is recorded, so a retry of its flow run reuses it.
+"""Nothing done twice: a session whose agent run completed is recorded, so a retry of its flow run reuses it; and
+the journal of the agent's writes (agentbox/journal.py) is kept next to it, so a retry after a run that stopped
+half-way knows what was done.
 
 Prefect retries a failed flow run (a deployment's `retries`) by running the flow again from the start. Without a
 record, a session that failed after its agent had opened the issue (while its sandbox was torn down, or in a check
@@ -21,16 +23,37 @@ from prefect.results import aget_default_result_storage, get_result_store
 from prefect.runtime import flow_run
 
 from agentbox.errors import one_line
+from agentbox.journal import Journal, JournalEntry
 from agentbox.plan import SessionPlan
 from agentbox.sandboxes.base import SESSION_LABEL_KEY
 
 
-def record_key(plan: SessionPlan) -> str | None:
-    """The record's key: this flow run and this session of it (None outside a flow run)."""
+def record_key(plan: SessionPlan, kind: str = "agent-run") -> str | None:
+    """The key of a record of `kind` (agent-run, journal): this flow run and this session of it (None outside a
+    flow run)."""
     if not flow_run.id:
         return None
     session = plan.metadata.get(SESSION_LABEL_KEY, "")
-    return "agentbox-agent-run-" + hashlib.sha256(f"{flow_run.id}/{session}".encode()).hexdigest()[:40]
+    return f"agentbox-{kind}-" + hashlib.sha256(f"{flow_run.id}/{session}".encode()).hexdigest()[:40]
+
+
+async def load_journal(plan: SessionPlan, secrets: list[str] | None = None) -> Journal:
+    """The session's journal of writes (agentbox/journal.py), with the entries of this flow run's earlier attempts,
+    saved to the run's result storage at each change. A journal that cannot be read for another reason than its
+    absence fails the session: better than doing a write twice."""
+    key = record_key(plan, "journal")
+    entries: list[JournalEntry] = []
+    if key is not None:
+        try:
+            content = await storage_call("read_path", key)
+        except (ValueError, OSError):  # none yet (the file systems say it with one or the other)
+            content = b"[]"
+        entries = [JournalEntry.model_validate(e) for e in json.loads(content)]
+
+    async def save(records: list[dict[str, Any]]) -> None:
+        await storage_call("write_path", key, json.dumps(records).encode())
+
+    return Journal(entries, save=save if key else None, attempt=flow_run.run_count or 1, secrets=secrets)
 
 
 async def record_agent_run(plan: SessionPlan, session: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from agentbox.conversation import Conversation
 from agentbox.plan import SessionPlan, Timeouts
 from agentbox.registration import register_claude_with_gateway
 from agentbox.sandboxes import SandboxBackend, SandboxHandle
+from tasks.agent_runs import load_journal
 from tasks.approvals import current_approver
 from tasks.budget import record_spend
 from tasks.defaults import session_task
@@ -47,14 +48,14 @@ async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
 # Never retried: the agent's actions are not idempotent. Its timeout is the plan's, on the command.
 @session_task("run-prompt", task_run_name="run-prompt {handle.id}", retries=0)
 async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
-    """Run Claude Code on the plan's prompt (see `Conversation`), logging to the run's log and asking this run's
-    approver; what it spent is recorded for the daily budget however it ended (not for a rehearsal). What it did
-    is returned, for `check_run` to judge after the run is recorded."""
+    """Run Claude Code on the plan's prompt (see `Conversation`), logging to the run's log, asking this run's
+    approver and journaling its writes; what it spent is recorded for the daily budget however it ended (not for a
+    rehearsal). What it did is returned, for `check_run` to judge after the run is recorded."""
     sandboxes, secrets = await sandbox_and_secrets(plan, handle)
     conversation = Conversation(
         sandboxes, handle, plan.prompt, options=plan.claude, policy=plan.policy, approver=current_approver(plan),
         claude_timeout=plan.timeouts.claude, approval_timeout=plan.timeouts.approvals, servers=plan.expected_tools,
-        secrets=secrets, log=get_run_logger().log,
+        secrets=secrets, log=get_run_logger().log, journal=await load_journal(plan, secrets),
     )
     try:
         return await conversation.run()

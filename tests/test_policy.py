@@ -27,8 +27,24 @@ def plan(**choices):
 def test_the_default_policy_lets_claude_use_the_servers_tools_and_no_command():
     decided = plan()
     assert decided.policy == RunPolicy(require_approval=[], approval_timeout_seconds=3600)
-    assert decided.claude.allowed_tools == ("mcp__gateway",)
+    # tools that write are journaled before Claude may call them: none is on Claude's list, the host allows each call
+    assert decided.claude.allowed_tools == ()
+    assert plan(policy=RunPolicy(writes=[])).claude.allowed_tools == ("mcp__gateway",)
     assert decided.expected_tools == {"notion": ["API-post-search"], "githubOfficial": ["create_issue"]}
+
+
+def test_tools_that_write_are_named_by_the_policy_or_known_by_their_verb():
+    by_verb = RunPolicy()
+    writes = ["create_issue", "API-patch-page", "add_issue_comment", "merge_pull_request", "push_files",
+              "API-post-page", "API-delete-a-block", "updateIssue"]
+    reads = ["API-post-search", "API-post-database-query", "get_issue", "list_commits", "search_code",
+             "API-retrieve-a-page", "API-get-block-children"]
+    assert [t for t in writes + reads if by_verb.is_write(t)] == writes
+    named = RunPolicy(writes=["create_*"])
+    assert named.is_write("create_issue") and not named.is_write("merge_pull_request")
+    assert not RunPolicy(writes=[]).is_write("create_issue")
+    with pytest.raises(ValueError, match="not tool names or patterns"):
+        RunPolicy(writes=["drop table"])
 
 
 def test_the_mission_policy_becomes_claudes_allow_list_and_what_readiness_waits_for():
@@ -79,7 +95,8 @@ def test_a_run_policy_wins_over_the_settings_which_win_over_the_workflow(monkeyp
     assert plan(default_policy=POLICY).policy.tools == ["API-post-search", "API-retrieve-a-page"]
     run = RunPolicy(tools=["create_issue"], allow_commands=True)
     decided = plan(default_policy=POLICY, policy=run)
-    assert decided.policy == run.model_copy(update={"require_approval": ["create_issue"], "approval_timeout_seconds": 3600})
+    assert decided.policy == run.model_copy(update={"require_approval": ["create_issue"], "approval_timeout_seconds": 3600,
+                                                   "writes": ["create_issue"]})
     assert decided.claude.allowed_tools == ("Bash",)  # create_issue is asked about, call by call
     assert decided.expected_tools == {"githubOfficial": ["create_issue"]}  # notion's proving tool is not served
 

@@ -30,7 +30,7 @@ POLICY = RunPolicy(tools=[
     "API-post-search", "API-retrieve-a-database", "API-retrieve-a-data-source", "API-query-data-source",
     "API-retrieve-a-page", "API-retrieve-page-markdown", "API-get-block-children", "API-retrieve-a-block",
     "create_issue",
-], require_approval=["create_issue"])
+], require_approval=["create_issue"], writes=["create_issue"])
 
 
 class MissionAnswer(BaseModel):
