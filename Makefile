@@ -74,3 +74,4 @@ test: setup chromium
 
 bench: setup
 	.venv/bin/python benchmarks/speed.py
+	.venv/bin/python benchmarks/leases.py

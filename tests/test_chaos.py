@@ -89,8 +89,7 @@ SCENARIOS = [
     Scenario("E2B sandbox vanishes mid-run", lambda f, r: f.e2b.append(
         {"kind": "vanish", "match": "claude --input-format", "session": r}), "sandbox provider", ("e2b",)),
     Scenario("E2B output stream cut mid-run", lambda f, r: f.e2b.append(
-        {"kind": "cut", "match": "claude --input-format", "after_seconds": 1, "session": r}), "sandbox provider",
-        ("e2b",)),
+        {"kind": "cut", "match": "claude --input-format", "after_seconds": 1, "session": r}), None, ("e2b",)),
 ]
 ABSORBED = {"local": ["model API 529 overloaded, once", "model API 429 with retry-after, once"],
             "e2b": ["E2B create 503, once", "model API 529 overloaded, once"]}

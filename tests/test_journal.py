@@ -15,7 +15,6 @@ import pytest
 
 from agentbox.errors import WritesAlreadyMade
 from agentbox.journal import Journal
-from agentbox.rehearsal.model import ModelScript
 from agentbox.rehearsal.seed import notion_to_github_script
 from agentbox.sandboxes import get_backend
 from agentbox.settings import load_settings

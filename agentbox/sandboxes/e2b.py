@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, get_type_hints
 from e2b import (
     AsyncSandbox,
     AuthenticationException,
-    CommandExitException,
     NotFoundException,
     RateLimitException,
     SandboxException,
@@ -47,6 +46,7 @@ from agentbox.errors import (
 from agentbox.gateway.catalog import check_config_shape, expected_tools, field_problems, load_catalog
 from agentbox.gateway.catalog import unknown_server
 from agentbox.claude import MODEL_KEY_ENV
+from agentbox.sandboxes.e2b_streams import FollowedCommand
 from agentbox.sandboxes.base import (
     CommandResult,
     Network,
@@ -242,26 +242,20 @@ class E2BSandboxes(SandboxBackend):
     ) -> CommandResult:
         sandbox = await self._sandbox(handle.id)
         feeding: asyncio.Future | None = None
+        command_run = FollowedCommand(sandbox, timeout, on_stdout, on_stderr)  # reconnects when its stream breaks
         try:
             async with _translated("run a command", handle.id):
-                # Our own deadline, and a server-side one a little later as a net if this process dies: the SDK's
-                # 60 s default would silently kill long commands.
-                process = await sandbox.commands.run(
-                    command, background=True, envs=envs, timeout=timeout + 30, on_stdout=on_stdout,
-                    on_stderr=on_stderr, stdin=stdin is not None,
-                )
+                process = await command_run.start(command, envs, stdin is not None)
                 if stdin is not None:
                     feeding = asyncio.ensure_future(_feed(process, stdin))
                 try:
-                    result = await asyncio.wait_for(process.wait(), timeout)
+                    exit_code = await command_run.wait()
                 except TimeoutError:
                     with contextlib.suppress(Exception):
-                        await process.kill()
+                        await command_run.process.kill()
                     raise SandboxCommandTimeout(
                         f"Command in sandbox {handle.id} ran past its {timeout:g} s timeout and was killed."
                     ) from None
-                except CommandExitException as exc:
-                    result = exc
         except SandboxCommandTimeout:
             raise
         except SandboxError:
@@ -272,9 +266,9 @@ class E2BSandboxes(SandboxBackend):
             if feeding:
                 feeding.cancel()
                 await asyncio.gather(feeding, return_exceptions=True)
-        if result.exit_code != 0 and handle.expired():  # killed with its sandbox, not failed by itself
+        if exit_code != 0 and handle.expired():  # killed with its sandbox, not failed by itself
             raise handle.expired_error()
-        return CommandResult(result.exit_code, result.stdout, result.stderr)
+        return CommandResult(exit_code, "".join(command_run.stdout), "".join(command_run.stderr))
 
     async def write_file(self, handle: SandboxHandle, path: str, data: str | bytes) -> None:
         sandbox = await self._sandbox(handle.id)

@@ -169,6 +169,7 @@ class ProcessService:
                         raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
                 if cut_at is not None:
                     if time.monotonic() >= cut_at:  # the injected fault: the stream breaks, the process goes on
+                        proc.cut_after = None  # once: a reconnection (Connect) streams on
                         raise ConnectError(Code.UNAVAILABLE, "stream cut by an injected fault")
                     wait = min(wait, max(cut_at - time.monotonic(), 0.001))
                 try:

@@ -56,8 +56,8 @@ FAULT_KINDS: dict[str, dict[str, Any]] = {
     "hang": {"match": _REQUIRED, "count": None},
     # when a command containing `match` has started, its sandbox is killed server-side (state "vanished")
     "vanish": {"match": _REQUIRED, "count": 1},
-    # `after_seconds` after a command containing `match` started, its output stream breaks off (UNAVAILABLE) while
-    # the command and its sandbox live on
+    # `after_seconds` after a command containing `match` started, its output stream breaks off (UNAVAILABLE), once,
+    # while the command and its sandbox live on (what it prints meanwhile is not sent to a later Connect)
     "cut": {"match": _REQUIRED, "after_seconds": 0.5, "count": 1},
     # GET /v2/sandboxes answers at most `page_size` items a page (until clear_faults)
     "list_pages": {"page_size": _REQUIRED},
