@@ -60,6 +60,7 @@ endef
 export WAIT_FOR_SERVER
 server: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_URL=http://127.0.0.1:$(PREFECT_PORT) \
+		PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem \
 		$(UV) run prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) --background
 	@$(UV) run python -c "$$WAIT_FOR_SERVER" http://127.0.0.1:$(PREFECT_PORT)/api/health
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(UV) run python -m deployments.bootstrap --sandboxes 5

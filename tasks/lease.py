@@ -31,6 +31,7 @@ SLOT_LEASE_SECONDS = 60  # the shortest lease Prefect's server grants
 SLOT_RENEW_EVERY = 15  # at most: three more tries before the server frees the slot
 RENEW_FRACTION = 1 / 3  # a sandbox's lease is renewed when two thirds of it remain
 RETRY_AFTER_FAILURE = 2.0  # seconds before a renewal that failed is tried again
+CALL_TIMEOUT = 10.0  # the most one renewal may take (the Prefect client retries an unreachable API for longer)
 
 
 class SessionLease:
@@ -49,18 +50,21 @@ class SessionLease:
         self._slot_renewed = time.monotonic()  # the slot was acquired just before the block
         self._slot_due = self._slot_renewed + self.slot_every
         self._sandbox_due = float("inf")
-        self._wake = asyncio.Event()
-        self._keeper: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # the sandbox to renew changed
+        self._keepers: list[asyncio.Task] = []
         self._failing: set[str] = set()  # what failed to renew and was said so (once, until it works again)
 
     async def __aenter__(self) -> SessionLease:
-        self._keeper = asyncio.create_task(self._keep(), name="agentbox-session-lease")
+        # Two loops: a renewal stuck on an unreachable API (the client retries) must not hold up the other.
+        self._keepers = [asyncio.create_task(self._keep("slot"), name="agentbox-slot-lease"),
+                         asyncio.create_task(self._keep("sandbox"), name="agentbox-sandbox-lease")]
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        self._keeper.cancel()
-        await asyncio.gather(self._keeper, return_exceptions=True)
+        for keeper in self._keepers:
+            keeper.cancel()
+        await asyncio.gather(*self._keepers, return_exceptions=True)
         if self.lost is not None and exc is not None and not isinstance(exc, LeaseLost):
             raise self.lost from exc  # the session failed because its sandbox was stopped: say why
 
@@ -78,26 +82,29 @@ class SessionLease:
             self._sandbox_due = float("inf")
         self._wake.set()
 
-    async def _keep(self) -> None:
+    async def _keep(self, what: str) -> None:
+        if what == "slot" and not self.slot_lease:
+            return
         while self.lost is None:
-            now = time.monotonic()
-            if self.slot_lease and now >= self._slot_due:
-                await self._renew_slot()
-            if self.handle is not None and now >= self._sandbox_due:
-                await self._renew_sandbox()
-            due = min(self._slot_due if self.slot_lease else float("inf"), self._sandbox_due)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(due - time.monotonic(), 0.01)
-                                       if due != float("inf") else None)
+            due = self._slot_due if what == "slot" else self._sandbox_due
+            if time.monotonic() >= due:
+                await (self._renew_slot() if what == "slot" else self._renew_sandbox())
+                continue
+            if what == "sandbox":
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), None if due == float("inf") else due - time.monotonic())
+            else:
+                await asyncio.sleep(due - time.monotonic())
 
     async def _renew_slot(self) -> None:
         try:
             async with get_client() as client:
-                await client.renew_concurrency_lease(UUID(self.slot_lease), lease_duration=SLOT_LEASE_SECONDS)
+                await asyncio.wait_for(client.renew_concurrency_lease(
+                    UUID(self.slot_lease), lease_duration=SLOT_LEASE_SECONDS), CALL_TIMEOUT)
         except (ObjectNotFound, httpx.HTTPStatusError) as exc:
-            if isinstance(exc, ObjectNotFound) or exc.response.status_code == 404:
-                await self._lose("the server freed it")
+            if isinstance(exc, ObjectNotFound) or exc.response.status_code in (404, 410):
+                await self._lose("the server no longer knows it")
                 return
             self._failed("slot", exc, RETRY_AFTER_FAILURE)
         except Exception as exc:  # noqa: BLE001 - the API unreachable: tried again until the slot's lease ends
@@ -118,7 +125,7 @@ class SessionLease:
             self._sandbox_due = float("inf")
             return
         try:
-            await self.sandboxes.renew(self.handle, seconds)
+            await asyncio.wait_for(self.sandboxes.renew(self.handle, seconds), CALL_TIMEOUT)
         except SandboxError as exc:
             if not exc.retryable:  # gone: the session sees it on its next command
                 self._sandbox_due = float("inf")

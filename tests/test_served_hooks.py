@@ -5,6 +5,7 @@ production run on each backend (tests/worlds.py) whose model never answers, so t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,13 +16,16 @@ from types import SimpleNamespace
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.states import Cancelling
+from prefect.states import Cancelling, Scheduled
 
 from tests.support import WORKDIR, stop_process_group
+from tests.test_leases import after_the_write_the_model_thinks, wait_for
 from tests.worlds import BACKENDS, World
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
+NEVER = [{"hang_seconds": 600}]
+WRITTEN = "octo/written"
 SERVE = "from flows.notion_to_github import notion_to_github; notion_to_github.serve(name='hooks-{backend}')"
 
 
@@ -32,14 +36,16 @@ def runner(request, prefect_api, services):
 
     e2b = request.getfixturevalue("e2b_standin") if request.param == "e2b" else None
     world = World(request.param, services, e2b)
-    model = world.model([{"hang_seconds": 600}])
+    # one model for every run, whose script each run's repository picks: most never answer (mid-prompt when killed)
+    model = world.model({"octo/sigkill": NEVER, "octo/cancel": NEVER, WRITTEN: after_the_write_the_model_thinks(
+        *WRITTEN.split("/"), "Killed after its write")})
     env = {**os.environ, **world.environment(model), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SERVE.format(backend=world.backend)], cwd=WORKDIR, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deployment = asyncio.run(_deployment_id(proc, f"notion-to-github/hooks-{world.backend}"))
-        yield SimpleNamespace(deployment=deployment, pid=proc.pid, world=world)
+        yield SimpleNamespace(deployment=deployment, pid=proc.pid, world=world, model=model)
     finally:
         stop_process_group(proc)
         world.close()
@@ -112,3 +118,31 @@ def test_a_cancelled_deployment_run_leaves_no_sandbox(runner):
     state = asyncio.run(final_state(run_id))
     assert state.is_cancelled(), state
     assert runner.world.wait_gone(sandbox)
+
+
+def test_a_run_killed_after_its_write_and_retried_never_writes_twice(runner):
+    """SIGKILL of the flow process right after the agent opened its issue, then the run retried as the UI's Retry
+    does (the same flow run, scheduled again): the journal shows the write, so the retry does not run the agent
+    and fails for a person to decide; one issue."""
+    run_id = asyncio.run(trigger(runner.deployment, WRITTEN))
+    sandbox = runner.world.wait_for_sandbox_of(run_id)
+
+    def asked() -> list[dict]:
+        return [r for r in runner.model.app.state.requests if WRITTEN in json.dumps(r)]
+
+    wait_for(lambda: len(asked()) >= 3, 120, "the model's turn after create_issue")
+    assert len(runner.world.issues(WRITTEN)) == 1
+    os.kill(flow_process(runner.pid), signal.SIGKILL)
+    assert asyncio.run(final_state(run_id)).is_crashed()
+    assert runner.world.wait_gone(sandbox)
+
+    async def retry() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(run_id, Scheduled(name="AwaitingRetry"), force=True)
+
+    asyncio.run(retry())
+    state = asyncio.run(final_state(run_id))
+    assert state.is_failed(), state
+    assert "An earlier attempt of this run stopped after the agent's writes: create_issue" in state.message
+    assert len(runner.world.issues(WRITTEN)) == 1
+    assert len(asked()) == 3  # the agent was not run again

@@ -67,6 +67,7 @@ _CUSTOM_FIELDS = frozenset({"run_cmd", "install_cmd", "envs"})
 # The hosts each catalog server's gateway-side process must reach (E2B's egress policy covers the whole sandbox).
 UPSTREAM_HOSTS = {"notion": ["api.notion.com"], "githubOfficial": ["api.github.com", "uploads.github.com"]}
 PLACEHOLDER_KEY = "agentbox-placeholder-e2b-egress-rules-add-the-real-one"
+INPUT_TRIES = 4  # sends of one line of a command's input, before its failure ends the command
 
 
 def catalog_servers() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
@@ -249,7 +250,7 @@ class E2BSandboxes(SandboxBackend):
                 if stdin is not None:
                     feeding = asyncio.ensure_future(_feed(process, stdin))
                 try:
-                    exit_code = await command_run.wait()
+                    exit_code = await _unless_input_fails(command_run, feeding)
                 except TimeoutError:
                     with contextlib.suppress(Exception):
                         await command_run.process.kill()
@@ -302,14 +303,45 @@ class E2BSandboxes(SandboxBackend):
 
 
 async def _feed(process: Any, chunks: AsyncIterator[str]) -> None:
-    """Send `chunks` to a command's input (envd's SendInput) in order as they come, then close it; a command that
-    already ended takes no more and ends the feeding quietly."""
+    """Send `chunks` to a command's input (envd's SendInput) in order as they come, then close it. A command that
+    already ended takes no more and ends the feeding quietly; a send that fails for another reason is tried again
+    (a busy or briefly unreachable envd), then raised: a line lost would leave Claude waiting for it."""
     try:
         async for chunk in chunks:
-            await process.send_stdin(chunk)
-        await process.close_stdin()
-    except (NotFoundException, SandboxException):
+            await _sent(process.send_stdin, chunk)
+        await _sent(process.close_stdin)
+    except NotFoundException:
         pass
+
+
+async def _sent(call: Any, *args: Any) -> None:
+    for attempt in range(INPUT_TRIES):
+        try:
+            await call(*args)
+            return
+        except (NotFoundException, SandboxNotRunningException):
+            raise
+        except SandboxException:
+            if attempt == INPUT_TRIES - 1:
+                raise
+            await asyncio.sleep(0.2 * 2**attempt)
+
+
+async def _unless_input_fails(command_run: FollowedCommand, feeding: asyncio.Future | None) -> int:
+    """The command's exit code; when its input could not be sent, the command is killed and the failure raised."""
+    waiting = asyncio.ensure_future(command_run.wait())
+    try:
+        if feeding is not None:
+            await asyncio.wait({waiting, feeding}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done() and feeding.done() and feeding.exception() is not None:
+                with contextlib.suppress(Exception):
+                    await command_run.process.kill()
+                raise feeding.exception()
+        return await waiting
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

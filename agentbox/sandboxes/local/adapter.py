@@ -34,7 +34,7 @@ from agentbox.sandboxes.local.network import PLACEHOLDER
 from agentbox.sandboxes.local.owners import sandbox_uid, write_owned
 from agentbox.sandboxes.local.prepare import make_state, prepare_sandbox
 from agentbox.sandboxes.local.processes import abandon, command_argv, feed, kill_state, pump, start_supervisor
-from agentbox.sandboxes.local.state import SandboxState, translated
+from agentbox.sandboxes.local.state import ID_PREFIX, SandboxState, translated
 
 if TYPE_CHECKING:
     from agentbox.settings import Settings
@@ -95,6 +95,8 @@ class LocalSandboxes(SandboxBackend):
         lease_seconds: int | None = None,
     ) -> SandboxHandle:
         await check_bubblewrap()
+        if self.root.is_dir():
+            await asyncio.to_thread(self.sweep)
         spare = spares.claim_spare(self.root) if self.warm_spare else None
         while True:
             state = spare or SandboxState.new(self.root)
@@ -136,6 +138,16 @@ class LocalSandboxes(SandboxBackend):
         with translated(f"renew the lease of {handle.id}", state=state):
             state.write_lease(ends)  # the supervisor reads it when the end it knew comes
         return ends
+
+    def sweep(self) -> list[str]:
+        """Remove what creators killed mid-create left under the root (a state without a supervisor, with the
+        servers' credentials in its files); the ids removed. Every create and list sweeps, as does the reaper."""
+        swept = []
+        for state in map(SandboxState, sorted(self.root.glob(f"{ID_PREFIX}*"))):
+            if state.abandoned():
+                kill_state(state)
+                swept.append(state.id)
+        return swept
 
     async def gateway_token(self, handle: SandboxHandle) -> str:
         state = SandboxState.of(self.root, handle.id)
@@ -220,6 +232,7 @@ class LocalSandboxes(SandboxBackend):
         found: list[SandboxInfo] = []
         if not self.root.is_dir():
             return found
+        await asyncio.to_thread(self.sweep)
         for state in map(SandboxState, sorted(self.root.iterdir())):
             info = state.read_info()
             alive = info and state.supervisor_alive()

@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ from agentbox.host import process_alive, read_pid
 
 ID_PREFIX = "local-"
 STARTING_GRACE_SECONDS = 60  # how long a sandbox may take to get its supervisor running
+ABANDONED_AFTER_SECONDS = 20  # a state nobody supervises (its creator died mid-create) is swept after this
 SUPERVISOR = "agentbox.sandboxes.local.supervisor"
 LEASE_MOVED = signal.SIGUSR2  # tells the supervisor to read its lease again (blocked by it from its first moment)
 
@@ -249,6 +251,16 @@ class SandboxState:
         supervisor gives up."""
         age = (datetime.now(timezone.utc) - datetime.fromisoformat(info["created_at"])).total_seconds()
         return not self.supervisor_pid_file.exists() and age < STARTING_GRACE_SECONDS
+
+    def abandoned(self) -> bool:
+        """Whether this is what a creator killed mid-create (or a supervisor killed) left behind: no supervisor runs,
+        it is no warm spare (those end by themselves), and nothing has changed in it for ABANDONED_AFTER_SECONDS."""
+        if not self.id.startswith(ID_PREFIX) or self.supervisor_alive() or self.spare_order_file.exists():
+            return False
+        try:
+            return time.time() - self.path.stat().st_mtime > ABANDONED_AFTER_SECONDS
+        except OSError:
+            return False
 
     def require_running(self) -> dict:
         """The sandbox's info; a SandboxError when it is not running (killed or past its TTL)."""
