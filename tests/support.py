@@ -84,8 +84,10 @@ class Person:
     with the defaults and `answer` over them. `answers` > 1 answers that many pauses in turn; an answer of None
     cancels the run instead, as the UI's Cancel button does."""
 
-    def __init__(self, run_name: str, answer: dict | None, answers: int = 1, timeout: float = 240) -> None:
+    def __init__(self, run_name: str, answer: dict | None, answers: int = 1, timeout: float = 240,
+                 thinks_for: float = 0.0) -> None:
         self.run_name, self.answer, self.answers, self.timeout = run_name, answer, answers, timeout
+        self.thinks_for = thinks_for  # seconds the person takes before answering
         self.form: dict = {}
         self.forms: list[dict] = []
         self.error: BaseException | None = None
@@ -132,6 +134,7 @@ class Person:
                 schema = await aread_flow_run_input(keyset["schema"], flow_run_id=run.id)
                 self.form = {name: field.get("default") for name, field in schema["properties"].items()}
                 self.forms.append(self.form)
+                await asyncio.sleep(self.thinks_for)
                 if self.answer is None:
                     await client.set_flow_run_state(run.id, Cancelling(), force=True)
                     return
