@@ -37,6 +37,7 @@ WRITE_VERBS = frozenset({
     "request", "rerun", "resolve", "run", "send", "set", "star", "submit", "tag", "transfer", "trigger", "unlock",
     "unstar", "update", "upload", "write"})
 READ_VERBS = frozenset({"search", "query", "get", "list", "read", "retrieve", "fetch", "find", "describe", "view"})
+WRITES_BY_VERB = "*by-verb*"  # the gateway's --writes for the default: the tools named with a writing verb
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _EGRESS_HOST = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}(:[0-9]{{1,5}})?$")
 

@@ -51,6 +51,7 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
         tools=plan.policy.tools,
         network=plan.network(),
         lease_seconds=plan.lease_seconds,  # renewed by the run's SessionLease (tasks/lease.py) while it lives
+        writes=plan.policy.writes,
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle

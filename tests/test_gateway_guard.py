@@ -68,3 +68,22 @@ def test_an_ordinary_call_passes_and_is_logged(gateway):
     assert asyncio.run(call(url, "echo", {"text": "hello"})) == "hello"
     last = calls(log)[-1]
     assert last["outcome"] == "ok" and last["argument_bytes"] == len('{"text": "hello"}') and last["seconds"] >= 0
+
+
+def test_a_write_made_twice_with_the_same_arguments_is_refused(tmp_path, pycache):  # noqa: F811
+    """Given which tools write (--writes, from the run policy), the gateway makes each write once per run: the same
+    call again is refused, another one goes through."""
+    (tmp_path / "catalog.json").write_text(json.dumps(CATALOG))
+    log = tmp_path / "calls.jsonl"
+    gateway = Gateway("writes", tmp_path, pycache, {"leaky": {"apiToken": SERVER_TOKEN}}, "--call-log", str(log),
+                      "--writes", "echo")
+    try:
+        gateway.wait_ready({"leaky": ["echo", "leak"]})
+        assert asyncio.run(call(gateway.url, "echo", {"text": "open the issue"}))
+        with pytest.raises(ToolError, match="Blocked by policy: do not retry. This exact call of echo was already"):
+            asyncio.run(call(gateway.url, "echo", {"text": "open the issue"}))
+        assert asyncio.run(call(gateway.url, "echo", {"text": "another issue"}))
+        assert asyncio.run(call(gateway.url, "leak", {})) == asyncio.run(call(gateway.url, "leak", {}))  # no write
+    finally:
+        gateway.stop()
+    assert [(c["tool"], c["outcome"]) for c in calls(log)][:3] == [("echo", "ok"), ("echo", "blocked"), ("echo", "ok")]

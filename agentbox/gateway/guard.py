@@ -5,14 +5,16 @@ The gateway holds the run's secrets (each server's token, its own bearer token, 
 GitHub token, a Notion page holding the model key. So a call whose arguments contain a secret value is refused with
 the policy's one message, before it reaches the server, and a secret in a server's answer is replaced by `***`
 before the agent sees it. Each call becomes one JSON line in the call log (time, tool, argument names and size,
-outcome, duration), never the arguments' values: the run's audit table is built from it.
+outcome, duration), never the arguments' values: the run's audit table is built from it. Given which tools write
+(the run policy's `writes`), the guard also refuses a second call of a write with the same arguments as one made,
+or under way, in this sandbox's life (the run): a write that failed may be tried again.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +25,7 @@ from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import ToolResult
 from mcp.types import CallToolRequestParams, TextContent
 
+from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
 
@@ -33,7 +36,9 @@ class CallGuard(Middleware):
 
     secrets: Iterable[str]
     call_log: Path | None = None
+    is_write: Callable[[str], bool] | None = None  # which tools write (None: none is tracked)
     matcher: SecretMatcher = field(init=False)
+    writes: set[str] = field(default_factory=set)  # the fingerprints of the writes made or under way
 
     def __post_init__(self) -> None:
         self.matcher = SecretMatcher(self.secrets, BLOCK_MIN_CHARS)
@@ -46,11 +51,20 @@ class CallGuard(Middleware):
         if self.matcher.found_in(text):
             self._write(entry, started, "blocked", "a secret of this run in its arguments")
             raise ToolError(f"{BLOCKED} The arguments of {tool} contain a secret of this run; they were not sent.")
+        mark = fingerprint(tool, arguments) if self.is_write and self.is_write(tool) else None
+        if mark in self.writes:
+            self._write(entry, started, "blocked", "a second call of a write with the same arguments")
+            raise ToolError(f"{BLOCKED} This exact call of {tool} was already made in this run; it is not made twice.")
+        if mark:
+            self.writes.add(mark)
         try:
             result = await call_next(context)
         except Exception as exc:
+            self.writes.discard(mark)
             self._write(entry, started, "error", type(exc).__name__)
             raise
+        if result.is_error:
+            self.writes.discard(mark)
         redacted = self._redact(result)
         self._write(entry, started, "error" if result.is_error else "ok", "secret redacted" if redacted else "")
         return result

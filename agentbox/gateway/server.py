@@ -24,7 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -40,7 +40,7 @@ from agentbox.errors import ConfigError, one_line
 from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
 from agentbox.gateway.guard import CallGuard
 from agentbox.secrets import config_secrets
-from agentbox.policy import tool_list
+from agentbox.policy import WRITES_BY_VERB, RunPolicy, tool_list
 
 log = logging.getLogger("agentbox.gateway")
 DEFAULT_PORT = 50005
@@ -139,6 +139,7 @@ async def build_gateway(
     start_timeout: float = UPSTREAM_START_TIMEOUT,
     secrets: list[str] = (),
     call_log: Path | None = None,
+    is_write: Callable[[str], bool] | None = None,
 ) -> tuple[FastMCP, list[UpstreamStatus]]:
     """Start every upstream, check for clashes, and mount the ready ones on one FastMCP server, behind the guard
     (see guard.py) that keeps the config's secrets, the token and `secrets` out of every call."""
@@ -157,7 +158,7 @@ async def build_gateway(
 
     auth = BearerToken(token)
     gateway = FastMCP("agentbox-gateway", auth=auth)
-    gateway.add_middleware(CallGuard([*config_secrets(config), token, *secrets], call_log))
+    gateway.add_middleware(CallGuard([*config_secrets(config), token, *secrets], call_log, is_write))
     for upstream, proxy, status in zip(servers, proxies, statuses):
         if status.state == "ready":
             gateway.add_provider(proxy, namespace=upstream.key if prefix else "")
@@ -244,6 +245,13 @@ def wait_for_options() -> list[str] | None:
     return list(request["args"])
 
 
+def writes_rule(text: str | None) -> Callable[[str], bool] | None:
+    """Which tools write, as --writes says (None: no tracking)."""
+    if text is None:
+        return None
+    return RunPolicy(writes=None if text == WRITES_BY_VERB else tool_list(text)).is_write
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--stdin-config"]:
@@ -259,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default=None,
                         help="comma-separated allow-list of tool names; given empty, no tool is served")
     parser.add_argument("--prefix", action="store_true", help="prefix tool names with '<server>_'")
+    parser.add_argument("--writes", default=None,
+                        help="comma-separated tools that write (names or patterns; '*by-verb*': those named with a "
+                        "writing verb): a second call with the same arguments is refused")
     parser.add_argument("--call-log", type=Path, default=os.environ.get("GATEWAY_CALL_LOG") or None,
                         help="append one JSON line per tool call here (default: $GATEWAY_CALL_LOG)")
     args = parser.parse_args(argv)
@@ -275,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         async def serve() -> None:
             extra = json.loads(os.environ.get("GATEWAY_SECRET_VALUES") or "[]")  # the sandbox's own secrets
             gateway, _ = await build_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
-                                             call_log=args.call_log)
+                                             call_log=args.call_log, is_write=writes_rule(args.writes))
             await serve_warm(gateway, token, args.host, args.port)
 
         asyncio.run(serve())

@@ -156,6 +156,7 @@ class E2BSandboxes(SandboxBackend):
         tools: list[str] | None = None,  # E2B starts its gateway itself, with every tool: Claude's allow-list rules
         network: Network | None = None,
         lease_seconds: int | None = None,
+        writes: list[str] | None = None,
     ) -> SandboxHandle:
         envs, policy = self._network(network or Network(), mcp_config, envs)
         async with _translated("create a sandbox"):

@@ -45,6 +45,7 @@ class LocalSandboxes(SandboxBackend):
 
     name = "local"
     gateway_filters_tools = True
+    gateway_refuses_repeats = True
 
     def __init__(
         self,
@@ -93,6 +94,7 @@ class LocalSandboxes(SandboxBackend):
         tools: list[str] | None = None,
         network: Network | None = None,
         lease_seconds: int | None = None,
+        writes: list[str] | None = None,
     ) -> SandboxHandle:
         await check_bubblewrap()
         if self.root.is_dir():
@@ -106,7 +108,7 @@ class LocalSandboxes(SandboxBackend):
                     if not spare:
                         make_state(state)
                     info = prepare_sandbox(state, mcp_config, envs, ttl_seconds, metadata, tools,
-                                           network or Network(), self.catalog_file, lease_seconds)
+                                           network or Network(), self.catalog_file, lease_seconds, writes)
                     if spare:
                         await spares.Spare(state).wake()
                     else:

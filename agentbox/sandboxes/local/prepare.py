@@ -15,6 +15,7 @@ from agentbox.sandboxes.base import Network
 from agentbox.sandboxes.local.bwrap import base_env, bwrap_argv, needed_paths, write_identity_files
 from agentbox.sandboxes.local.network import egress_config, inside_env, sandbox_routes
 from agentbox.sandboxes.local.owners import prepare_private_dirs, write_private
+from agentbox.policy import WRITES_BY_VERB
 from agentbox.sandboxes.local.state import SandboxState
 from agentbox.secrets import looks_secret
 
@@ -47,6 +48,7 @@ def prepare_sandbox(
     network: Network,
     catalog_file: Path | None,
     lease_seconds: int | None = None,
+    writes: list[str] | None = None,
 ) -> dict:
     """Write what the supervisor and later commands need, secrets only in files only the owner can read; the
     sandbox's info (as its `info_file` holds it)."""
@@ -62,6 +64,7 @@ def prepare_sandbox(
         gateway_args += ["--catalog", f"{GATEWAY_DIR}/{state.CATALOG}"]
     if tools is not None:
         gateway_args += ["--tools", ",".join(tools)]
+    gateway_args += ["--writes", WRITES_BY_VERB if writes is None else ",".join(writes)]
     created = datetime.now(timezone.utc)
     info = {
         "id": state.id,
