@@ -37,6 +37,7 @@ from agentbox.secrets import redact, redact_value
 if TYPE_CHECKING:
     from agentbox.journal import Journal
 
+
 class ApprovalRequest(BaseModel, frozen=True):
     """A call a person must approve: which server's tool, with which arguments (secrets redacted), and what silence
     means."""
