@@ -25,7 +25,7 @@ from tests.worlds import BACKENDS, World
 pytestmark = pytest.mark.usefixtures("prefect_api", "no_leftovers")
 
 NEVER = [{"hang_seconds": 600}]
-WRITTEN = "octo/written"
+WRITTEN = "octo/written-{backend}"  # GitHub's stand-in serves the whole test session
 SERVE = "from flows.notion_to_github import notion_to_github; notion_to_github.serve(name='hooks-{backend}')"
 
 
@@ -37,8 +37,9 @@ def runner(request, prefect_api, services):
     e2b = request.getfixturevalue("e2b_standin") if request.param == "e2b" else None
     world = World(request.param, services, e2b)
     # one model for every run, whose script each run's repository picks: most never answer (mid-prompt when killed)
-    model = world.model({"octo/sigkill": NEVER, "octo/cancel": NEVER, WRITTEN: after_the_write_the_model_thinks(
-        *WRITTEN.split("/"), "Killed after its write")})
+    written = WRITTEN.format(backend=world.backend)
+    model = world.model({"octo/sigkill": NEVER, "octo/cancel": NEVER, written: after_the_write_the_model_thinks(
+        *written.split("/"), "Killed after its write")})
     env = {**os.environ, **world.environment(model), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SERVE.format(backend=world.backend)], cwd=WORKDIR, env=env,
@@ -124,14 +125,15 @@ def test_a_run_killed_after_its_write_and_retried_never_writes_twice(runner):
     """SIGKILL of the flow process right after the agent opened its issue, then the run retried as the UI's Retry
     does (the same flow run, scheduled again): the journal shows the write, so the retry does not run the agent
     and fails for a person to decide; one issue."""
-    run_id = asyncio.run(trigger(runner.deployment, WRITTEN))
+    written = WRITTEN.format(backend=runner.world.backend)
+    run_id = asyncio.run(trigger(runner.deployment, written))
     sandbox = runner.world.wait_for_sandbox_of(run_id)
 
     def asked() -> list[dict]:
-        return [r for r in runner.model.app.state.requests if WRITTEN in json.dumps(r)]
+        return [r for r in runner.model.app.state.requests if written in json.dumps(r)]
 
     wait_for(lambda: len(asked()) >= 3, 120, "the model's turn after create_issue")
-    assert len(runner.world.issues(WRITTEN)) == 1
+    assert len(runner.world.issues(written)) == 1
     os.kill(flow_process(runner.pid), signal.SIGKILL)
     assert asyncio.run(final_state(run_id)).is_crashed()
     assert runner.world.wait_gone(sandbox)
@@ -144,5 +146,5 @@ def test_a_run_killed_after_its_write_and_retried_never_writes_twice(runner):
     state = asyncio.run(final_state(run_id))
     assert state.is_failed(), state
     assert "An earlier attempt of this run stopped after the agent's writes: create_issue" in state.message
-    assert len(runner.world.issues(WRITTEN)) == 1
+    assert len(runner.world.issues(written)) == 1
     assert len(asked()) == 3  # the agent was not run again
