@@ -50,6 +50,21 @@ def start(command: list[str], env: dict[str, str], log: Path, cwd: Path = WORKDI
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`prefect server start` on a loopback port, returned once its API answers /health (within 3 minutes)."""
+    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log)
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the Prefect server did not start"
+        time.sleep(0.25)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, services):
     """`prefect server start` with its own home (so its own sqlite database), and the environment of its users."""
@@ -62,18 +77,8 @@ def server(tmp_path_factory, services):
                   "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
                   "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1"}
     log = home / "server.log"
-    proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env, log)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the Prefect server did not start"
-        time.sleep(0.25)
+    proc = start_server(port, server_env, log)
     env = {**base, **FAST, "PREFECT_API_URL": url, "PREFECT_HOME": str(home / "client")}
     try:
         yield SimpleNamespace(url=url, ui=url.removesuffix("/api"), env=env, home=home, logs=[log])

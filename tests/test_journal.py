@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -19,18 +18,11 @@ from agentbox.rehearsal.seed import notion_to_github_script
 from agentbox.sandboxes import get_backend
 from agentbox.settings import load_settings
 from flows.notion_to_github import IssueRequest, notion_to_github
+from tests.test_leases import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 THINKING = 300  # the model's pause after the issue was opened
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_a_run_retried_after_its_sandbox_died_past_a_write_does_not_write_again(world):

@@ -12,11 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agentbox.rehearsal.seed import notion_to_github_script
-from tests.deployed import BIN, FAST, free_port, start
+from tests.deployed import FAST, free_port, start_server
 from tests.support import WORKDIR, stop_process_group
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -41,18 +40,7 @@ class RestartableServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-                          self.server_env, self.home / "server.log")
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.proc.poll() is None, (self.home / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the Prefect server did not start"
-            time.sleep(0.25)
+        self.proc = start_server(self.port, self.server_env, self.home / "server.log")
 
     def stop(self) -> None:
         if self.proc is not None:
