@@ -358,14 +358,17 @@ def test_health_needs_the_token_and_reports_every_server(main_gateway: Gateway) 
         assert http.get(health, headers={"Authorization": f"Basic {TOKEN}"}).status_code == 401
         response = http.get(health, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
-    assert response.json() == {
-        "status": "ok",
-        "servers": {
-            "echo": {"state": "ready", "tools": 2, "error": ""},
-            "other": {"state": "ready", "tools": 1, "error": ""},
-        },
-    }
+    body = response.json()
+    assert body["status"] == "ok" and set(body["servers"]) == {"echo", "other"}
+    assert served(body, "echo") == {"state": "ready", "tools": 2, "error": "", "transport": "stdio"}
+    assert served(body, "other") == {"state": "ready", "tools": 1, "error": "", "transport": "stdio"}
+    assert "tools" in body["servers"]["echo"]["features"]  # what each server declared it offers
+    assert body["accepts"] == {"hosts": ["loopback", "127.0.0.1"], "auth": "bearer"}
     assert TOKEN not in response.text
+
+
+def served(health: dict, key: str) -> dict:
+    return {k: health["servers"][key][k] for k in ("state", "tools", "error", "transport")}
 
 
 def test_claude_code_registers_and_connects_to_the_gateway(main_gateway: Gateway, tmp_path: Path) -> None:
@@ -456,8 +459,8 @@ def test_health_of_a_degraded_gateway_reports_each_server(fleet: dict[str, Gatew
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "degraded"
-    assert body["servers"]["echo"] == {"state": "ready", "tools": 2, "error": ""}
-    assert body["servers"]["clash"] == {"state": "ready", "tools": 1, "error": ""}
+    assert served(body, "echo") == {"state": "ready", "tools": 2, "error": "", "transport": "stdio"}
+    assert served(body, "clash") == {"state": "ready", "tools": 1, "error": "", "transport": "stdio"}
     assert body["servers"]["broken"]["state"] == "failed"
     assert body["servers"]["broken"]["tools"] == 0
     assert body["servers"]["broken"]["error"]

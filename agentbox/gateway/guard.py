@@ -14,25 +14,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastmcp.exceptions import ToolError
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools import ToolResult
-from mcp.types import CallToolRequestParams, TextContent
-
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
 
+Forward = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def refusal(text: str) -> dict[str, Any]:
+    """A tools/call result that tells the agent it was refused (an error result, as a failing tool gives)."""
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
 
 @dataclass
-class CallGuard(Middleware):
-    """fastmcp middleware: refuse secrets in arguments, redact them in results, log every call."""
+class CallGuard:
+    """Refuse secrets in a call's arguments, redact them in its result, log every call."""
 
     secrets: Iterable[str]
     call_log: Path | None = None
@@ -43,42 +45,41 @@ class CallGuard(Middleware):
     def __post_init__(self) -> None:
         self.matcher = SecretMatcher(self.secrets, BLOCK_MIN_CHARS)
 
-    async def on_call_tool(self, context: MiddlewareContext[CallToolRequestParams],
-                           call_next: CallNext[CallToolRequestParams, ToolResult]) -> ToolResult:
-        tool, arguments = context.message.name, context.message.arguments or {}
+    async def call(self, tool: str, arguments: dict[str, Any], forward: Forward) -> dict[str, Any]:
+        """The result of `forward()` (the call made upstream), unless the call is refused."""
         started, text = time.monotonic(), json.dumps(arguments, ensure_ascii=False)
         entry = {"tool": tool, "arguments": sorted(arguments), "argument_bytes": len(text.encode())}
         if self.matcher.found_in(text):
             self._write(entry, started, "blocked", "a secret of this run in its arguments")
-            raise ToolError(f"{BLOCKED} The arguments of {tool} contain a secret of this run; they were not sent.")
+            return refusal(f"{BLOCKED} The arguments of {tool} contain a secret of this run; they were not sent.")
         mark = fingerprint(tool, arguments) if self.is_write and self.is_write(tool) else None
         if mark in self.writes:
             self._write(entry, started, "blocked", "a second call of a write with the same arguments")
-            raise ToolError(f"{BLOCKED} This exact call of {tool} was already made in this run; it is not made twice.")
+            return refusal(f"{BLOCKED} This exact call of {tool} was already made in this run; it is not made twice.")
         if mark:
             self.writes.add(mark)
         try:
-            result = await call_next(context)
-        except Exception as exc:
+            result = await forward()
+        except BaseException as exc:
             self.writes.discard(mark)
             self._write(entry, started, "error", type(exc).__name__)
             raise
-        if result.is_error:
+        if result.get("isError"):
             self.writes.discard(mark)
         redacted = self._redact(result)
-        self._write(entry, started, "error" if result.is_error else "ok", "secret redacted" if redacted else "")
+        self._write(entry, started, "error" if result.get("isError") else "ok", "secret redacted" if redacted else "")
         return result
 
-    def _redact(self, result: ToolResult) -> bool:
+    def _redact(self, result: dict[str, Any]) -> bool:
         """Replace every secret in the result's text (and structured content); whether there was one."""
         found = False
-        for block in result.content:
-            if isinstance(block, TextContent) and self.matcher.found_in(block.text):
-                found, block.text = True, self.matcher.redact(block.text)
-        if result.structured_content is not None:
-            dumped = json.dumps(result.structured_content, ensure_ascii=False)
+        for block in result.get("content") or ():
+            if block.get("type") == "text" and self.matcher.found_in(block.get("text", "")):
+                found, block["text"] = True, self.matcher.redact(block["text"])
+        if result.get("structuredContent") is not None:
+            dumped = json.dumps(result["structuredContent"], ensure_ascii=False)
             if self.matcher.found_in(dumped):
-                found, result.structured_content = True, json.loads(self.matcher.redact(dumped))
+                found, result["structuredContent"] = True, json.loads(self.matcher.redact(dumped))
         return found
 
     def _write(self, entry: dict[str, Any], started: float, outcome: str, detail: str) -> None:

@@ -1,8 +1,9 @@
-"""An MCP gateway with the interface of E2B's `mcp-gateway`, built on fastmcp.
+"""An MCP gateway with the interface of E2B's `mcp-gateway`, built on the `mcp` SDK's low-level server and client.
 
-`python -m agentbox.gateway --config '<json>'` starts every configured catalog server once (a keep-alive stdio
-process or a Streamable HTTP client), checks that no two servers serve the same tool name, and serves all their tools
-as one MCP server at `/mcp`, behind the bearer token of `GATEWAY_ACCESS_TOKEN`. Tool names are not prefixed (as in
+`python -m agentbox.gateway --config '<json>'` starts every configured catalog server once (a kept-alive stdio
+process or a Streamable HTTP session), checks that no two servers serve the same tool name, and serves them all as
+one MCP server at `/mcp` (router.py: every MCP feature passes through unchanged), behind the bearer token of
+`GATEWAY_ACCESS_TOKEN` and a check of Host and Origin. Tool names are not prefixed (as in
 Docker's gateway) unless `--prefix` is given. A server that fails to start is reported on `GET /health` and its tools
 are missing, so a readiness probe can tell "not yet" from "never".
 
@@ -17,177 +18,179 @@ import asyncio
 import contextlib
 import hmac
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
-from fastmcp import FastMCP
-from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
-from fastmcp.server.providers.proxy import ProxyClient, ProxyProvider
-from fastmcp.tools import Tool
-from fastmcp.server.auth.auth import AccessToken, TokenVerifier
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentbox.errors import ConfigError, one_line
-from agentbox.gateway.catalog import Upstream, load_catalog, read_config_argument, upstreams
+from agentbox.errors import ConfigError
+from agentbox.gateway.catalog import load_catalog, read_config_argument, upstreams
 from agentbox.gateway.guard import CallGuard
+from agentbox.gateway.router import Router
+from agentbox.gateway.upstream import UpstreamServer
 from agentbox.secrets import config_secrets
 from agentbox.policy import WRITES_BY_VERB, RunPolicy, tool_list
 
 log = logging.getLogger("agentbox.gateway")
 DEFAULT_PORT = 50005
 UPSTREAM_START_TIMEOUT = 120.0
-# The backend sessions keep one protocol era whatever the client speaks; left to mirror each client, fastmcp restarts
-# a kept-alive server whenever the era changes.
-BACKEND_MODE = "legacy"
+LOOPBACK_NAMES = ("localhost",)
 
 
-class BearerToken(TokenVerifier):
-    """Accepts exactly one static token, compared in constant time."""
+def is_allowed_host(host: str, allowed: Sequence[str]) -> bool:
+    """Whether a Host (or an Origin's host) names this gateway: loopback, or one of the names it serves under."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name in LOOPBACK_NAMES or name in allowed:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, token: str) -> None:
-        super().__init__()
-        self._token = token.encode()
 
-    async def verify_token(self, token: str) -> AccessToken | None:
-        if hmac.compare_digest(token.encode(), self._token):
-            return AccessToken(token="gateway", client_id="gateway-client", scopes=[])
-        return None
+class Gate:
+    """In front of every route: a Host or an Origin that is not this gateway's is refused (403: a browser page
+    driven by DNS rebinding must not reach it), and so is a request without the bearer token (401)."""
+
+    def __init__(self, app: ASGIApp, token: str, hosts: Sequence[str]) -> None:
+        self.app, self.token, self.hosts = app, token.encode(), [h.lower() for h in hosts]
 
     def accepts(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        origin = request.headers.get("origin")
+        if not is_allowed_host(request.headers.get("host", ""), self.hosts):
+            response = PlainTextResponse("Forbidden: this Host is not the gateway's", status_code=403)
+        elif origin is not None and not is_allowed_host(urlsplit(origin).netloc, self.hosts):
+            response = PlainTextResponse("Forbidden: requests from this Origin are refused", status_code=403)
+        elif not self.accepts(request.headers.get("authorization")):
+            response = JSONResponse({"error": "unauthorized"}, status_code=401,
+                                    headers={"WWW-Authenticate": 'Bearer realm="agentbox-gateway"'})
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
 
-class ListedOnceProxy(ProxyProvider):
-    """A proxy that lists its server's tools once, as Docker's gateway does: a tool set is fixed for a sandbox's
-    life, and tools/list then costs no round trip to the server (about 45 ms each for notion + github).
-    `_list_tools` is the hook fastmcp's providers override to provide their tools (its documented extension point);
-    fastmcp's own lookups of a tool by name go through it too, so they find the same list."""
-
-    listed: Sequence[Tool] | None = None
-
-    async def _list_tools(self) -> Sequence[Tool]:
-        if self.listed is None:
-            self.listed = await super()._list_tools()
-        return self.listed
-
-
-@dataclass
-class UpstreamStatus:
-    key: str
-    state: str = "starting"  # starting | ready | failed
-    tools: list[str] = field(default_factory=list)
-    error: str = ""
-
-
-def transport_for(upstream: Upstream) -> StdioTransport | StreamableHttpTransport:
-    """One long-lived transport per server, so tool calls reuse the running process."""
-    if upstream.command:
-        # the gateway's own settings stay with it: its token and the sandbox's other secrets are no server's business
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}, **upstream.env}
-        return StdioTransport(upstream.command[0], upstream.command[1:], env=env, keep_alive=True)
-    return StreamableHttpTransport(upstream.url, headers=upstream.headers)
-
-
-async def start_upstream(upstream: Upstream, proxy: ListedOnceProxy, timeout: float) -> UpstreamStatus:
-    """List the server's tools once through its proxy: this starts the server, proves it speaks MCP and keeps the
-    list in the proxy, so the gateway's first tools/list costs no round trip. It connects through the proxy's own client
-    on purpose: fastmcp rebuilds a kept-alive stdio session (restarts the server) for a client whose options differ."""
-    status = UpstreamStatus(upstream.key)
-    try:
-        async with asyncio.timeout(timeout):
-            status.tools = [t.name for t in await proxy.list_tools()]
-        status.state = "ready"
-    except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            raise
-        status.state, status.error = "failed", _describe(exc)
-    return status
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "did not answer tools/list in time"
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {one_line(exc, empty='no detail')}"
-
-
-def find_clashes(statuses: list[UpstreamStatus]) -> dict[str, list[str]]:
+def find_clashes(servers: list[UpstreamServer]) -> dict[str, list[str]]:
     owners: dict[str, list[str]] = {}
-    for status in statuses:
-        for tool in status.tools:
-            owners.setdefault(tool, []).append(status.key)
+    for server in servers:
+        for tool in server.lists.get("tools/list", []):
+            owners.setdefault(tool["name"], []).append(server.key)
     return {tool: keys for tool, keys in owners.items() if len(keys) > 1}
 
 
-async def build_gateway(
+def health_report(servers: list[UpstreamServer], hosts: Sequence[str]) -> tuple[dict[str, Any], int]:
+    """Each server's state and what it serves (tools, prompts, resources, templates, features), and who may ask."""
+    ok = all(s.state == "ready" for s in servers)
+    report = {
+        "status": "ok" if ok else "degraded",
+        "servers": {
+            s.key: {
+                "state": s.state, "error": s.error,
+                "transport": "stdio" if s.spec.command else "http",
+                "tools": len(s.lists.get("tools/list", [])),
+                "prompts": len(s.lists.get("prompts/list", [])),
+                "resources": len(s.lists.get("resources/list", [])),
+                "resource_templates": len(s.lists.get("resources/templates/list", [])),
+                "features": sorted(s.capabilities),
+            }
+            for s in servers
+        },
+        "accepts": {"hosts": ["loopback", *hosts], "auth": "bearer"},
+    }
+    return report, 200 if ok else 503
+
+
+@dataclass
+class Gateway:
+    """A started gateway: its ASGI app (the MCP endpoint at /mcp, and /health) and its servers."""
+
+    app: ASGIApp
+    servers: list[UpstreamServer]
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
     config: dict[str, Any],
     token: str,
     catalog_file: Path | None = None,
     allow_tools: list[str] | None = None,
     prefix: bool = False,
     start_timeout: float = UPSTREAM_START_TIMEOUT,
-    secrets: list[str] = (),
+    secrets: Sequence[str] = (),
     call_log: Path | None = None,
     is_write: Callable[[str], bool] | None = None,
-) -> tuple[FastMCP, list[UpstreamStatus]]:
-    """Start every upstream, check for clashes, and mount the ready ones on one FastMCP server, behind the guard
-    (see guard.py) that keeps the config's secrets, the token and `secrets` out of every call."""
-    servers = upstreams(config, load_catalog(catalog_file))
-    proxies = [ListedOnceProxy(ProxyClient(transport_for(u), mode=BACKEND_MODE).new) for u in servers]
-    statuses = list(await asyncio.gather(*(start_upstream(u, p, start_timeout) for u, p in zip(servers, proxies))))
-    for status in statuses:
-        if status.state == "ready":
-            log.warning("gateway: %s ready (%d tools)", status.key, len(status.tools))
-        else:
-            log.error("gateway: %s FAILED to start: %s", status.key, status.error)
-    clashes = {} if prefix else find_clashes(statuses)
-    if clashes:
-        listed = "; ".join(f"'{tool}' from {' and '.join(keys)}" for tool, keys in sorted(clashes.items()))
-        raise ConfigError(f"Tool name clash between MCP servers: {listed}.", "Start the gateway with --prefix.")
+    hosts: Sequence[str] = (),
+) -> AsyncIterator[Gateway]:
+    """Start every upstream server, check for clashes, and serve them all as one MCP server behind the gate and the
+    guard (see guard.py), which keeps the config's secrets, the token and `secrets` out of every call. The servers
+    stop when the context ends."""
+    router = Router([], CallGuard([*config_secrets(config), token, *secrets], call_log, is_write),
+                    None if allow_tools is None else set(allow_tools), prefix)
+    servers = [UpstreamServer(u, router) for u in upstreams(config, load_catalog(catalog_file))]
+    router.upstreams = servers
+    started = [asyncio.Event() for _ in servers]
+    tasks = [asyncio.create_task(s.run(e, start_timeout)) for s, e in zip(servers, started)]
+    try:
+        await asyncio.gather(*(e.wait() for e in started))
+        for server in servers:
+            if server.state == "ready":
+                log.warning("gateway: %s ready (%d tools)", server.key, len(server.lists.get("tools/list", [])))
+            else:
+                log.error("gateway: %s FAILED to start: %s", server.key, server.error)
+        clashes = {} if prefix else find_clashes(servers)
+        if clashes:
+            listed = "; ".join(f"'{tool}' from {' and '.join(keys)}" for tool, keys in sorted(clashes.items()))
+            raise ConfigError(f"Tool name clash between MCP servers: {listed}.", "Start the gateway with --prefix.")
 
-    auth = BearerToken(token)
-    gateway = FastMCP("agentbox-gateway", auth=auth)
-    gateway.add_middleware(CallGuard([*config_secrets(config), token, *secrets], call_log, is_write))
-    for upstream, proxy, status in zip(servers, proxies, statuses):
-        if status.state == "ready":
-            gateway.add_provider(proxy, namespace=upstream.key if prefix else "")
-    if allow_tools is not None:  # an empty allow-list serves no tool at all, it does not fall open
-        gateway.enable(names=set(allow_tools), components={"tool"}, only=True)
+        async def health(request: Request) -> JSONResponse:
+            """200 when every server is ready, 503 otherwise, with what each serves (the gate checks the token)."""
+            body, status = health_report(servers, hosts)
+            return JSONResponse(body, status_code=status)
 
-    @gateway.custom_route("/health", methods=["GET"])
-    async def health(request: Request) -> JSONResponse:
-        """200 when every server is ready, 503 otherwise, with each server's state (bearer token required)."""
-        if not auth.accepts(request.headers.get("authorization")):
-            return JSONResponse({"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        ok = all(s.state == "ready" for s in statuses)
-        body = {
-            "status": "ok" if ok else "degraded",
-            "servers": {s.key: {"state": s.state, "tools": len(s.tools), "error": s.error} for s in statuses},
-        }
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    return gateway, statuses
+        app = router.server().streamable_http_app(
+            streamable_http_path="/mcp", custom_starlette_routes=[Route("/health", health, methods=["GET"])],
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),  # the Gate does
+        )
+        yield Gateway(Gate(app, token, hosts), servers)
+    finally:
+        for server in servers:
+            server.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def serve_warm(gateway: FastMCP, token: str, host: str, port: int) -> None:
+async def serve_warm(app: ASGIApp, token: str, host: str, port: int) -> None:
     """Serve the gateway, opening the public port only once a real MCP client has listed the tools.
 
-    The first tools/list over HTTP costs about half a second (proxy sessions, schema conversion, serializers). That
-    request is made first over a private Unix socket, so when the port opens the gateway answers at full speed and a
-    readiness probe sees it ready at once.
+    The first request over HTTP costs more than the next ones (sessions, serializers, lazy imports). That request is
+    made first over a private Unix socket, so when the port opens the gateway answers at full speed and a readiness
+    probe sees it ready at once.
     """
-    app = gateway.http_app(path="/mcp")
     with tempfile.TemporaryDirectory(prefix="agentbox-gateway-") as private:
         socket_path = os.path.join(private, "warmup.sock")
         warmup = uvicorn.Server(uvicorn.Config(app, uds=socket_path, lifespan="on", log_level="warning"))
@@ -270,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writes", default=None,
                         help="comma-separated tools that write (names or patterns; '*by-verb*': those named with a "
                         "writing verb): a second call with the same arguments is refused")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name the gateway is reached under, besides loopback and --host (repeatable): "
+                        "requests whose Host or Origin names anything else are refused with 403")
     parser.add_argument("--call-log", type=Path, default=os.environ.get("GATEWAY_CALL_LOG") or None,
                         help="append one JSON line per tool call here (default: $GATEWAY_CALL_LOG)")
     args = parser.parse_args(argv)
@@ -285,9 +291,11 @@ def main(argv: list[str] | None = None) -> int:
 
         async def serve() -> None:
             extra = json.loads(os.environ.get("GATEWAY_SECRET_VALUES") or "[]")  # the sandbox's own secrets
-            gateway, _ = await build_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
-                                             call_log=args.call_log, is_write=writes_rule(args.writes))
-            await serve_warm(gateway, token, args.host, args.port)
+            hosts = [args.host, *args.allow_host]
+            async with running_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
+                                       call_log=args.call_log, is_write=writes_rule(args.writes),
+                                       hosts=hosts) as gateway:
+                await serve_warm(gateway.app, token, args.host, args.port)
 
         asyncio.run(serve())
     except ConfigError as exc:
