@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import mcp_types as types
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.shared.exceptions import MCPError
@@ -298,12 +299,14 @@ class Router:
 
 
 def complete(handler: Callable) -> Callable:
-    """A handler whose answers say they are complete: a 2026-era client needs `resultType`, which servers of the
-    handshake era do not write (the SDK leaves it out again for a client of that era)."""
+    """A handler whose answers say they are complete to a 2026-era client, which needs the `resultType` that servers
+    of the handshake era do not write."""
 
     async def answer(ctx: Any, params: Any) -> dict:
         result = await handler(ctx, params)
-        return {**result, "resultType": result.get("resultType", "complete")}
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
+            return {**result, "resultType": "complete"}
+        return result
 
     return answer
 

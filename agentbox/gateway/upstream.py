@@ -69,7 +69,8 @@ class UpstreamServer:
     error: str = ""
     capabilities: dict[str, Any] = field(default_factory=dict)
     session: ClientSession | None = None
-    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the last one fetched of each
+    stale: set[str] = field(default_factory=set)  # lists the server said changed since
     in_flight: list[Any] = field(default_factory=list)  # the clients' requests now being served by this server
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -128,7 +129,8 @@ class UpstreamServer:
 
     async def listing(self, method: str) -> list[dict[str, Any]]:
         """Every item of one of the server's lists, every page, kept until the server says it changed."""
-        if method not in self.lists:
+        if method not in self.lists or method in self.stale:
+            self.stale.discard(method)
             items, params = [], None
             for _ in range(MAX_PAGES):
                 page = await self.request(method, params)
@@ -182,8 +184,7 @@ class UpstreamServer:
     async def _message(self, message: Any) -> None:
         if isinstance(message, Exception) or message.method == "notifications/message":  # _log has it
             return
-        for stale in CHANGED.get(message.method, ()):
-            self.lists.pop(stale, None)
+        self.stale.update(CHANGED.get(message.method, ()))
         params = dump(message.params) if message.params is not None else None
         await self.relay.server_notification(self, message.method, params)
 

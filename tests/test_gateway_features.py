@@ -1,0 +1,170 @@
+"""Every MCP feature through the real gateway, for a stdio and a Streamable HTTP upstream: a client sees the same
+through the gateway as from the server directly (tests/mcp_features.py observes, tests/servers/feature_server.py
+serves). And the gateway's HTTP endpoint refuses what a browser page could send it by DNS rebinding (a foreign Host
+or Origin: 403) without giving up the bearer token.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.mcp_features import http, observe, stdio
+from tests.test_gateway_probe import (  # noqa: F401 - pycache is a fixture
+    ROOT, SERVERS, TOKEN, Gateway, free_ports, poll, pycache, python_env,
+)
+
+FEATURE_SERVER = [sys.executable, str(SERVERS / "feature_server.py")]
+FEATURE_TOOLS = ["lookup", "count", "wait", "cancelled", "ask_model", "ask_person", "roots", "change", "fail", "extra"]
+
+
+class FeatureServer:
+    """tests/servers/feature_server.py over Streamable HTTP on a free loopback port (a fresh state per process)."""
+
+    def __init__(self, pycache: Path) -> None:  # noqa: F811 - the fixture's value
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.process = subprocess.Popen([*FEATURE_SERVER, "--http", str(self.port)], env=python_env(pycache),
+                                        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        assert poll(self.listening, 30), "the feature server did not start"
+
+    def listening(self) -> bool:
+        assert self.process.poll() is None, "the feature server exited"
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, pycache) -> Iterator[dict]:  # noqa: F811
+    """Two feature servers over HTTP (one to ask directly, one behind a gateway), and two gateways: one in front of
+    the stdio feature server and the echo server (so requests must be routed), one in front of an HTTP one."""
+    workdir = tmp_path_factory.mktemp("features")
+    direct, remote = FeatureServer(pycache), FeatureServer(pycache)
+    (workdir / "catalog.json").write_text(json.dumps({
+        "features": {"command": FEATURE_SERVER, "tools": ["lookup"]},
+        "echo": {"command": [sys.executable, str(SERVERS / "echo_server.py")], "tools": ["echo"]},
+        "remote": {"url": remote.url, "tools": ["lookup"]},
+    }))
+    gateways = {
+        "stdio": Gateway("features-stdio", workdir, pycache, {"features": {}, "echo": {}},
+                         "--tools", ",".join(FEATURE_TOOLS)),
+        "http": Gateway("features-http", workdir, pycache, {"remote": {}}, "--allow-host", "sandbox.internal"),
+    }
+    try:
+        gateways["stdio"].wait_ready({"features": ["lookup"]})
+        gateways["http"].wait_ready({"remote": ["lookup"]})
+        yield {"direct": direct, "gateways": gateways}
+    finally:
+        for gateway in gateways.values():
+            gateway.stop()
+        direct.stop()
+        remote.stop()
+
+
+def differences(direct: dict, through: dict) -> dict:
+    return {feature: {"direct": direct[feature], "through the gateway": through.get(feature)}
+            for feature in direct if direct[feature] != through.get(feature)}
+
+
+@pytest.fixture(scope="module")
+def direct_stdio() -> dict:
+    return anyio.run(observe, lambda: stdio(FEATURE_SERVER))
+
+
+def test_the_checks_see_the_same_server_over_stdio_and_http(servers, direct_stdio):
+    """The observations do not depend on the transport, so a difference through the gateway is the gateway's."""
+    over_http = anyio.run(observe, lambda: http(servers["direct"].url))
+    assert differences(direct_stdio, over_http) == {}
+    assert over_http["complete greet"]["completion"]["values"] == ["Alan", "Alonzo"]  # the checks check something
+    assert "notifications/resources/updated" in json.dumps(over_http["after change"])
+
+
+@pytest.mark.parametrize("upstream", ["stdio", "http"])
+def test_every_feature_passes_through_the_gateway_unchanged(servers, direct_stdio, upstream):
+    through = anyio.run(observe, lambda: http(servers["gateways"][upstream].url, TOKEN))
+    assert differences(direct_stdio, through) == {}
+
+
+def test_a_tool_schema_keeps_its_defs_refs_and_output_schema(servers, direct_stdio):
+    """The JSON Schema 2020-12 keywords that a proxy rebuilding schemas loses (fastmcp's dropped `$defs`)."""
+    through = anyio.run(observe, lambda: http(servers["gateways"]["stdio"].url, TOKEN))
+    lookup = next(t for t in through["tools"] if t["name"] == "lookup")
+    assert lookup["inputSchema"]["$defs"]["Item"]["properties"]["tags"]["items"] == {"$ref": "#/$defs/Tag"}
+    assert lookup["inputSchema"]["properties"]["item"] == {"$ref": "#/$defs/Item"}
+    assert lookup["outputSchema"]["required"] == ["id", "found"]
+    assert lookup["_meta"] == {"example.com/owner": "features"} and lookup["annotations"]["readOnlyHint"] is True
+    assert through["call lookup"]["structuredContent"] == {"id": "item-2", "found": True, "depth": 1}
+
+
+# --------------------------------------------------------------------------- Host and Origin
+
+
+def post_initialize(gateway: Gateway, headers: dict[str, str]) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    with httpx.Client(timeout=10) as client:
+        return client.post(gateway.url, json=body, headers={"Accept": "application/json, text/event-stream",
+                                                            **headers})
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://rebind.example"},
+    {"Origin": "http://127.0.0.1.rebind.example:8080"},
+    {"Origin": "null"},
+    {"Host": "rebind.example"},
+    {"Host": "rebind.example:50005", "Origin": "http://rebind.example:50005"},
+], ids=["foreign origin", "lookalike origin", "opaque origin", "foreign host", "rebound host and origin"])
+def test_a_foreign_host_or_origin_is_refused_even_with_the_token(servers, headers):
+    gateway = servers["gateways"]["stdio"]
+    answer = post_initialize(gateway, {"Authorization": f"Bearer {TOKEN}", **headers})
+    assert answer.status_code == 403, answer.text
+    with httpx.Client(timeout=10) as client:
+        health = client.get(f"{gateway.base}/health", headers={"Authorization": f"Bearer {TOKEN}", **headers})
+    assert health.status_code == 403
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:{port}", "http://127.0.0.1:{port}", "http://[::1]:{port}"])
+def test_a_loopback_origin_is_served_and_still_needs_the_token(servers, origin):
+    gateway = servers["gateways"]["stdio"]
+    origin = origin.format(port=gateway.port)
+    assert post_initialize(gateway, {"Origin": origin}).status_code == 401
+    answer = post_initialize(gateway, {"Origin": origin, "Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200 and "agentbox-gateway" in answer.text
+
+
+def test_a_name_the_gateway_is_given_is_served(servers):
+    """The names a sandbox's gateway is reached under (`--allow-host`), and only those."""
+    gateway = servers["gateways"]["http"]
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    assert post_initialize(gateway, {**token, "Host": f"sandbox.internal:{gateway.port}"}).status_code == 200
+    assert post_initialize(gateway, {**token, "Origin": "https://sandbox.internal"}).status_code == 200
+    assert post_initialize(gateway, {**token, "Host": "other.internal"}).status_code == 403
+
+
+def test_health_says_what_each_server_serves(servers):
+    with httpx.Client(timeout=10) as client:
+        stdio_health = client.get(f"{servers['gateways']['stdio'].base}/health",
+                                  headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        http_health = client.get(f"{servers['gateways']['http'].base}/health",
+                                 headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    features = stdio_health["servers"]["features"]
+    assert {k: features[k] for k in ("state", "transport", "prompts", "resources", "resource_templates")} == {
+        "state": "ready", "transport": "stdio", "prompts": 3, "resources": 3, "resource_templates": 2}
+    assert features["tools"] >= 9  # every page of the list (the server pages by two)
+    assert {"completions", "logging", "prompts", "resources", "tools"} <= set(features["features"])
+    assert http_health["servers"]["remote"]["transport"] == "http"
+    assert http_health["accepts"]["hosts"] == ["loopback", "127.0.0.1", "sandbox.internal"]
+    assert TOKEN not in json.dumps(stdio_health)
