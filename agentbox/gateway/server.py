@@ -228,7 +228,7 @@ async def _list_tools_over(socket_path: str, token: str) -> None:
 
 # What the first request through the gateway imports lazily: a warm spare imports them while it waits.
 FIRST_REQUEST_MODULES = (
-    "jsonref", "httpx2", "httpcore2", "h11", "mcp.client.stdio", "mcp.client.streamable_http",
+    "httpx2", "httpcore2", "h11", "mcp.client.stdio", "mcp.client.streamable_http",
     "uvicorn.lifespan.on", "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl",
     "uvicorn.protocols.websockets.websockets_impl",
 )
