@@ -7,6 +7,7 @@ or Origin: 403) without giving up the bearer token.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,9 +18,11 @@ import anyio
 import httpx
 import pytest
 
+from agentbox.rehearsal.model import ModelScript, model_app
+from agentbox.rehearsal.servers import BackgroundServer
 from tests.mcp_features import http, observe, stdio
 from tests.test_gateway_probe import (  # noqa: F401 - pycache is a fixture
-    ROOT, SERVERS, TOKEN, Gateway, free_ports, poll, pycache, python_env,
+    CLAUDE_BIN, ROOT, SERVERS, TOKEN, Gateway, free_ports, poll, pycache, python_env,
 )
 
 FEATURE_SERVER = [sys.executable, str(SERVERS / "feature_server.py")]
@@ -29,10 +32,11 @@ FEATURE_TOOLS = ["lookup", "count", "wait", "cancelled", "ask_model", "ask_perso
 class FeatureServer:
     """tests/servers/feature_server.py over Streamable HTTP on a free loopback port (a fresh state per process)."""
 
-    def __init__(self, pycache: Path) -> None:  # noqa: F811 - the fixture's value
+    def __init__(self, pycache: Path, log: Path | None = None) -> None:  # noqa: F811 - the fixture's value
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}/mcp"
-        self.process = subprocess.Popen([*FEATURE_SERVER, "--http", str(self.port)], env=python_env(pycache),
+        env = {**python_env(pycache), **({"FEATURE_SERVER_LOG": str(log)} if log else {})}
+        self.process = subprocess.Popen([*FEATURE_SERVER, "--http", str(self.port)], env=env,
                                         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         assert poll(self.listening, 30), "the feature server did not start"
@@ -168,3 +172,121 @@ def test_health_says_what_each_server_serves(servers):
     assert http_health["servers"]["remote"]["transport"] == "http"
     assert http_health["accepts"]["hosts"] == ["loopback", "127.0.0.1", "sandbox.internal"]
     assert TOKEN not in json.dumps(stdio_health)
+
+
+# --------------------------------------------------------------------------- what Claude Code uses
+
+CLAUDE_STEPS = [{"tool": "lookup", "input": {"item": {"id": "item-1"}}}, {"tool": "ask_person", "input": {}},
+                {"tool": "roots", "input": {}}, {"tool": "ask_model", "input": {}}, {"tool": "count", "input": {"n": 2}},
+                {"text": "done"}]
+
+
+def run_claude(url: str, token: str | None, home: Path) -> list:
+    """The real `claude -p`, given one HTTP MCP server named `features`, driven by a scripted model: the tool
+    results it got, in order."""
+    model = BackgroundServer(model_app(ModelScript(CLAUDE_STEPS))).start()
+    server = {"type": "http", "url": url, **({"headers": {"Authorization": f"Bearer {token}"}} if token else {})}
+    env = {**os.environ, "HOME": str(home), "ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "sk-ant-stand-in",
+           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+    try:
+        done = subprocess.run(
+            [str(CLAUDE_BIN / "claude"), "-p", "Use the tools.", "--mcp-config",
+             json.dumps({"mcpServers": {"features": server}}), "--strict-mcp-config", "--allowedTools",
+             "mcp__features", "--output-format", "stream-json", "--verbose"],
+            env=env, cwd=home, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+    finally:
+        model.stop()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return [block.get("content") for event in events if event.get("type") == "user"
+            for block in event["message"]["content"] if isinstance(block, dict) and block.get("type") == "tool_result"]
+
+
+@pytest.fixture(scope="module")
+def claude_direct(tmp_path_factory, pycache) -> dict:  # noqa: F811
+    """Claude Code given the feature server directly: what it asked of the server (logged by the server), and
+    what its tool calls answered."""
+    workdir = tmp_path_factory.mktemp("claude")
+    log = workdir / "methods.jsonl"
+    server = FeatureServer(pycache, log)
+    try:
+        results = run_claude(server.url, None, workdir)
+    finally:
+        server.stop()
+    requests = [json.loads(line) for line in log.read_text().splitlines()]
+    return {"results": results, "requests": requests, "home": workdir}
+
+
+def test_claude_code_gets_the_same_answers_through_the_gateway(servers, claude_direct):
+    through = run_claude(servers["gateways"]["stdio"].url, TOKEN, claude_direct["home"])
+    assert through == claude_direct["results"]
+    assert len(through) == len(CLAUDE_STEPS) - 1 and "item-1" in json.dumps(through[0])
+
+
+def what_claude_code_uses(claude: dict) -> dict[str, str]:
+    """The README table's Claude Code column, as measured."""
+    methods = {r["method"] for r in claude["requests"]}
+    capabilities = claude["requests"][0]["capabilities"] or {}
+    results = dict(zip(["lookup", "ask_person", "roots", "ask_model", "count"], map(json.dumps, claude["results"])))
+    calls = [r for r in claude["requests"] if r["method"] == "tools/call"]
+
+    def lists(method: str) -> str:
+        return "lists them" if method in methods else "does not list them"
+
+    return {
+        "tools": "lists and calls them, every page" if {"tools/list", "tools/call"} <= methods and sum(
+            r["method"] == "tools/list" for r in claude["requests"]) >= 5 else "?",
+        "tool schemas, annotations, `_meta`, structured content": (
+            "reads the structured content" if '\\"found\\":true' in results["lookup"] else "reads the text"),
+        "prompts": lists("prompts/list"),
+        "resources": lists("resources/list"),
+        "resource templates": lists("resources/templates/list"),
+        "completions": "asks" if "completion/complete" in methods else "does not ask",
+        "subscriptions, `resources/updated`": "subscribes" if "resources/subscribe" in methods else "does not subscribe",
+        "logging": "sets a level" if "logging/setLevel" in methods else "does not set a level",
+        "progress": "sends a token with every call" if calls and all(r["progress"] for r in calls) else "no token",
+        "sampling": ("declares it" if "sampling" in capabilities else "does not declare it")
+        + (" (-32601)" if "-32601" in results["ask_model"] else ""),
+        "elicitation": ("declares it" if "elicitation" in capabilities else "does not declare it")
+        + ("; `-p` answers cancel" if "cancel" in results["ask_person"] else ""),
+        "roots": ("declares them" if "roots" in capabilities else "does not declare them")
+        + ("; its working directory" if str(claude["home"]) in results["roots"] else ""),
+    }
+
+
+def readme_table() -> dict[str, list[str]]:
+    """The README's feature table: row name -> [Docker's gateway, this gateway, Claude Code]."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("| MCP feature or function |"):]
+    rows = {}
+    for line in section.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_the_readme_table_says_what_claude_code_uses(claude_direct):
+    table = readme_table()
+    for feature, measured in what_claude_code_uses(claude_direct).items():
+        assert table[feature][2] == measured, feature
+
+
+def test_the_readme_table_says_what_this_gateway_passes_through(direct_stdio):
+    """Each feature row says "passes through" for this gateway, and the feature suite checks each of them."""
+    checked = {
+        "tools": ["tools", "call lookup", "call fail"],
+        "tool schemas, annotations, `_meta`, structured content": ["tools", "call lookup"],
+        "prompts": ["prompts", "get greet"], "resources": ["resources", "read"], "resource templates": ["templates",
+                                                                                                          "read template"],
+        "completions": ["complete greet", "complete greet formal", "complete item"],
+        "subscriptions, `resources/updated`": ["subscribe", "after change", "unsubscribe", "after unsubscribed change"],
+        "logging": ["set level", "logs"], "progress": ["progress"], "cancellation": ["cancelled"],
+        "sampling": ["call ask_model"], "elicitation": ["call ask_person"], "roots": ["call roots"],
+        "`list_changed`": ["after change", "tools after change", "call extra"],
+    }
+    table = readme_table()
+    for feature, keys in checked.items():  # test_every_feature_passes_through_the_gateway_unchanged compares them
+        assert table[feature][1].startswith("passes through"), feature
+        assert all(key in direct_stdio for key in keys), feature

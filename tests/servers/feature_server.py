@@ -13,6 +13,8 @@ every client, so a test can ask it afterwards what it saw.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from typing import Any
 
@@ -265,18 +267,38 @@ class FeatureServer(Server):
         return super().create_initialization_options(options, *args, **kwargs)
 
 
+def logged(handler):
+    """With FEATURE_SERVER_LOG set, each request's method and its client's declared capabilities become one JSON
+    line of that file: what a client (Claude Code) asks of a server it is given."""
+    path = os.environ.get("FEATURE_SERVER_LOG")
+    if not path:
+        return handler
+
+    async def log_and_handle(ctx, params):
+        capabilities = ctx.session.client_capabilities
+        line = {"method": ctx.method, "progress": (ctx.meta or {}).get("progress_token") is not None,
+                "capabilities": capabilities.model_dump(mode="json", by_alias=True,
+                                                                              exclude_none=True) if capabilities else None}
+        with open(path, "a") as log_file:
+            log_file.write(json.dumps(line) + "\n")
+        return await handler(ctx, params)
+
+    return log_and_handle
+
+
 def build() -> Server:
     import warnings
 
     with warnings.catch_warnings():  # logging/setLevel is deprecated as of 2026-07-28, still current before
         warnings.simplefilter("ignore")
-        return FeatureServer(
-            "feature-server", version="1.0.0", instructions="A server with every MCP feature.",
+        handlers = dict(
             on_list_tools=list_tools, on_call_tool=call_tool, on_list_prompts=list_prompts,
             on_get_prompt=get_prompt, on_list_resources=list_resources, on_list_resource_templates=list_templates,
             on_read_resource=read_resource, on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe,
             on_completion=complete, on_set_logging_level=set_level,
         )
+        return FeatureServer("feature-server", version="1.0.0", instructions="A server with every MCP feature.",
+                             **{name: logged(handler) for name, handler in handlers.items()})
 
 
 async def serve_stdio() -> None:
