@@ -19,9 +19,14 @@ $(UV_HOME)/bin/uv:
 	$(UV) sync --frozen --all-groups --compile-bytecode
 	touch $@
 
-# The project's own modules, for the same reason (only those changed since are compiled: about 0.1 s).
-bytecode: .venv/.synced
+# The project's own modules, for the same reason (only those changed since are compiled: about 0.1 s), and the
+# gateway's credential patterns, compiled once into the environment (3.5 s; a gateway then loads them in 0.3 s).
+bytecode: .venv/.synced .venv/share/agentbox/kingfisher-rules/.warm
 	@.venv/bin/python -m compileall -q agentbox flows tasks deployments
+
+.venv/share/agentbox/kingfisher-rules/.warm: .venv/.synced $(wildcard agentbox/gateway/rules/*.yaml)
+	@.venv/bin/python -m agentbox.gateway.patterns
+	@touch $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund

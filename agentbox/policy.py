@@ -89,6 +89,12 @@ class RunPolicy(BaseModel, frozen=True):
         "writing verb (create, update, delete, merge, push, send, patch, add, ...).",
         examples=[["create_issue", "API-patch-*"]],
     )
+    secret_patterns: bool = Field(
+        True,
+        description="Scan the agent's tool calls at the gateway for credentials of known formats (GitHub, AWS, Slack, "
+        "private keys, ...), besides the run's own secrets: a call carrying one is refused, a result redacted. Turn "
+        "off only for a run that must pass such strings; the run's own secrets stay blocked.",
+    )
 
     @field_validator("require_approval", "writes")
     @classmethod

@@ -42,7 +42,12 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
     """Start a sandbox whose gateway serves the plan's MCP servers (references resolved here, so Prefect never sees
     a secret)."""
     settings = plan.read_settings()
-    handle = await plan.sandboxes(settings).create(
+    sandboxes = plan.sandboxes(settings)
+    if not plan.policy.secret_patterns and not sandboxes.gateway_scans_by_policy:
+        get_run_logger().warning("The policy turns the gateway's credential patterns off, but the %s backend's "
+                                 "gateway scans for them whatever a run asks: calls carrying one are refused.",
+                                 plan.backend)
+    handle = await sandboxes.create(
         mcp_config=plan.resolved_mcp(settings),
         envs=plan.sandbox_envs(settings),
         ttl_seconds=plan.ttl_seconds,
@@ -52,6 +57,7 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
         network=plan.network(),
         lease_seconds=plan.lease_seconds,  # renewed by the run's SessionLease (tasks/lease.py) while it lives
         writes=plan.policy.writes,
+        secret_patterns=plan.policy.secret_patterns,
     )
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle

@@ -10,12 +10,14 @@ import sys
 import pytest
 from fastmcp.exceptions import ToolError
 
+from tests.credentials import github_token
 from tests.test_gateway_probe import SERVERS, Gateway, call, pycache  # noqa: F401 - pycache is a fixture
 
 SERVER_TOKEN = "leaky-server-token-0123456789"
 MODEL_KEY = "sk-ant-model-key-0123456789"
+FOREIGN = github_token()  # a GitHub token of nobody in this run, as someone pasted it in a page
 CATALOG = {"leaky": {"command": [sys.executable, str(SERVERS / "leaky_server.py")],
-                     "env": {"LEAKY_TOKEN": "{{apiToken}}"}, "tools": ["echo", "leak"]}}
+                     "env": {"LEAKY_TOKEN": "{{apiToken}}", "PASTED_CREDENTIAL": FOREIGN}, "tools": ["echo", "leak"]}}
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +89,35 @@ def test_a_write_made_twice_with_the_same_arguments_is_refused(tmp_path, pycache
     finally:
         gateway.stop()
     assert [(c["tool"], c["outcome"]) for c in calls(log)][:3] == [("echo", "ok"), ("echo", "blocked"), ("echo", "ok")]
+
+
+def test_a_credential_of_a_known_format_is_refused_and_the_log_names_its_rule(gateway):
+    """A token that is no secret of this run (the gateway cannot know its value) is refused by its format."""
+    url, log = gateway[0].url, gateway[1]
+    with pytest.raises(ToolError) as info:
+        asyncio.run(call(url, "echo", {"text": f"The deploy token from the page: {FOREIGN}"}))
+    assert "Blocked by policy: do not retry." in str(info.value) and "(github-pat)" in str(info.value)
+    assert FOREIGN not in str(info.value)
+    last = calls(log)[-1]
+    assert (last["tool"], last["outcome"], last["detail"]) == ("echo", "blocked", "a credential in its arguments "
+                                                                                  "(github-pat)")
+    assert FOREIGN not in log.read_text()
+
+
+def test_a_credential_in_an_answer_is_redacted(gateway):
+    url, log = gateway[0].url, gateway[1]
+    assert asyncio.run(call(url, "page", {})) == "Release checklist. Deploy with *** then tag the release."
+    assert calls(log)[-1]["detail"] == "credential redacted (github-pat)"
+
+
+def test_a_run_that_must_pass_credentials_turns_the_patterns_off_not_its_own_secrets(tmp_path, pycache):  # noqa: F811
+    (tmp_path / "catalog.json").write_text(json.dumps(CATALOG))
+    gateway = Gateway("no-patterns", tmp_path, pycache, {"leaky": {"apiToken": SERVER_TOKEN}}, "--no-secret-patterns")
+    try:
+        gateway.wait_ready({"leaky": ["echo", "leak"]})
+        assert asyncio.run(call(gateway.url, "echo", {"text": FOREIGN})) == FOREIGN
+        assert FOREIGN in asyncio.run(call(gateway.url, "page", {}))
+        with pytest.raises(ToolError, match="contain a secret of this run"):
+            asyncio.run(call(gateway.url, "echo", {"text": SERVER_TOKEN}))
+    finally:
+        gateway.stop()

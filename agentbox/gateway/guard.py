@@ -2,10 +2,11 @@
 
 The gateway holds the run's secrets (each server's token, its own bearer token, and the values the sandbox passes in
 `GATEWAY_SECRET_VALUES`). A hijacked agent may try to move one out through a tool: a `create_issue` whose body is the
-GitHub token, a Notion page holding the model key. So a call whose arguments contain a secret value is refused with
-the policy's one message, before it reaches the server, and a secret in a server's answer is replaced by `***`
-before the agent sees it. Each call becomes one JSON line in the call log (time, tool, argument names and size,
-outcome, duration), never the arguments' values: the run's audit table is built from it. Given which tools write
+GitHub token, a Notion page holding the model key. So a call whose arguments contain a secret value, or a credential
+of a known format (patterns.py: a token someone pasted where the agent reads), is refused with the policy's one
+message, before it reaches the server, and either in a server's answer is replaced by `***` before the agent sees
+it. Each call becomes one JSON line in the call log (time, tool, argument names and size, outcome, the rule that
+matched, duration), never the arguments' values: the run's audit table is built from it. Given which tools write
 (the run policy's `writes`), the guard also refuses a second call of a write with the same arguments as one made,
 or under way, in this sandbox's life (the run): a write that failed may be tried again.
 """
@@ -20,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agentbox.gateway.patterns import CredentialPatterns
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
@@ -39,6 +41,7 @@ class CallGuard:
     secrets: Iterable[str]
     call_log: Path | None = None
     is_write: Callable[[str], bool] | None = None  # which tools write (None: none is tracked)
+    patterns: CredentialPatterns | None = None  # credentials of known formats (None: only the run's own values)
     matcher: SecretMatcher = field(init=False)
     writes: set[str] = field(default_factory=set)  # the fingerprints of the writes made or under way
 
@@ -52,6 +55,10 @@ class CallGuard:
         if self.matcher.found_in(text):
             self._write(entry, started, "blocked", "a secret of this run in its arguments")
             return refusal(f"{BLOCKED} The arguments of {tool} contain a secret of this run; they were not sent.")
+        if found := self.patterns and self.patterns.find(text):
+            rules = ", ".join(sorted({credential.rule for credential in found}))
+            self._write(entry, started, "blocked", f"a credential in its arguments ({rules})")
+            return refusal(f"{BLOCKED} The arguments of {tool} contain a credential ({rules}); they were not sent.")
         mark = fingerprint(tool, arguments) if self.is_write and self.is_write(tool) else None
         if mark in self.writes:
             self._write(entry, started, "blocked", "a second call of a write with the same arguments")
@@ -67,20 +74,30 @@ class CallGuard:
         if result.get("isError"):
             self.writes.discard(mark)
         redacted = self._redact(result)
-        self._write(entry, started, "error" if result.get("isError") else "ok", "secret redacted" if redacted else "")
+        self._write(entry, started, "error" if result.get("isError") else "ok", "; ".join(redacted))
         return result
 
-    def _redact(self, result: dict[str, Any]) -> bool:
-        """Replace every secret in the result's text (and structured content); whether there was one."""
-        found = False
+    def _redact(self, result: dict[str, Any]) -> list[str]:
+        """Mask every secret and credential in the result's text (and structured content); what was masked."""
+        masked: set[str] = set()
+
+        def clean(text: str) -> str:
+            if self.matcher.found_in(text):
+                masked.add("secret redacted")
+                text = self.matcher.redact(text)
+            if self.patterns:
+                text, rules = self.patterns.redact(text)
+                masked.update(f"credential redacted ({rule})" for rule in rules)
+            return text
+
         for block in result.get("content") or ():
-            if block.get("type") == "text" and self.matcher.found_in(block.get("text", "")):
-                found, block["text"] = True, self.matcher.redact(block["text"])
+            if block.get("type") == "text":
+                block["text"] = clean(block.get("text", ""))
         if result.get("structuredContent") is not None:
             dumped = json.dumps(result["structuredContent"], ensure_ascii=False)
-            if self.matcher.found_in(dumped):
-                found, result["structuredContent"] = True, json.loads(self.matcher.redact(dumped))
-        return found
+            if (cleaned := clean(dumped)) != dumped:
+                result["structuredContent"] = json.loads(cleaned)
+        return sorted(masked)
 
     def _write(self, entry: dict[str, Any], started: float, outcome: str, detail: str) -> None:
         if self.call_log is None:

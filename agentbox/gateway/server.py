@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agentbox.errors import ConfigError
 from agentbox.gateway.catalog import load_catalog, read_config_argument, upstreams
 from agentbox.gateway.guard import CallGuard
+from agentbox.gateway.patterns import credential_patterns
 from agentbox.gateway.router import Router
 from agentbox.gateway.upstream import UpstreamServer
 from agentbox.secrets import config_secrets
@@ -146,18 +147,21 @@ async def running_gateway(
     call_log: Path | None = None,
     is_write: Callable[[str], bool] | None = None,
     hosts: Sequence[str] = (),
+    patterns: bool = True,
 ) -> AsyncIterator[Gateway]:
     """Start every upstream server, check for clashes, and serve them all as one MCP server behind the gate and the
     guard (see guard.py), which keeps the config's secrets, the token and `secrets` out of every call. The servers
-    stop when the context ends."""
-    router = Router([], CallGuard([*config_secrets(config), token, *secrets], call_log, is_write),
-                    None if allow_tools is None else set(allow_tools), prefix)
+    stop when the context ends. With `patterns`, the guard also knows credentials by their format (patterns.py),
+    compiled while the servers start."""
+    guard = CallGuard([*config_secrets(config), token, *secrets], call_log, is_write)
+    router = Router([], guard, None if allow_tools is None else set(allow_tools), prefix)
     servers = [UpstreamServer(u, router) for u in upstreams(config, load_catalog(catalog_file))]
     router.upstreams = servers
     started = [asyncio.Event() for _ in servers]
     tasks = [asyncio.create_task(s.run(e, start_timeout)) for s, e in zip(servers, started)]
     try:
-        await asyncio.gather(*(e.wait() for e in started))
+        compiled = asyncio.to_thread(credential_patterns) if patterns else asyncio.sleep(0)
+        guard.patterns = (await asyncio.gather(compiled, *(e.wait() for e in started)))[0]
         for server in servers:
             if server.state == "ready":
                 log.warning("gateway: %s ready (%d tools)", server.key, len(server.lists.get("tools/list", [])))
@@ -235,11 +239,13 @@ FIRST_REQUEST_MODULES = (
 
 
 def wait_for_options() -> list[str] | None:
-    """A warm spare (`--stdin-config`): everything imported, it waits for the rest of its command line and its
-    environment as one JSON line on stdin (`{"args": [...], "env": {...}}`); None when stdin closes unclaimed."""
+    """A warm spare (`--stdin-config`): everything imported and the credential patterns compiled, it waits for the
+    rest of its command line and its environment as one JSON line on stdin (`{"args": [...], "env": {...}}`); None
+    when stdin closes unclaimed."""
     for module in FIRST_REQUEST_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
+    credential_patterns()
     line = sys.stdin.readline()
     if not line.strip():
         return None
@@ -276,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="a host name the gateway is reached under, besides loopback and --host (repeatable): "
                         "requests whose Host or Origin names anything else are refused with 403")
+    parser.add_argument("--no-secret-patterns", action="store_true",
+                        help="do not scan tool calls for credentials of known formats (the run's own secrets are "
+                        "still refused)")
     parser.add_argument("--call-log", type=Path, default=os.environ.get("GATEWAY_CALL_LOG") or None,
                         help="append one JSON line per tool call here (default: $GATEWAY_CALL_LOG)")
     args = parser.parse_args(argv)
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             hosts = [args.host, *args.allow_host]
             async with running_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
                                        call_log=args.call_log, is_write=writes_rule(args.writes),
-                                       hosts=hosts) as gateway:
+                                       hosts=hosts, patterns=not args.no_secret_patterns) as gateway:
                 await serve_warm(gateway.app, token, args.host, args.port)
 
         asyncio.run(serve())

@@ -94,6 +94,7 @@ class SandboxBackend(abc.ABC):
     required_settings: ClassVar[tuple[str, ...]] = ()  # secrets it cannot work without, e.g. ("E2B_API_KEY",)
     gateway_filters_tools: ClassVar[bool] = False  # whether its gateway serves only the `tools` given to create
     gateway_refuses_repeats: ClassVar[bool] = False  # whether its gateway refuses a write made twice (`writes`)
+    gateway_scans_by_policy: ClassVar[bool] = False  # whether `secret_patterns` turns its gateway's scanning off
 
     @classmethod
     @abc.abstractmethod
@@ -131,6 +132,7 @@ class SandboxBackend(abc.ABC):
         network: Network | None = None,
         lease_seconds: int | None = None,
         writes: list[str] | None = None,
+        secret_patterns: bool = True,
     ) -> SandboxHandle:
         """Start a sandbox whose gateway serves `mcp_config` (only `tools` of it, where `gateway_filters_tools`); it
         dies by itself after `ttl_seconds` (the handle's `expires_at`), and with a `lease_seconds`, already that long
@@ -138,7 +140,8 @@ class SandboxBackend(abc.ABC):
         `Network()`, the gateway and the model API), and find the model where `envs` says (ANTHROPIC_BASE_URL,
         ANTHROPIC_API_KEY; a backend may swap those for a proxy's address and a placeholder). A retried call with
         the same `idempotency_key` must not start a second sandbox. A gateway that can (`gateway_refuses_repeats`)
-        refuses a second call, with the same arguments, of a tool that `writes` (the run policy's: None, by verb)."""
+        refuses a second call, with the same arguments, of a tool that `writes` (the run policy's: None, by verb). Its
+        gateway scans tool calls for credentials of known formats unless `secret_patterns` is False (where it can)."""
 
     @abc.abstractmethod
     async def renew(self, handle: SandboxHandle, seconds: float) -> datetime:

@@ -157,6 +157,7 @@ class E2BSandboxes(SandboxBackend):
         network: Network | None = None,
         lease_seconds: int | None = None,
         writes: list[str] | None = None,
+        secret_patterns: bool = True,  # Docker's gateway decides (--block-secrets, on): E2B passes no flag for it
     ) -> SandboxHandle:
         envs, policy = self._network(network or Network(), mcp_config, envs)
         async with _translated("create a sandbox"):

@@ -46,6 +46,7 @@ class LocalSandboxes(SandboxBackend):
     name = "local"
     gateway_filters_tools = True
     gateway_refuses_repeats = True
+    gateway_scans_by_policy = True
 
     def __init__(
         self,
@@ -95,6 +96,7 @@ class LocalSandboxes(SandboxBackend):
         network: Network | None = None,
         lease_seconds: int | None = None,
         writes: list[str] | None = None,
+        secret_patterns: bool = True,
     ) -> SandboxHandle:
         await check_bubblewrap()
         if self.root.is_dir():
@@ -108,7 +110,8 @@ class LocalSandboxes(SandboxBackend):
                     if not spare:
                         make_state(state)
                     info = prepare_sandbox(state, mcp_config, envs, ttl_seconds, metadata, tools,
-                                           network or Network(), self.catalog_file, lease_seconds, writes)
+                                           network or Network(), self.catalog_file, lease_seconds, writes,
+                                           secret_patterns)
                     if spare:
                         await spares.Spare(state).wake()
                     else:

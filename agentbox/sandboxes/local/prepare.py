@@ -49,6 +49,7 @@ def prepare_sandbox(
     catalog_file: Path | None,
     lease_seconds: int | None = None,
     writes: list[str] | None = None,
+    secret_patterns: bool = True,
 ) -> dict:
     """Write what the supervisor and later commands need, secrets only in files only the owner can read; the
     sandbox's info (as its `info_file` holds it)."""
@@ -65,6 +66,8 @@ def prepare_sandbox(
     if tools is not None:
         gateway_args += ["--tools", ",".join(tools)]
     gateway_args += ["--writes", WRITES_BY_VERB if writes is None else ",".join(writes)]
+    if not secret_patterns:
+        gateway_args.append("--no-secret-patterns")
     created = datetime.now(timezone.utc)
     info = {
         "id": state.id,
