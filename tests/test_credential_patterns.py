@@ -93,3 +93,13 @@ def test_a_10_kb_argument_is_scanned_in_well_under_a_millisecond_at_the_median()
     times.sort()
     print(f"\nscan of {len(text)} chars: median {times[100] * 1000:.3f} ms, p95 {times[190] * 1000:.3f} ms")
     assert patterns.find(text) == []
+
+
+def test_every_credential_of_a_text_is_masked_and_named():
+    """A Notion answer repeats a page's text (`content` and `plain_text`): each copy, and each kind, is masked."""
+    tokens = {label: token for label, token, _ in CREDENTIALS}
+    github, slack = tokens["github classic token"], tokens["slack bot token"]
+    text = json.dumps({"content": f"use {github}", "plain_text": f"use {github}", "note": f"or {slack}"})
+    masked, rules = credential_patterns().redact(text)
+    assert github not in masked and slack not in masked and masked.count(MASK) == 3
+    assert rules == ["github-pat", "slack-bot-token"] and json.loads(masked)

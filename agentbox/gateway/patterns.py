@@ -29,13 +29,13 @@ ALSO_SECRET = {"betterleaks.aws-secret-access-key"}  # invisible parts that are 
 MASK = "***"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Credential:
     """Where one credential is in a text (str indices, end excluded) and the rule that matched it."""
 
-    rule: str
     start: int
     end: int
+    rule: str
 
 
 def rule_name(rule_id: str) -> str:
@@ -67,8 +67,8 @@ class CredentialPatterns:
         def index(offset: int) -> int:  # the scanner's offsets are UTF-8 bytes
             return offset if ascii_only else len(data[:offset].decode(errors="ignore"))
 
-        return sorted(Credential(rule_name(f.rule_id), index(f.location["start_offset"]),
-                                 index(f.location["end_offset"])) for f in found)
+        return sorted(Credential(index(f.location["start_offset"]), index(f.location["end_offset"]),
+                                 rule_name(f.rule_id)) for f in found)
 
     def redact(self, text: str) -> tuple[str, list[str]]:
         """`text` with every credential masked, and the rules that matched (none: `text` unchanged)."""
