@@ -81,3 +81,4 @@ test: setup chromium
 bench: setup
 	.venv/bin/python benchmarks/speed.py
 	.venv/bin/python benchmarks/leases.py
+	.venv/bin/python benchmarks/gateway_latency.py

@@ -26,7 +26,8 @@ from tests.test_gateway_probe import (  # noqa: F401 - pycache is a fixture
 )
 
 FEATURE_SERVER = [sys.executable, str(SERVERS / "feature_server.py")]
-FEATURE_TOOLS = ["lookup", "count", "wait", "cancelled", "ask_model", "ask_person", "roots", "change", "fail", "extra"]
+FEATURE_TOOLS = ["lookup", "count", "wait", "cancelled", "ask_model", "ask_person", "roots", "change", "fail", "repeat",
+                 "extra"]
 
 
 class FeatureServer:
@@ -167,7 +168,7 @@ def test_health_says_what_each_server_serves(servers):
     features = stdio_health["servers"]["features"]
     assert {k: features[k] for k in ("state", "transport", "prompts", "resources", "resource_templates")} == {
         "state": "ready", "transport": "stdio", "prompts": 3, "resources": 3, "resource_templates": 2}
-    assert features["tools"] >= 9  # every page of the list (the server pages by two)
+    assert features["tools"] >= 10  # every page of the list (the server pages by two)
     assert {"completions", "logging", "prompts", "resources", "tools"} <= set(features["features"])
     assert http_health["servers"]["remote"]["transport"] == "http"
     assert http_health["accepts"]["hosts"] == ["loopback", "127.0.0.1", "sandbox.internal"]

@@ -95,7 +95,7 @@ class UpstreamServer:
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            if self.state != "ready":
+            if not self.closing.is_set():  # it never started, or it died (health says so from now on)
                 self.state, self.error = "failed", describe(exc)
         finally:
             self.session = None

@@ -65,6 +65,8 @@ TOOLS = [
     types.Tool(name="change", description="Changes the note and adds a tool.", input_schema=OBJECT,
                annotations=types.ToolAnnotations(destructive_hint=False)),
     types.Tool(name="fail", description="Always fails.", input_schema=OBJECT),
+    types.Tool(name="repeat", description="Answers with its text (the latency benchmark's call).",
+               input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
 ]
 EXTRA_TOOL = types.Tool(name="extra", description="Added by `change`.", input_schema=OBJECT)
 
@@ -179,6 +181,8 @@ async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolR
         return types.CallToolResult(content=text(f"note is at version {STATE.version}"))
     if name == "extra":
         return types.CallToolResult(content=text("extra called"))
+    if name == "repeat":
+        return types.CallToolResult(content=text(args["text"]))
     if name == "fail":
         return types.CallToolResult(content=text("this tool always fails"), is_error=True)
     raise ValueError(f"unknown tool {name}")
