@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from mcp import ClientSession
 
 from agentbox.rehearsal.model import ModelScript, model_app
 from agentbox.rehearsal.servers import BackgroundServer
@@ -25,9 +26,12 @@ from tests.test_gateway_probe import (  # noqa: F401 - pycache is a fixture
     CLAUDE_BIN, ROOT, SERVERS, TOKEN, Gateway, free_ports, poll, pycache, python_env,
 )
 
+# the checks use what the 2026-07-28 revision deprecates (logging, subscriptions, roots, sampling) on purpose: the
+# handshake era that Claude Code speaks has them
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 FEATURE_SERVER = [sys.executable, str(SERVERS / "feature_server.py")]
 FEATURE_TOOLS = ["lookup", "count", "wait", "cancelled", "ask_model", "ask_person", "roots", "change", "fail", "repeat",
-                 "extra"]
+                 "die", "extra"]
 
 
 class FeatureServer:
@@ -131,7 +135,10 @@ def post_initialize(gateway: Gateway, headers: dict[str, str]) -> httpx.Response
     {"Origin": "null"},
     {"Host": "rebind.example"},
     {"Host": "rebind.example:50005", "Origin": "http://rebind.example:50005"},
-], ids=["foreign origin", "lookalike origin", "opaque origin", "foreign host", "rebound host and origin"])
+    {"Host": "localhost:80@rebind.example"},
+    {"Origin": "http://[::1"},
+], ids=["foreign origin", "lookalike origin", "opaque origin", "foreign host", "rebound host and origin",
+        "host with userinfo", "broken origin"])
 def test_a_foreign_host_or_origin_is_refused_even_with_the_token(servers, headers):
     gateway = servers["gateways"]["stdio"]
     answer = post_initialize(gateway, {"Authorization": f"Bearer {TOKEN}", **headers})
@@ -291,3 +298,33 @@ def test_the_readme_table_says_what_this_gateway_passes_through(direct_stdio):
     for feature, keys in checked.items():  # test_every_feature_passes_through_the_gateway_unchanged compares them
         assert table[feature][1].startswith("passes through"), feature
         assert all(key in direct_stdio for key in keys), feature
+
+
+def test_a_server_that_dies_is_reported_and_a_write_cut_off_is_not_made_again(tmp_path, pycache):  # noqa: F811
+    """A stdio server whose process ends is `failed` on /health from its first failed call; a write whose call was
+    cut off (the client gave up) may have been made, so the same call is refused, not made twice; and a server
+    that serves resources without a templates list is served, not failed."""
+    (tmp_path / "catalog.json").write_text(json.dumps({"features": {
+        "command": FEATURE_SERVER, "env": {"FEATURE_NO_TEMPLATES": "1"}, "tools": ["lookup"]}}))
+    gateway = Gateway("features-dies", tmp_path, pycache, {"features": {}}, "--writes", "wait")
+
+    async def cut_off_then_again() -> str:
+        async with http(gateway.url, TOKEN) as streams, ClientSession(*streams) as session:
+            await session.initialize()
+            assert [r.uri for r in (await session.list_resources()).resources]  # resources still served
+            with anyio.move_on_after(0.5):
+                await session.call_tool("wait", {"why": "deploy"})
+            again = await session.call_tool("wait", {"why": "deploy"})
+            await session.call_tool("die", {})
+            return again.content[0].text
+
+    try:
+        gateway.wait_ready({"features": ["lookup"]})
+        assert "was already made in this run" in anyio.run(cut_off_then_again)
+        with httpx.Client(timeout=10) as client:
+            health = client.get(f"{gateway.base}/health", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert health.status_code == 503
+        assert health.json()["servers"]["features"]["state"] == "failed"
+        assert "connection closed" in health.json()["servers"]["features"]["error"]
+    finally:
+        gateway.stop()

@@ -21,7 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
+
 from agentbox.gateway.patterns import CredentialPatterns
+from agentbox.gateway.upstream import NotSent
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
@@ -67,8 +71,9 @@ class CallGuard:
             self.writes.add(mark)
         try:
             result = await forward()
-        except BaseException as exc:
-            self.writes.discard(mark)
+        except Exception as exc:
+            if isinstance(exc, NotSent) or (isinstance(exc, MCPError) and exc.code != CONNECTION_CLOSED):
+                self.writes.discard(mark)  # refused, or never sent: not made (a broken connection: perhaps made)
             self._write(entry, started, "error", type(exc).__name__)
             raise
         if result.get("isError"):
@@ -93,6 +98,8 @@ class CallGuard:
         for block in result.get("content") or ():
             if block.get("type") == "text":
                 block["text"] = clean(block.get("text", ""))
+            elif block.get("type") == "resource" and isinstance((block.get("resource") or {}).get("text"), str):
+                block["resource"]["text"] = clean(block["resource"]["text"])  # a file's contents, say
         if result.get("structuredContent") is not None:
             dumped = json.dumps(result["structuredContent"], ensure_ascii=False)
             if (cleaned := clean(dumped)) != dumped:

@@ -10,6 +10,7 @@ that URI, a `list_changed` to every client. Tools keep the allow-list and the gu
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -23,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel, ConfigDict
 
+from agentbox.errors import one_line
 from agentbox.gateway.guard import CallGuard, refusal
 from agentbox.gateway.upstream import UpstreamServer
 
@@ -30,6 +32,7 @@ from agentbox.gateway.upstream import UpstreamServer
 # connections of their own, in the handshake era): never passed on.
 HOP_META = (types.PROTOCOL_VERSION_META_KEY, types.CLIENT_INFO_META_KEY, types.CLIENT_CAPABILITIES_META_KEY,
             types.LOG_LEVEL_META_KEY)
+log = logging.getLogger("agentbox.gateway")
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 RESOURCE_NOT_FOUND = -32002
 
@@ -42,6 +45,11 @@ class RawResult(BaseModel):
 
 def raw_notification(method: str, params: dict[str, Any] | None) -> types.Notification:
     return types.Notification[dict[str, Any] | None, str](method=method, params=params)
+
+
+def client_of(ctx: Any) -> str | None:
+    """Which client session a request came on (its Mcp-Session-Id)."""
+    return ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
 
 
 @lru_cache(maxsize=512)
@@ -74,13 +82,21 @@ class Router:
     def ready(self, method: str) -> list[UpstreamServer]:
         return [u for u in self.upstreams if u.session is not None and u.serves(method)]
 
+    async def listing(self, upstream: UpstreamServer, method: str) -> list[dict[str, Any]]:
+        """One server's list; none if it cannot give it now (the others' lists and tools still work)."""
+        try:
+            return await upstream.listing(method)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, it is that server's alone
+            log.warning("gateway: %s did not answer %s: %s", upstream.key, method, one_line(exc))
+            return []
+
     def exposed(self, upstream: UpstreamServer, name: str) -> str:
         return f"{upstream.key}_{name}" if self.prefix else name
 
     async def named(self, method: str, name: str | None) -> tuple[UpstreamServer, str] | None:
         """The server whose list (tools or prompts) holds `name` as exposed, and its own name for it."""
         for upstream in self.ready(method):
-            for item in await upstream.listing(method):
+            for item in await self.listing(upstream, method):
                 if self.exposed(upstream, item["name"]) == name:
                     if method == "tools/list" and self.allow_tools is not None and name not in self.allow_tools:
                         return None
@@ -90,10 +106,10 @@ class Router:
     async def owner_of_uri(self, uri: str) -> UpstreamServer:
         servers = self.ready("resources/list")
         for upstream in servers:
-            if any(r.get("uri") == uri for r in await upstream.listing("resources/list")):
+            if any(r.get("uri") == uri for r in await self.listing(upstream, "resources/list")):
                 return upstream
         for upstream in servers:
-            templates = await upstream.listing("resources/templates/list")
+            templates = await self.listing(upstream, "resources/templates/list")
             if any(template_pattern(t["uriTemplate"]).match(uri) for t in templates if t.get("uriTemplate")):
                 return upstream
         if len(servers) == 1:  # a resource the server reads without listing it
@@ -108,7 +124,7 @@ class Router:
             return found[0], {**ref, "name": found[1]}
         uri = ref.get("uri", "")
         for upstream in self.ready("resources/list"):
-            if any(t.get("uriTemplate") == uri for t in await upstream.listing("resources/templates/list")):
+            if any(t.get("uriTemplate") == uri for t in await self.listing(upstream, "resources/templates/list")):
                 return upstream, ref
         return await self.owner_of_uri(uri), ref
 
@@ -117,8 +133,7 @@ class Router:
     def remember(self, ctx: Any) -> str | None:
         """Note the client a request came from (its session id), so messages can reach it later."""
         self.last_client = ctx
-        request = ctx.request
-        client = request.headers.get("mcp-session-id") if request is not None else None
+        client = client_of(ctx)
         if client:
             self.clients[client] = ctx.session
         return client
@@ -141,7 +156,7 @@ class Router:
     async def list_tools(self, ctx: Any, _: Any) -> dict:
         tools = []
         for upstream in self.ready("tools/list"):
-            for tool in await upstream.listing("tools/list"):
+            for tool in await self.listing(upstream, "tools/list"):
                 name = self.exposed(upstream, tool["name"])
                 if self.allow_tools is None or name in self.allow_tools:
                     tools.append({**tool, "name": name})
@@ -159,7 +174,7 @@ class Router:
 
     async def list_prompts(self, ctx: Any, _: Any) -> dict:
         return {"prompts": [{**p, "name": self.exposed(u, p["name"])}
-                            for u in self.ready("prompts/list") for p in await u.listing("prompts/list")]}
+                            for u in self.ready("prompts/list") for p in await self.listing(u, "prompts/list")]}
 
     async def get_prompt(self, ctx: Any, _: Any) -> dict:
         params = dict(ctx.params or {})
@@ -169,11 +184,12 @@ class Router:
         return await self.forward(ctx, found[0], "prompts/get", {**params, "name": found[1]})
 
     async def list_resources(self, ctx: Any, _: Any) -> dict:
-        return {"resources": [r for u in self.ready("resources/list") for r in await u.listing("resources/list")]}
+        return {"resources": [r for u in self.ready("resources/list")
+                              for r in await self.listing(u, "resources/list")]}
 
     async def list_templates(self, ctx: Any, _: Any) -> dict:
         method = "resources/templates/list"
-        return {"resourceTemplates": [t for u in self.ready("resources/list") for t in await u.listing(method)]}
+        return {"resourceTemplates": [t for u in self.ready("resources/list") for t in await self.listing(u, method)]}
 
     async def by_uri(self, ctx: Any, method: str) -> dict:
         params = dict(ctx.params or {})
@@ -223,6 +239,8 @@ class Router:
     # --- what the servers send of their own accord -------------------------------------------------------------
 
     async def server_request(self, upstream: UpstreamServer, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if len({client_of(c) for c in upstream.in_flight}) > 1:  # over one stdio pipe, nothing says whose it is
+            raise MCPError(types.INTERNAL_ERROR, f"the gateway cannot tell which of several clients {method} is for")
         ctx = upstream.in_flight[-1] if upstream.in_flight else self.last_client
         if ctx is None:
             raise MCPError(types.INTERNAL_ERROR, "no client is connected to the gateway")
@@ -247,8 +265,7 @@ class Router:
 
         if upstream.in_flight:  # on the stream of the request it is about
             ctx = upstream.in_flight[-1]
-            client = ctx.request.headers.get("mcp-session-id") if ctx.request is not None else None
-            if admits(client):
+            if admits(client_of(ctx)):
                 await ctx.session.send_notification(notification, related_request_id=ctx.request_id)
             return
         await self._send({c for c in self.levels if admits(c)}, notification)
@@ -292,17 +309,18 @@ class Router:
         # 2026-era clients need freshness hints on lists and reads: none may be kept (a server's lists can change)
         server = GatewayServer(name, version="1", cache_hints={method: CacheHint() for method in CACHEABLE_METHODS})
         for method, (params_type, handler) in handlers.items():
-            server.add_request_handler(method, params_type, complete(handler))
+            server.add_request_handler(method, params_type, handled(handler, self.remember))
         server.add_notification_handler("notifications/roots/list_changed", types.NotificationParams,
                                         self.roots_changed)
         return server
 
 
-def complete(handler: Callable) -> Callable:
-    """A handler whose answers say they are complete to a 2026-era client, which needs the `resultType` that servers
-    of the handshake era do not write."""
+def handled(handler: Callable, remember: Callable[[Any], Any]) -> Callable:
+    """A handler that notes its client first, and whose answers say they are complete to a 2026-era client (which
+    needs the `resultType` that servers of the handshake era do not write)."""
 
     async def answer(ctx: Any, params: Any) -> dict:
+        remember(ctx)  # every client that asked anything hears of list changes
         result = await handler(ctx, params)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
             return {**result, "resultType": "complete"}

@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -43,7 +44,7 @@ from agentbox.gateway.guard import CallGuard
 from agentbox.gateway.patterns import credential_patterns
 from agentbox.gateway.router import Router
 from agentbox.gateway.upstream import UpstreamServer
-from agentbox.secrets import config_secrets
+from agentbox.secrets import config_secrets, redact
 from agentbox.policy import WRITES_BY_VERB, RunPolicy, tool_list
 
 log = logging.getLogger("agentbox.gateway")
@@ -52,19 +53,29 @@ UPSTREAM_START_TIMEOUT = 120.0
 LOOPBACK_NAMES = ("localhost",)
 
 
+HOST = re.compile(r"^(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9.-]+))(?::\d{1,5})?$")
+
+
 def is_allowed_host(host: str, allowed: Sequence[str]) -> bool:
-    """Whether a Host (or an Origin's host) names this gateway: loopback, or one of the names it serves under."""
-    name = host.strip().lower()
-    if name.startswith("["):
-        name = name[1:].split("]", 1)[0]
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
+    """Whether a Host (or an Origin's host and port) names this gateway: loopback, or a name it serves under."""
+    match = HOST.match(host.strip().lower())
+    if match is None:
+        return False
+    name = match["ip6"] or match["name"]
     if name in LOOPBACK_NAMES or name in allowed:
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def origin_host(origin: str) -> str:
+    """The host and port an Origin names ("" for one that is not a URL, such as `null`)."""
+    try:
+        return urlsplit(origin).netloc
+    except ValueError:
+        return ""
 
 
 class Gate:
@@ -86,7 +97,7 @@ class Gate:
         origin = request.headers.get("origin")
         if not is_allowed_host(request.headers.get("host", ""), self.hosts):
             response = PlainTextResponse("Forbidden: this Host is not the gateway's", status_code=403)
-        elif origin is not None and not is_allowed_host(urlsplit(origin).netloc, self.hosts):
+        elif origin is not None and not is_allowed_host(origin_host(origin), self.hosts):
             response = PlainTextResponse("Forbidden: requests from this Origin are refused", status_code=403)
         elif not self.accepts(request.headers.get("authorization")):
             response = JSONResponse({"error": "unauthorized"}, status_code=401,
@@ -105,14 +116,15 @@ def find_clashes(servers: list[UpstreamServer]) -> dict[str, list[str]]:
     return {tool: keys for tool, keys in owners.items() if len(keys) > 1}
 
 
-def health_report(servers: list[UpstreamServer], hosts: Sequence[str]) -> tuple[dict[str, Any], int]:
+def health_report(servers: list[UpstreamServer], hosts: Sequence[str],
+                  secrets: Sequence[str] = ()) -> tuple[dict[str, Any], int]:
     """Each server's state and what it serves (tools, prompts, resources, templates, features), and who may ask."""
     ok = all(s.state == "ready" for s in servers)
     report = {
         "status": "ok" if ok else "degraded",
         "servers": {
             s.key: {
-                "state": s.state, "error": s.error,
+                "state": s.state, "error": redact(s.error, list(secrets)),
                 "transport": "stdio" if s.spec.command else "http",
                 "tools": len(s.lists.get("tools/list", [])),
                 "prompts": len(s.lists.get("prompts/list", [])),
@@ -174,7 +186,7 @@ async def running_gateway(
 
         async def health(request: Request) -> JSONResponse:
             """200 when every server is ready, 503 otherwise, with what each serves (the gate checks the token)."""
-            body, status = health_report(servers, hosts)
+            body, status = health_report(servers, hosts, guard.secrets)
             return JSONResponse(body, status_code=status)
 
         app = router.server().streamable_http_app(
@@ -185,6 +197,9 @@ async def running_gateway(
     finally:
         for server in servers:
             server.close()
+        for task, event in zip(tasks, started):  # a server still starting stops now, not at its start timeout
+            if not event.is_set():
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -204,12 +219,11 @@ async def serve_warm(app: ASGIApp, token: str, host: str, port: int) -> None:
                 await warmup_task  # raises why it could not start
                 return
             await asyncio.sleep(0.005)
-        await _list_tools_over(socket_path, token)
-        public = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="warning", timeout_graceful_shutdown=2)
-        )
-        print(f"gateway: serving on http://{host}:{port}/mcp", file=sys.stderr, flush=True)
         try:
+            await _list_tools_over(socket_path, token)
+            public = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off", log_level="warning",
+                                                   timeout_graceful_shutdown=2))
+            print(f"gateway: serving on http://{host}:{port}/mcp", file=sys.stderr, flush=True)
             await public.serve()
         finally:
             warmup.should_exit = True

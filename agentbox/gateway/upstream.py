@@ -22,7 +22,9 @@ import mcp_types as types
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from pydantic import TypeAdapter
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
+from pydantic import TypeAdapter, ValidationError
 
 from agentbox.errors import one_line
 from agentbox.gateway.catalog import Upstream
@@ -39,6 +41,10 @@ CHANGED = {  # notification -> the lists it makes stale
 }
 MAX_PAGES = 100
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class NotSent(MCPError):
+    """A request that never left the gateway (its server is not running): a write refused this way was not made."""
 
 
 class Relay(Protocol):
@@ -71,6 +77,7 @@ class UpstreamServer:
     session: ClientSession | None = None
     lists: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the last one fetched of each
     stale: set[str] = field(default_factory=set)  # lists the server said changed since
+    changes: int = 0  # how many list_changed the server sent
     in_flight: list[Any] = field(default_factory=list)  # the clients' requests now being served by this server
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -118,11 +125,18 @@ class UpstreamServer:
         """Send one request as it is and return the answer as it is (MCPError if the server answers an error).
         `client` is the client request this one serves: a sampling request the server makes meanwhile goes there."""
         if self.session is None:
-            raise ConnectionError(f"the MCP server {self.key} is not running")
+            raise NotSent(types.INTERNAL_ERROR, f"The MCP server {self.key} is not running: {self.error}")
         if client is not None:
             self.in_flight.append(client)
         try:
             return await self.session.send_request(raw_request(method, params), RAW, progress_callback=progress)
+        except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:  # the process died or the connection broke: from now on, say so
+                self.state, self.error = "failed", f"its connection closed ({one_line(exc)})"
+            raise
+        except ValidationError as exc:  # the server's answer is not MCP: its fault, not the client's
+            raise MCPError(types.INTERNAL_ERROR, f"The MCP server {self.key} gave an invalid answer to {method}: "
+                           f"{one_line(exc)}") from None
         finally:
             if client is not None:
                 self.in_flight.remove(client)
@@ -130,15 +144,21 @@ class UpstreamServer:
     async def listing(self, method: str) -> list[dict[str, Any]]:
         """Every item of one of the server's lists, every page, kept until the server says it changed."""
         if method not in self.lists or method in self.stale:
-            self.stale.discard(method)
+            stale_since = self.changes
             items, params = [], None
-            for _ in range(MAX_PAGES):
-                page = await self.request(method, params)
-                items += page.get(LISTS[method]) or []
-                if not page.get("nextCursor"):
-                    break
-                params = {"cursor": page["nextCursor"]}
+            try:
+                for _ in range(MAX_PAGES):
+                    page = await self.request(method, params)
+                    items += page.get(LISTS[method]) or []
+                    if not page.get("nextCursor"):
+                        break
+                    params = {"cursor": page["nextCursor"]}
+            except MCPError as exc:
+                if exc.code != types.METHOD_NOT_FOUND:  # a server with resources but no templates, say: none
+                    raise
             self.lists[method] = items
+            if self.changes == stale_since:  # no change announced while this one was fetched
+                self.stale.discard(method)
         return self.lists[method]
 
     @contextlib.asynccontextmanager
@@ -184,7 +204,9 @@ class UpstreamServer:
     async def _message(self, message: Any) -> None:
         if isinstance(message, Exception) or message.method == "notifications/message":  # _log has it
             return
-        self.stale.update(CHANGED.get(message.method, ()))
+        if message.method in CHANGED:
+            self.changes += 1
+            self.stale.update(CHANGED[message.method])
         params = dump(message.params) if message.params is not None else None
         await self.relay.server_notification(self, message.method, params)
 

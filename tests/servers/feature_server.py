@@ -6,6 +6,7 @@ and structured content; paginated lists (tools, prompts, resources, templates); 
 template's arguments; subscriptions and `resources/updated`; logging at the level the client sets; progress;
 cancellation; and the requests a server makes of its client (sampling, elicitation, roots).
 
+With FEATURE_NO_TEMPLATES set it serves resources but no templates list (answering -32601), as some servers do.
 `python feature_server.py` speaks stdio; `python feature_server.py --http PORT` serves Streamable HTTP at
 `http://127.0.0.1:PORT/mcp`. One process keeps its state (subscriptions, the note's version, cancelled calls) for
 every client, so a test can ask it afterwards what it saw.
@@ -65,6 +66,7 @@ TOOLS = [
     types.Tool(name="change", description="Changes the note and adds a tool.", input_schema=OBJECT,
                annotations=types.ToolAnnotations(destructive_hint=False)),
     types.Tool(name="fail", description="Always fails.", input_schema=OBJECT),
+    types.Tool(name="die", description="Ends the server's process (a crash).", input_schema=OBJECT),
     types.Tool(name="repeat", description="Answers with its text (the latency benchmark's call).",
                input_schema={"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
 ]
@@ -181,6 +183,8 @@ async def call_tool(ctx, params: types.CallToolRequestParams) -> types.CallToolR
         return types.CallToolResult(content=text(f"note is at version {STATE.version}"))
     if name == "extra":
         return types.CallToolResult(content=text("extra called"))
+    if name == "die":
+        os._exit(3)
     if name == "repeat":
         return types.CallToolResult(content=text(args["text"]))
     if name == "fail":
@@ -301,6 +305,8 @@ def build() -> Server:
             on_read_resource=read_resource, on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe,
             on_completion=complete, on_set_logging_level=set_level,
         )
+        if os.environ.get("FEATURE_NO_TEMPLATES"):  # resources without templates/list, as some servers are
+            del handlers["on_list_resource_templates"]
         return FeatureServer("feature-server", version="1.0.0", instructions="A server with every MCP feature.",
                              **{name: logged(handler) for name, handler in handlers.items()})
 
