@@ -18,6 +18,7 @@ import anyio
 import httpx
 import pytest
 from mcp import ClientSession
+from mcp.shared.exceptions import MCPError
 
 from agentbox.rehearsal.model import ModelScript, model_app
 from agentbox.rehearsal.servers import BackgroundServer
@@ -315,7 +316,8 @@ def test_a_server_that_dies_is_reported_and_a_write_cut_off_is_not_made_again(tm
             with anyio.move_on_after(0.5):
                 await session.call_tool("wait", {"why": "deploy"})
             again = await session.call_tool("wait", {"why": "deploy"})
-            await session.call_tool("die", {})
+            with pytest.raises(MCPError, match="The MCP server features closed its connection during tools/call"):
+                await session.call_tool("die", {})
             return again.content[0].text
 
     try:

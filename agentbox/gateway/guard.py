@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED
 
 from agentbox.gateway.patterns import CredentialPatterns
-from agentbox.gateway.upstream import NotSent
+from agentbox.gateway.upstream import ConnectionLost
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
@@ -72,7 +71,7 @@ class CallGuard:
         try:
             result = await forward()
         except Exception as exc:
-            if isinstance(exc, NotSent) or (isinstance(exc, MCPError) and exc.code != CONNECTION_CLOSED):
+            if isinstance(exc, MCPError) and not isinstance(exc, ConnectionLost):
                 self.writes.discard(mark)  # refused, or never sent: not made (a broken connection: perhaps made)
             self._write(entry, started, "error", type(exc).__name__)
             raise

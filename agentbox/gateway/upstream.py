@@ -43,8 +43,8 @@ MAX_PAGES = 100
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
-class NotSent(MCPError):
-    """A request that never left the gateway (its server is not running): a write refused this way was not made."""
+class ConnectionLost(MCPError):
+    """The server's connection closed while a request was under way: it may have been carried out."""
 
 
 class Relay(Protocol):
@@ -125,15 +125,18 @@ class UpstreamServer:
         """Send one request as it is and return the answer as it is (MCPError if the server answers an error).
         `client` is the client request this one serves: a sampling request the server makes meanwhile goes there."""
         if self.session is None:
-            raise NotSent(types.INTERNAL_ERROR, f"The MCP server {self.key} is not running: {self.error}")
+            raise MCPError(types.INTERNAL_ERROR, f"The MCP server {self.key} is not running: {self.error}")
         if client is not None:
             self.in_flight.append(client)
         try:
             return await self.session.send_request(raw_request(method, params), RAW, progress_callback=progress)
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED:  # the process died or the connection broke: from now on, say so
-                self.state, self.error = "failed", f"its connection closed ({one_line(exc)})"
-            raise
+            if exc.code != CONNECTION_CLOSED:
+                raise
+            # the process died or the connection broke: from now on, say so (the call may have been made)
+            self.state, self.error = "failed", "its connection closed"
+            raise ConnectionLost(types.INTERNAL_ERROR, f"The MCP server {self.key} closed its connection during "
+                                 f"{method}.") from None
         except ValidationError as exc:  # the server's answer is not MCP: its fault, not the client's
             raise MCPError(types.INTERNAL_ERROR, f"The MCP server {self.key} gave an invalid answer to {method}: "
                            f"{one_line(exc)}") from None
