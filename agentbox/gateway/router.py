@@ -130,17 +130,15 @@ class Router:
 
     # --- requests from the clients -----------------------------------------------------------------------------
 
-    def remember(self, ctx: Any) -> str | None:
-        """Note the client a request came from (its session id), so messages can reach it later."""
+    def remember(self, ctx: Any) -> None:
+        """Note the client a request came from (its session id), so messages can reach it later; every request
+        handler does (`handled`), before it runs."""
         self.last_client = ctx
-        client = client_of(ctx)
-        if client:
+        if client := client_of(ctx):
             self.clients[client] = ctx.session
-        return client
 
     async def forward(self, ctx: Any, upstream: UpstreamServer, method: str, params: dict[str, Any]) -> dict:
         """One request to `upstream` as the client sent it, with its progress relayed back to that client."""
-        self.remember(ctx)
         meta = {k: v for k, v in (params.get("_meta") or {}).items() if k not in HOP_META}
         token = meta.pop("progressToken", None)
         params = {**params, "_meta": meta} if meta else {k: v for k, v in params.items() if k != "_meta"}
@@ -199,7 +197,7 @@ class Router:
         return await self.by_uri(ctx, "resources/read")
 
     async def subscribe(self, ctx: Any, _: Any) -> dict:
-        client, uri = self.remember(ctx), (ctx.params or {}).get("uri", "")
+        client, uri = client_of(ctx), (ctx.params or {}).get("uri", "")
         upstream = await self.owner_of_uri(uri)
         if not upstream.serves("resources/subscribe"):
             raise MCPError(types.METHOD_NOT_FOUND, f"The server of {uri} offers no subscriptions")
@@ -208,7 +206,7 @@ class Router:
         return answer
 
     async def unsubscribe(self, ctx: Any, _: Any) -> dict:
-        client, uri = self.remember(ctx), (ctx.params or {}).get("uri", "")
+        client, uri = client_of(ctx), (ctx.params or {}).get("uri", "")
         subscribed = self.subscribers.get(uri, set())
         subscribed.discard(client or "")
         if subscribed:  # another client still wants it: the server keeps sending
@@ -223,8 +221,7 @@ class Router:
         return await self.forward(ctx, upstream, "completion/complete", {**params, "ref": ref})
 
     async def set_level(self, ctx: Any, _: Any) -> dict:
-        client = self.remember(ctx)
-        if client:
+        if client := client_of(ctx):
             self.levels[client] = (ctx.params or {}).get("level", "info")
         for upstream in self.ready("logging/setLevel"):
             await self.forward(ctx, upstream, "logging/setLevel", dict(ctx.params or {}))
@@ -315,7 +312,7 @@ class Router:
         return server
 
 
-def handled(handler: Callable, remember: Callable[[Any], Any]) -> Callable:
+def handled(handler: Callable, remember: Callable[[Any], None]) -> Callable:
     """A handler that notes its client first, and whose answers say they are complete to a 2026-era client (which
     needs the `resultType` that servers of the handshake era do not write)."""
 
