@@ -93,12 +93,16 @@ class Router:
     def exposed(self, upstream: UpstreamServer, name: str) -> str:
         return f"{upstream.key}_{name}" if self.prefix else name
 
+    def allowed(self, tool: str) -> bool:
+        """Whether the allow-list lets the gateway serve a tool (by the name it serves it under)."""
+        return self.allow_tools is None or tool in self.allow_tools
+
     async def named(self, method: str, name: str | None) -> tuple[UpstreamServer, str] | None:
         """The server whose list (tools or prompts) holds `name` as exposed, and its own name for it."""
         for upstream in self.ready(method):
             for item in await self.listing(upstream, method):
                 if self.exposed(upstream, item["name"]) == name:
-                    if method == "tools/list" and self.allow_tools is not None and name not in self.allow_tools:
+                    if method == "tools/list" and not self.allowed(name):
                         return None
                     return upstream, item["name"]
         return None
@@ -156,7 +160,7 @@ class Router:
         for upstream in self.ready("tools/list"):
             for tool in await self.listing(upstream, "tools/list"):
                 name = self.exposed(upstream, tool["name"])
-                if self.allow_tools is None or name in self.allow_tools:
+                if self.allowed(name):
                     tools.append({**tool, "name": name})
         return {"tools": tools}
 
