@@ -26,12 +26,14 @@ import re
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import uvicorn
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -139,14 +141,6 @@ def health_report(servers: list[UpstreamServer], hosts: Sequence[str],
     return report, 200 if ok else 503
 
 
-@dataclass
-class Gateway:
-    """A started gateway: its ASGI app (the MCP endpoint at /mcp, and /health) and its servers."""
-
-    app: ASGIApp
-    servers: list[UpstreamServer]
-
-
 @contextlib.asynccontextmanager
 async def running_gateway(
     config: dict[str, Any],
@@ -160,11 +154,11 @@ async def running_gateway(
     is_write: Callable[[str], bool] | None = None,
     hosts: Sequence[str] = (),
     patterns: bool = True,
-) -> AsyncIterator[Gateway]:
-    """Start every upstream server, check for clashes, and serve them all as one MCP server behind the gate and the
-    guard (see guard.py), which keeps the config's secrets, the token and `secrets` out of every call. The servers
-    stop when the context ends. With `patterns`, the guard also knows credentials by their format (patterns.py),
-    compiled while the servers start."""
+) -> AsyncIterator[ASGIApp]:
+    """Start every upstream server, check for clashes, and serve them all as one MCP server (the ASGI app: /mcp and
+    /health) behind the gate and the guard (see guard.py), which keeps the config's secrets, the token and `secrets`
+    out of every call. The servers stop when the context ends. With `patterns`, the guard also knows credentials by
+    their format (patterns.py), compiled while the servers start."""
     guard = CallGuard([*config_secrets(config), token, *secrets], call_log, is_write)
     router = Router([], guard, None if allow_tools is None else set(allow_tools), prefix)
     servers = [UpstreamServer(u, router) for u in upstreams(config, load_catalog(catalog_file))]
@@ -193,7 +187,7 @@ async def running_gateway(
             streamable_http_path="/mcp", custom_starlette_routes=[Route("/health", health, methods=["GET"])],
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),  # the Gate does
         )
-        yield Gateway(Gate(app, token, hosts), servers)
+        yield Gate(app, token, hosts)
     finally:
         for server in servers:
             server.close()
@@ -231,10 +225,6 @@ async def serve_warm(app: ASGIApp, token: str, host: str, port: int) -> None:
 
 
 async def _list_tools_over(socket_path: str, token: str) -> None:
-    import httpx2
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
     transport = httpx2.AsyncHTTPTransport(uds=socket_path)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx2.AsyncClient(transport=transport, headers=headers, timeout=60) as http:
@@ -246,9 +236,8 @@ async def _list_tools_over(socket_path: str, token: str) -> None:
 
 # What the first request through the gateway imports lazily: a warm spare imports them while it waits.
 FIRST_REQUEST_MODULES = (
-    "httpx2", "httpcore2", "h11", "mcp.client.stdio", "mcp.client.streamable_http",
-    "uvicorn.lifespan.on", "uvicorn.protocols.http.h11_impl", "uvicorn.protocols.http.httptools_impl",
-    "uvicorn.protocols.websockets.websockets_impl",
+    "httpcore2", "h11", "uvicorn.lifespan.on", "uvicorn.protocols.http.h11_impl",
+    "uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.websockets.websockets_impl",
 )
 
 
@@ -317,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             hosts = [args.host, *args.allow_host]
             async with running_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
                                        call_log=args.call_log, is_write=writes_rule(args.writes),
-                                       hosts=hosts, patterns=not args.no_secret_patterns) as gateway:
-                await serve_warm(gateway.app, token, args.host, args.port)
+                                       hosts=hosts, patterns=not args.no_secret_patterns) as app:
+                await serve_warm(app, token, args.host, args.port)
 
         asyncio.run(serve())
     except ConfigError as exc:
