@@ -36,15 +36,10 @@ from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 from agentbox.gateway.probe import wait_until_ready  # noqa: E402
+from agentbox.host import free_port, wait_until_async  # noqa: E402
 
 SERVER = [sys.executable, str(ROOT / "tests" / "servers" / "feature_server.py")]
 TOKEN = "benchmark-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ordinary_text(kb: int) -> str:
@@ -61,16 +56,9 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-async def wait_listening(port: int, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Session:
@@ -118,7 +106,8 @@ async def main(calls: int, kb: int) -> None:
           for port, extra in ((on_port, []), (off_port, ["--no-secret-patterns"]))),
     ]
     try:
-        await wait_listening(direct_port)
+        if not await wait_until_async(lambda: listening(direct_port), 30):
+            raise RuntimeError(f"the feature server does not listen on port {direct_port}")
         for port in (on_port, off_port):
             await wait_until_ready(f"http://127.0.0.1:{port}/mcp", TOKEN, {"features": ["repeat"]},
                                    deadline_seconds=60)
