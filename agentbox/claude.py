@@ -322,6 +322,8 @@ class AgentRun(BaseModel):
     decisions: list[PermissionDecision] = Field(default_factory=list, description="Every permission answer given.")
     structured_output: Any = None
     estimated_cost_usd: float = Field(0.0, description="The host's running estimate from token usage.")
+    tokens: dict[str, int] = Field(default_factory=dict, description="Model tokens used, by kind (input, output, "
+                                   "cache_read, cache_creation).")
     stopped: str = Field("", description="Why the host stopped Claude before it finished (budget), if it did.")
     stderr: str = Field("", description="The last line Claude wrote on stderr (secrets redacted).")
     exit_code: int | None = None

@@ -59,17 +59,18 @@ class Conversation:
     def __init__(self, sandboxes: SandboxBackend, handle: SandboxHandle, prompt: str, *, options: ClaudeOptions,
                  policy: RunPolicy, approver: Approver | None, claude_timeout: float, approval_timeout: float = 0.0,
                  servers: dict[str, list[str]] | None = None, secrets: Sequence[str] = (), log: Log | None = None,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, envs: dict[str, str] | None = None) -> None:
         """`claude_timeout` bounds Claude's own work and `approval_timeout` all of the run's waits for people, on
         top; `servers` maps each MCP server to its tools (to name the server when a person is asked); `secrets`
         (the gateway's token among them) are redacted from every line given to `log`; `journal` keeps the run's
-        writes (each journaled before Claude may make it, and its outcome as it streams back)."""
+        writes (each journaled before Claude may make it, and its outcome as it streams back); `envs` are added to
+        Claude's environment (its telemetry's)."""
         self.sandboxes, self.handle, self.prompt, self.options = sandboxes, handle, prompt, options
         self.budget = policy.budget_usd
         self.timeout = claude_timeout + approval_timeout
         self.secrets = list(secrets)
         self.log = log or logging.getLogger(__name__).log
-        self.policy, self.journal = policy, journal
+        self.policy, self.journal, self.envs = policy, journal, envs
         self.permissions = PermissionHost(policy, approver, wait_budget=approval_timeout, servers=servers,
                                           secrets=self.secrets, structured_output=options.json_schema is not None,
                                           journal=journal)
@@ -112,8 +113,9 @@ class Conversation:
         """Claude's command in the sandbox, its stdin fed from the inbox, which holds the prompt first."""
         self.stop_reason = asyncio.get_running_loop().create_future()
         self.inbox.put_nowait(user_message(self.prompt))
-        return asyncio.create_task(self.sandboxes.run(self.handle, prompt_command(self.options), timeout=self.timeout,
-                                                      on_stdout=self._read, stdin=self._claude_input()))
+        return asyncio.create_task(self.sandboxes.run(
+            self.handle, prompt_command(self.options), envs=self.envs, timeout=self.timeout, on_stdout=self._read,
+            stdin=self._claude_input()))
 
     async def _claude_input(self) -> AsyncIterator[str]:
         """The inbox's lines as they come, until the None that closes Claude's stdin."""
@@ -141,6 +143,7 @@ class Conversation:
             answering.add_done_callback(self.answering.discard)
         elif isinstance(event, UsageEvent):
             self.agent_run.estimated_cost_usd = round(self.spend.add(event.message_id, event.model, event.usage), 6)
+            self.agent_run.tokens = self.spend.tokens()
             if self.budget is not None and self.spend.usd > self.budget and not self.agent_run.stopped:
                 self.agent_run.stopped = "budget"
                 self._stop(BudgetStop())

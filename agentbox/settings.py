@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -128,6 +129,27 @@ class Settings(BaseSettings):
         "renews it while it lives, also while it waits for a person): however the run dies, its sandbox follows "
         "within about this time. Never past SANDBOX_TTL_SECONDS."
     )
+
+    # Tracing (agentbox/telemetry): the standard OpenTelemetry variables, read for every layer of a run.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="The OTLP/HTTP endpoint (base URL, e.g. http://tempo:4318) the orchestrator, the gateway, "
+        "the egress proxy and Claude Code export a run's telemetry to; unset: tracing is off."
+    )
+    otel_exporter_otlp_headers: SecretStr | None = Field(
+        None, description="Headers sent to that endpoint, 'key=value,...' (an API key: kept secret)."
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "http/json"] = Field(
+        "http/protobuf", description="OTLP over HTTP, protobuf or JSON (for Claude Code; the others use protobuf)."
+    )
+    otel_service_name: str = Field("agentbox", description="service.name of the orchestrator's telemetry.")
+    otel_resource_attributes: str | None = Field(
+        None, description="Attributes every layer's telemetry carries besides the run's, 'key=value,...'."
+    )
+    otel_metrics_exporter: Literal["otlp", "none"] = Field(
+        "otlp", description="Export metrics (the run's cost and tokens, Claude Code's metrics) too."
+    )
+    otel_logs_exporter: Literal["otlp", "none"] = Field("otlp", description="Export Claude Code's events too.")
+    otel_sdk_disabled: bool = Field(False, description="Turn tracing off even with an endpoint set.")
 
     @field_validator("sandbox_backend")
     @classmethod

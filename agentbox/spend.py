@@ -33,17 +33,34 @@ def call_cost(model: str, usage: dict[str, Any]) -> float:
     return (inputs * input_price + tokens("output_tokens") * output_price) / 1_000_000
 
 
+TOKEN_KINDS = {"input_tokens": "input", "output_tokens": "output", "cache_read_input_tokens": "cache_read",
+               "cache_creation_input_tokens": "cache_creation"}
+
+
 class Spend:
     """The running estimate of one run: the largest usage seen per message, summed."""
 
     def __init__(self) -> None:
         self._calls: dict[str, float] = {}
+        self._tokens: dict[str, dict[str, int]] = {}
 
     def add(self, message_id: str, model: str, usage: dict[str, Any]) -> float:
         """Count a message's usage (again, if it grew); the run's estimate so far."""
         key = message_id or f"anonymous-{len(self._calls)}"
         self._calls[key] = max(self._calls.get(key, 0.0), call_cost(model, usage))
+        seen = self._tokens.setdefault(key, {})
+        for name, kind in TOKEN_KINDS.items():
+            if isinstance(value := usage.get(name), int) and value > seen.get(kind, 0):
+                seen[kind] = value
         return self.usd
+
+    def tokens(self) -> dict[str, int]:
+        """The run's tokens so far, by kind (input, output, cache_read, cache_creation)."""
+        totals = dict.fromkeys(TOKEN_KINDS.values(), 0)
+        for seen in self._tokens.values():
+            for kind, count in seen.items():
+                totals[kind] += count
+        return totals
 
     @property
     def usd(self) -> float:

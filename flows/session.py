@@ -26,7 +26,8 @@ from agentbox.notifications import failure_notice, success_notice
 from agentbox.plan import SessionPlan
 from agentbox.run_checks import check_run
 from agentbox.sandboxes.base import SLOT_LEASE_LABEL_KEY, SandboxHandle
-from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout
+from agentbox.settings import Settings, configured_flow_retries, configured_flow_timeout, load_settings
+from agentbox.telemetry.spans import start_telemetry
 from flows.janitor import kill_run_sandboxes_hook
 from flows.planning import policy_lines, running_flow_timeout
 from flows.report import session_artifact
@@ -44,7 +45,9 @@ def session_flow(name: str, flow_run_name: Callable[[], str]) -> Callable[[Calla
     """`@flow` with what every session flow shares, declared once: the configured timeout and retries (read where the
     flow's module is imported: the CLI, a runner, a worker's flow-run process), the hooks that kill a crashed or
     cancelled run's sandboxes and free their slots, and a run cancelled while it waited for a person ending
-    Cancelled (its sandbox torn down), not Failed."""
+    Cancelled (its sandbox torn down), not Failed. Tracing starts here too, when the settings turn it on, before
+    Prefect opens the flow run's span."""
+    start_configured_telemetry()
 
     def decorate(fn: Callable[..., Awaitable[Any]]) -> Flow:
         @functools.wraps(fn)  # Prefect reads the parameters, their types and the docstring through the wrapper
@@ -60,6 +63,15 @@ def session_flow(name: str, flow_run_name: Callable[[], str]) -> Callable[[Calla
                     )(ending_cancelled_when_cancelled)
 
     return decorate
+
+
+def start_configured_telemetry() -> None:
+    """Install the OpenTelemetry providers when the settings ask for tracing, wherever a session flow's module is
+    imported (the CLI, a runner, a worker's flow-run process); bad settings are reported by the run's plan."""
+    try:
+        start_telemetry(load_settings())
+    except AgentboxError:
+        pass
 
 
 async def run_session(plan: SessionPlan, result: SessionResult) -> SessionResult:

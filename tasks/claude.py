@@ -11,6 +11,7 @@ from agentbox.conversation import Conversation
 from agentbox.plan import SessionPlan, Timeouts
 from agentbox.registration import register_claude_with_gateway
 from agentbox.sandboxes import SandboxBackend, SandboxHandle
+from agentbox.telemetry.spans import annotate_run, record_usage, task_telemetry, usage_attributes
 from tasks.agent_runs import load_journal
 from tasks.approvals import current_approver
 from tasks.budget import record_spend
@@ -38,6 +39,7 @@ async def sandbox_and_secrets(plan: SessionPlan, handle: SandboxHandle) -> tuple
 async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     """`claude mcp add --transport http --scope user ...`, then `claude mcp get` must say Connected (one command);
     a retry finds the server added and checks it alone."""
+    annotate_run(plan.metadata, handle.id)
     sandboxes, secrets = await sandbox_and_secrets(plan, handle)
     status = await register_claude_with_gateway(sandboxes, handle, timeout=plan.timeouts.registration,
                                                 secrets=secrets)
@@ -51,14 +53,19 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
     """Run Claude Code on the plan's prompt (see `Conversation`), logging to the run's log, asking this run's
     approver and journaling its writes; what it spent is recorded for the daily budget however it ended (not for a
     rehearsal). What it did is returned, for `check_run` to judge after the run is recorded."""
+    annotate_run(plan.metadata, handle.id)
     sandboxes, secrets = await sandbox_and_secrets(plan, handle)
+    telemetry = task_telemetry(plan.read_settings(), plan.metadata)  # Claude Code's spans join this task's
     conversation = Conversation(
         sandboxes, handle, plan.prompt, options=plan.claude, policy=plan.policy, approver=current_approver(plan),
         claude_timeout=plan.timeouts.claude, approval_timeout=plan.timeouts.approvals, servers=plan.expected_tools,
         secrets=secrets, log=get_run_logger().log, journal=await load_journal(plan, secrets),
+        envs=sandboxes.claude_telemetry_env(telemetry) if telemetry else None,
     )
     try:
         return await conversation.run()
     finally:
+        run = conversation.agent_run
+        record_usage(run.spent_usd, run.tokens, usage_attributes(plan.metadata))
         if not plan.rehearsal:
             await record_spend(conversation.agent_run.spent_usd)

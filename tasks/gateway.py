@@ -9,6 +9,7 @@ from agentbox.gateway.probe import wait_until_ready
 from agentbox.plan import SessionPlan
 from agentbox.policy import check_tools_served
 from agentbox.sandboxes import SandboxHandle
+from agentbox.telemetry.spans import annotate_run
 from tasks.defaults import session_task
 
 ATTEMPTS = 4  # each attempt polls for a quarter of the plan's gateway-ready timeout
@@ -24,6 +25,7 @@ ATTEMPTS = 4  # each attempt polls for a quarter of the plan's gateway-ready tim
 async def wait_for_gateway(plan: SessionPlan, handle: SandboxHandle) -> list[str]:
     """Poll MCP initialize + tools/list (every 20 ms) until every expected server's tools are listed; each attempt
     of the task polls for a quarter of the plan's gateway-ready timeout."""
+    annotate_run(plan.metadata, handle.id)
     token = await plan.sandboxes(plan.read_settings()).gateway_token(handle)
     result = await wait_until_ready(
         handle.gateway_url, token, plan.expected_tools, deadline_seconds=plan.timeouts.gateway_ready / ATTEMPTS

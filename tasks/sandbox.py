@@ -23,6 +23,7 @@ from agentbox.errors import ConfigError
 from agentbox.plan import SessionPlan
 from agentbox.sandboxes import SandboxHandle
 from agentbox.settings import Settings
+from agentbox.telemetry.spans import annotate_run, task_telemetry
 from tasks.compat import acquire_concurrency_slot
 from tasks.defaults import session_task
 from tasks.lease import SLOT_LEASE_SECONDS
@@ -58,7 +59,9 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
         lease_seconds=plan.lease_seconds,  # renewed by the run's SessionLease (tasks/lease.py) while it lives
         writes=plan.policy.writes,
         secret_patterns=plan.policy.secret_patterns,
+        telemetry=task_telemetry(settings, plan.metadata),  # its gateway's and egress proxy's spans join this one
     )
+    annotate_run(plan.metadata, handle.id)
     get_run_logger().info("Sandbox %s created (%s); gateway at %s", handle.id, handle.backend, handle.gateway_url)
     return handle
 
@@ -68,6 +71,7 @@ async def create_sandbox(plan: SessionPlan) -> SandboxHandle:
 async def kill_sandbox(plan: SessionPlan, handle: SandboxHandle) -> bool:
     """Destroy the sandbox; killing one already gone is a success. `kill_sandbox.fn` is the same kill without the
     task machinery, for when that machinery itself is failing."""
+    annotate_run(plan.metadata, handle.id)
     return await plan.sandboxes(plan.read_settings()).kill(handle.id)
 
 

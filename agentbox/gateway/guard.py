@@ -24,6 +24,7 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 
 from agentbox.gateway.patterns import CredentialPatterns
+from agentbox.gateway.tracing import annotate
 from agentbox.gateway.upstream import ConnectionLost
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
@@ -106,6 +107,9 @@ class CallGuard:
         return sorted(masked)
 
     def _write(self, entry: dict[str, Any], started: float, outcome: str, detail: str) -> None:
+        annotate({"agentbox.gateway.outcome": outcome, "agentbox.gateway.blocked": outcome == "blocked",
+                  "agentbox.gateway.detail": detail, "agentbox.gateway.argument_bytes": entry["argument_bytes"],
+                  "agentbox.gateway.argument_names": entry["arguments"]})
         if self.call_log is None:
             return
         line = {

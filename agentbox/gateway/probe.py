@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
+from opentelemetry import propagate
 
 from agentbox.errors import GatewayAuthError, GatewayNotReady, GatewayUpstreamError, one_line
 
@@ -50,6 +51,7 @@ class GatewayProbe:
     def __init__(self, url: str, token: str) -> None:
         self.url, self._statuses = url, []
         headers = {"Authorization": f"Bearer {token}"} if token else {}  # an empty token must earn a 401, not a crash
+        propagate.inject(headers)  # the caller's span, when traced: the gateway's spans of the probes join it
         self._http = httpx2.AsyncClient(headers=headers, event_hooks={"response": [self._record]})
 
     async def _record(self, response: httpx2.Response) -> None:

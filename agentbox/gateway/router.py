@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentbox.errors import one_line
 from agentbox.gateway.guard import CallGuard, refusal
+from agentbox.gateway.tracing import annotate
 from agentbox.gateway.upstream import UpstreamServer
 
 # What a 2026-era request carries in `_meta` about its own connection (the gateway speaks to its servers on
@@ -171,6 +172,7 @@ class Router:
         if found is None:
             return refusal(f"Unknown tool: '{name}'")
         upstream, own_name = found
+        annotate({"agentbox.mcp.server": upstream.key})
         return await self.guard.call(
             name, arguments, lambda: self.forward(ctx, upstream, "tools/call", {**params, "name": own_name}))
 

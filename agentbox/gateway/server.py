@@ -45,6 +45,7 @@ from agentbox.gateway.catalog import load_catalog, read_config_argument, upstrea
 from agentbox.gateway.guard import CallGuard
 from agentbox.gateway.patterns import credential_patterns
 from agentbox.gateway.router import Router
+from agentbox.gateway.tracing import JoinRequestTrace, start_tracing
 from agentbox.gateway.upstream import UpstreamServer
 from agentbox.secrets import config_secrets, redact
 from agentbox.policy import WRITES_BY_VERB, RunPolicy, tool_list
@@ -154,11 +155,13 @@ async def running_gateway(
     is_write: Callable[[str], bool] | None = None,
     hosts: Sequence[str] = (),
     patterns: bool = True,
+    tracing: JoinRequestTrace | None = None,
 ) -> AsyncIterator[ASGIApp]:
     """Start every upstream server, check for clashes, and serve them all as one MCP server (the ASGI app: /mcp and
     /health) behind the gate and the guard (see guard.py), which keeps the config's secrets, the token and `secrets`
     out of every call. The servers stop when the context ends. With `patterns`, the guard also knows credentials by
-    their format (patterns.py), compiled while the servers start."""
+    their format (patterns.py), compiled while the servers start. With `tracing` (its run traced), each request's
+    span joins the run's trace (tracing.py)."""
     guard = CallGuard([*config_secrets(config), token, *secrets], call_log, is_write)
     router = Router([], guard, None if allow_tools is None else set(allow_tools), prefix)
     servers = [UpstreamServer(u, router) for u in upstreams(config, load_catalog(catalog_file))]
@@ -183,7 +186,10 @@ async def running_gateway(
             body, status = health_report(servers, hosts, guard.secrets)
             return JSONResponse(body, status_code=status)
 
-        app = router.server().streamable_http_app(
+        server = router.server()
+        if tracing:
+            server.middleware.insert(0, tracing)  # outside the MCP SDK's span middleware: it sets the parent
+        app = server.streamable_http_app(
             streamable_http_path="/mcp", custom_starlette_routes=[Route("/health", health, methods=["GET"])],
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),  # the Gate does
         )
@@ -301,12 +307,16 @@ def main(argv: list[str] | None = None) -> int:
         config = read_config_argument(args.config, "--config")
         allow = tool_list(args.tools)
 
+        traced = start_tracing()  # the telemetry endpoint's header values, or None when the run is not traced
+
         async def serve() -> None:
             extra = json.loads(os.environ.get("GATEWAY_SECRET_VALUES") or "[]")  # the sandbox's own secrets
             hosts = [args.host, *args.allow_host]
-            async with running_gateway(config, token, args.catalog, allow, args.prefix, secrets=extra,
-                                       call_log=args.call_log, is_write=writes_rule(args.writes),
-                                       hosts=hosts, patterns=not args.no_secret_patterns) as app:
+            async with running_gateway(config, token, args.catalog, allow, args.prefix,
+                                       secrets=[*extra, *(traced or [])], call_log=args.call_log,
+                                       is_write=writes_rule(args.writes), hosts=hosts,
+                                       patterns=not args.no_secret_patterns,
+                                       tracing=JoinRequestTrace() if traced is not None else None) as app:
                 await serve_warm(app, token, args.host, args.port)
 
         asyncio.run(serve())

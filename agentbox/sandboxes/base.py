@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from agentbox.errors import SandboxExpired
 from agentbox.sandboxes.registry import backend_class
+from agentbox.telemetry.config import Telemetry, claude_code_env
 
 if TYPE_CHECKING:
     from agentbox.settings import Settings
@@ -133,6 +134,7 @@ class SandboxBackend(abc.ABC):
         lease_seconds: int | None = None,
         writes: list[str] | None = None,
         secret_patterns: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> SandboxHandle:
         """Start a sandbox whose gateway serves `mcp_config` (only `tools` of it, where `gateway_filters_tools`); it
         dies by itself after `ttl_seconds` (the handle's `expires_at`), and with a `lease_seconds`, already that long
@@ -141,7 +143,14 @@ class SandboxBackend(abc.ABC):
         ANTHROPIC_API_KEY; a backend may swap those for a proxy's address and a placeholder). A retried call with
         the same `idempotency_key` must not start a second sandbox. A gateway that can (`gateway_refuses_repeats`)
         refuses a second call, with the same arguments, of a tool that `writes` (the run policy's: None, by verb). Its
-        gateway scans tool calls for credentials of known formats unless `secret_patterns` is False (where it can)."""
+        gateway scans tool calls for credentials of known formats unless `secret_patterns` is False (where it can).
+        With `telemetry` (tracing on), its network lets Claude Code's telemetry out to the endpoint, and its gateway
+        and egress proxy, where it runs its own, export their spans there under `telemetry.traceparent`."""
+
+    def claude_telemetry_env(self, telemetry: Telemetry) -> dict[str, str]:
+        """Claude Code's variables for exporting its telemetry from inside this backend's sandboxes (`create` was
+        given `telemetry`): straight to the endpoint, its headers in the sandbox's environment."""
+        return claude_code_env(telemetry, telemetry.endpoint, with_headers=True)
 
     @abc.abstractmethod
     async def renew(self, handle: SandboxHandle, seconds: float) -> datetime:

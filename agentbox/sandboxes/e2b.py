@@ -57,6 +57,7 @@ from agentbox.sandboxes.base import (
 )
 
 if TYPE_CHECKING:
+    from agentbox.telemetry import Telemetry
     from agentbox.settings import Settings
 
 KEY_HINT = "Check E2B_API_KEY (https://e2b.dev/dashboard)."
@@ -158,8 +159,13 @@ class E2BSandboxes(SandboxBackend):
         lease_seconds: int | None = None,
         writes: list[str] | None = None,
         secret_patterns: bool = True,  # Docker's gateway decides (--block-secrets, on): E2B passes no flag for it
+        telemetry: Telemetry | None = None,  # Claude Code exports from inside; Docker's gateway exports nothing to it
     ) -> SandboxHandle:
-        envs, policy = self._network(network or Network(), mcp_config, envs)
+        network = network or Network()
+        if telemetry:  # Claude Code's telemetry goes straight to the endpoint: the only host tracing adds
+            endpoint_host = urlsplit(telemetry.endpoint).hostname or ""
+            network = network.model_copy(update={"allow": [*network.allow, endpoint_host]})
+        envs, policy = self._network(network, mcp_config, envs)
         async with _translated("create a sandbox"):
             sandbox = await AsyncSandbox.create(
                 template=self.template,

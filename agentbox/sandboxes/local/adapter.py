@@ -30,11 +30,12 @@ from agentbox.sandboxes.local.bwrap import (
     check_bubblewrap,
     host_path,
 )
-from agentbox.sandboxes.local.network import PLACEHOLDER
+from agentbox.sandboxes.local.network import PLACEHOLDER, TELEMETRY_INSIDE
 from agentbox.sandboxes.local.owners import sandbox_uid, write_owned
 from agentbox.sandboxes.local.prepare import make_state, prepare_sandbox
 from agentbox.sandboxes.local.processes import abandon, command_argv, feed, kill_state, pump, start_supervisor
 from agentbox.sandboxes.local.state import ID_PREFIX, SandboxState, translated
+from agentbox.telemetry.config import Telemetry, claude_code_env
 
 if TYPE_CHECKING:
     from agentbox.settings import Settings
@@ -97,6 +98,7 @@ class LocalSandboxes(SandboxBackend):
         lease_seconds: int | None = None,
         writes: list[str] | None = None,
         secret_patterns: bool = True,
+        telemetry: Telemetry | None = None,
     ) -> SandboxHandle:
         await check_bubblewrap()
         if self.root.is_dir():
@@ -111,7 +113,7 @@ class LocalSandboxes(SandboxBackend):
                         make_state(state)
                     info = prepare_sandbox(state, mcp_config, envs, ttl_seconds, metadata, tools,
                                            network or Network(), self.catalog_file, lease_seconds, writes,
-                                           secret_patterns)
+                                           secret_patterns, telemetry)
                     if spare:
                         await spares.Spare(state).wake()
                     else:
@@ -161,6 +163,10 @@ class LocalSandboxes(SandboxBackend):
 
     async def claude_gateway_token(self, handle: SandboxHandle) -> str:
         return PLACEHOLDER  # the egress proxy puts the real one on every request to the gateway
+
+    def claude_telemetry_env(self, telemetry: Telemetry) -> dict[str, str]:
+        """Through the egress proxy's telemetry service, which adds the endpoint's headers: none in the sandbox."""
+        return claude_code_env(telemetry, f"http://{TELEMETRY_INSIDE}", with_headers=False)
 
     async def run(
         self,

@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+if __package__:  # imported as part of agentbox (by the tests)
+    from agentbox.sandboxes.local.egress_spans import EgressSpans
+else:  # run as a script (`python -I -S egress.py`): its own directory is not on the path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from egress_spans import EgressSpans
+
 BLOCKED = "Blocked by policy: do not retry."  # agentbox.policy.BLOCKED; this module imports nothing of ours
 CHUNK = 65536
 HEAD_LIMIT = 64 * 1024
@@ -80,15 +86,28 @@ class Egress:
         self.directory: str = config.get("directory", ".")
         self.proxy_socket: str = config["proxy"]
         self.log_path: str | None = config.get("log")
+        self.spans = EgressSpans(config["telemetry"]) if config.get("telemetry") else None  # tracing on
 
     # -- the log ----------------------------------------------------------------------------------------------
 
-    def record(self, **entry: Any) -> None:
-        if not self.log_path:
-            return
-        entry = {"time": time.time(), **entry}
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(json.dumps(entry) + "\n")
+    def record(self, headers: list[tuple[str, str]] = (), **entry: Any) -> dict[str, Any] | None:
+        """Log a decision; when tracing, begin its span (under the request's `traceparent`, if it has one), ended at
+        once for a refusal, else by `ended` when the connection is done. Telemetry's own exports get none."""
+        if self.log_path:
+            with open(self.log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps({"time": time.time(), **entry}) + "\n")
+        if self.spans is None or entry.get("service") == "telemetry":
+            return None
+        parent = next((v for k, v in headers if k.lower() == "traceparent"), None)
+        span = self.spans.start(f"egress {entry['decision']} {entry.get('service') or entry.get('host')}",
+                                {f"agentbox.egress.{k}": v for k, v in entry.items()}, parent)
+        if entry["decision"] != "allowed":
+            self.spans.end(span, error=entry.get("detail") or entry["decision"])
+        return span
+
+    def ended(self, span: dict[str, Any] | None, sent: int, received: int) -> None:
+        if span is not None:
+            self.spans.end(span, **{"agentbox.egress.bytes_sent": sent, "agentbox.egress.bytes_received": received})
 
     # -- connections out --------------------------------------------------------------------------------------
 
@@ -130,6 +149,8 @@ class Egress:
         await stop.wait()
         for server in servers:
             server.close()
+        if self.spans:
+            await asyncio.to_thread(self.spans.stop)
 
     async def reverse_proxy(self, name: str, reader, writer, head: bytes | None = None) -> None:
         """One request to a service, with its credential added and `Connection: close` both ways."""
@@ -153,9 +174,9 @@ class Egress:
             self.record(kind="service", service=name, decision="error", detail=str(exc)[:200])
             await refuse(writer, 502, f"The {name} cannot be reached.")
             return
-        self.record(kind="service", service=name, method=method, decision="allowed")
+        span = self.record(headers, kind="service", service=name, method=method, decision="allowed")
         up_writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
-        await relay(reader, writer, up_reader, up_writer, rewrite_response=True)
+        self.ended(span, *await relay(reader, writer, up_reader, up_writer, rewrite_response=True))
 
     async def forward_proxy(self, reader, writer) -> None:
         """`CONNECT host:port` or an absolute-form request: to a service, to an allowed host, or refused."""
@@ -185,20 +206,20 @@ class Egress:
             return
         entry = {"kind": "egress", "method": method, "host": host, "port": port}
         if not allowed(self.allow, host, port):
-            self.record(**entry, decision="blocked", detail="not an allowed host")
+            self.record(headers, **entry, decision="blocked", detail="not an allowed host")
             await refuse(writer, 403, f"{BLOCKED} {host}:{port} is not an allowed host of this run.")
             return
         try:
             up_reader, up_writer = await self.open_upstream(host, port)
         except PermissionError as exc:
-            self.record(**entry, decision="blocked", detail=str(exc))
+            self.record(headers, **entry, decision="blocked", detail=str(exc))
             await refuse(writer, 403, f"{BLOCKED} {exc}.")
             return
         except (OSError, asyncio.TimeoutError) as exc:
-            self.record(**entry, decision="error", detail=str(exc)[:200])
+            self.record(headers, **entry, decision="error", detail=str(exc)[:200])
             await refuse(writer, 502, f"{host}:{port} cannot be reached.")
             return
-        self.record(**entry, decision="allowed")
+        span = self.record(headers, **entry, decision="allowed")
         if method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
@@ -206,7 +227,7 @@ class Egress:
             added = self.inject.get(host, {})  # E2B's egress rules: credentials added on the way out
             headers = [(k, v) for k, v in headers if k.lower() not in {a.lower() for a in added}] + list(added.items())
             up_writer.write(rebuild_head(method, origin, headers))
-        await relay(reader, writer, up_reader, up_writer, rewrite_response=method != "CONNECT")
+        self.ended(span, *await relay(reader, writer, up_reader, up_writer, rewrite_response=method != "CONNECT"))
 
 
 def unix_listener(directory: str, name: str) -> socket.socket:
@@ -263,12 +284,14 @@ async def refuse(writer, status: int, message: str) -> None:
     writer.close()
 
 
-async def relay(reader, writer, up_reader, up_writer, rewrite_response: bool) -> None:
+async def relay(reader, writer, up_reader, up_writer, rewrite_response: bool) -> tuple[int, int]:
     """Bytes both ways until the upstream is done; with `rewrite_response`, the response says `Connection: close`
-    (each request gets its own connection, so each gets its credential and its decision)."""
+    (each request gets its own connection, so each gets its credential and its decision). The bytes relayed each
+    way (request bodies after the head, responses whole)."""
+    counts = [0, 0]
 
     async def client_to_upstream() -> None:
-        await pipe(reader, up_writer)
+        await pipe(reader, up_writer, counts, 0)
 
     async def upstream_to_client() -> None:
         if rewrite_response:
@@ -279,7 +302,8 @@ async def relay(reader, writer, up_reader, up_writer, rewrite_response: bool) ->
             lines = head.decode("latin-1").split("\r\n")
             kept = [line for line in lines[1:] if line and line.partition(":")[0].strip().lower() not in HOP_BY_HOP]
             writer.write(("\r\n".join([lines[0], *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-        await pipe(up_reader, writer)
+            counts[1] += len(head)
+        await pipe(up_reader, writer, counts, 1)
 
     sending = asyncio.ensure_future(client_to_upstream())
     try:
@@ -288,12 +312,16 @@ async def relay(reader, writer, up_reader, up_writer, rewrite_response: bool) ->
         sending.cancel()
         for w in (writer, up_writer):
             w.close()
+    return counts[0], counts[1]
 
 
-async def pipe(reader, writer) -> None:
+async def pipe(reader, writer, counts: list[int] | None = None, index: int = 0) -> None:
+    """Copy until end of file, adding what went through to `counts[index]`."""
     try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
+            if counts is not None:
+                counts[index] += len(chunk)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()

@@ -20,6 +20,7 @@ from agentbox.sandboxes.local.state import SandboxState
 NET_DIR = "/run/agentbox-net"  # the egress proxy's sockets, bound into every command's sandbox
 PROXY_INSIDE = "127.0.0.1:3128"  # HTTP(S)_PROXY inside
 MODEL_INSIDE = "127.0.0.1:8788"  # ANTHROPIC_BASE_URL inside
+TELEMETRY_INSIDE = "127.0.0.1:4318"  # Claude Code's OTEL_EXPORTER_OTLP_ENDPOINT inside (OTLP/HTTP's usual port)
 PLACEHOLDER = "agentbox-placeholder-the-egress-proxy-adds-the-real-one"
 JAILNET = Path(__file__).with_name("jailnet.py")
 EGRESS = Path(__file__).with_name("egress.py")
@@ -31,10 +32,12 @@ def route(inside: str, socket: str) -> str:
     return f"{inside}={NET_DIR}/{socket}"
 
 
-def sandbox_routes(gateway_port: int) -> list[str]:
-    """A sandbox's ways out: its forward proxy, the model API and its gateway (on the host's `gateway_port`)."""
-    return [route(PROXY_INSIDE, SandboxState.PROXY_SOCKET), route(MODEL_INSIDE, SandboxState.MODEL_SOCKET),
-            route(f"127.0.0.1:{gateway_port}", SandboxState.GATEWAY_SOCKET)]
+def sandbox_routes(gateway_port: int, telemetry: bool = False) -> list[str]:
+    """A sandbox's ways out: its forward proxy, the model API, its gateway (on the host's `gateway_port`) and, with
+    tracing on, the telemetry endpoint."""
+    routes = [route(PROXY_INSIDE, SandboxState.PROXY_SOCKET), route(MODEL_INSIDE, SandboxState.MODEL_SOCKET),
+              route(f"127.0.0.1:{gateway_port}", SandboxState.GATEWAY_SOCKET)]
+    return routes + ([route(TELEMETRY_INSIDE, SandboxState.TELEMETRY_SOCKET)] if telemetry else [])
 
 
 def offline(state: SandboxState, routes: list[str], command: list[str]) -> list[str]:
@@ -57,11 +60,13 @@ def inside_env(envs: dict[str, str]) -> dict[str, str]:
 
 
 def egress_config(state: SandboxState, envs: dict[str, str], network: Network, port: int,
-                  token: str) -> dict[str, Any]:
+                  token: str, telemetry: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the sandbox's egress proxy serves (its sockets in the state's `net`): the forward proxy to the hosts
-    `network` allows, and the model API and the gateway (on `port`) with their credentials added."""
+    `network` allows, and the model API and the gateway (on `port`) with their credentials added. With
+    `telemetry` (tracing on: `Telemetry.for_process`), the telemetry endpoint too, with its headers added (Claude
+    Code's export), and the proxy's own spans."""
     model_headers = {"x-api-key": envs[MODEL_KEY_ENV]} if MODEL_KEY_ENV in envs else {}
-    return {
+    config = {
         "directory": str(state.net),
         "proxy": SandboxState.PROXY_SOCKET,
         "allow": network.allow,
@@ -75,6 +80,11 @@ def egress_config(state: SandboxState, envs: dict[str, str], network: Network, p
                         "headers": {"Authorization": f"Bearer {token}"}, "inside": f"127.0.0.1:{port}"},
         },
     }
+    if telemetry:
+        config["telemetry"] = telemetry
+        config["services"]["telemetry"] = {"socket": SandboxState.TELEMETRY_SOCKET, "upstream": telemetry["endpoint"],
+                                           "headers": telemetry["headers"], "inside": TELEMETRY_INSIDE}
+    return config
 
 
 def egress_ready(state: SandboxState) -> bool:

@@ -18,6 +18,7 @@ from agentbox.sandboxes.local.owners import prepare_private_dirs, write_private
 from agentbox.policy import WRITES_BY_VERB
 from agentbox.sandboxes.local.state import SandboxState
 from agentbox.secrets import looks_secret
+from agentbox.telemetry.config import SANDBOX_ATTRIBUTE, Telemetry
 
 GATEWAY_DIR = "/run/agentbox"  # the gateway's config, read-only
 AUDIT_DIR = "/run/agentbox-audit"  # the gateway's call log, writable by the gateway only
@@ -50,6 +51,7 @@ def prepare_sandbox(
     lease_seconds: int | None = None,
     writes: list[str] | None = None,
     secret_patterns: bool = True,
+    telemetry: Telemetry | None = None,
 ) -> dict:
     """Write what the supervisor and later commands need, secrets only in files only the owner can read; the
     sandbox's info (as its `info_file` holds it)."""
@@ -58,7 +60,8 @@ def prepare_sandbox(
     write_private(state.mcp_config, json.dumps(mcp_config))
     write_private(state.token_file, token)
     write_private(state.env_file, json.dumps(inside_env(envs)))
-    write_private(state.egress_config_file, json.dumps(egress_config(state, envs, network, port, token)))
+    traced = telemetry.for_process(**{SANDBOX_ATTRIBUTE: state.id}) if telemetry else None
+    write_private(state.egress_config_file, json.dumps(egress_config(state, envs, network, port, token, traced)))
     gateway_args = ["--config", f"@{GATEWAY_DIR}/{state.MCP_CONFIG}", "--host", "127.0.0.1", "--port", str(port)]
     if catalog_file:
         shutil.copyfile(catalog_file, state.catalog)
@@ -76,7 +79,8 @@ def prepare_sandbox(
         "expires_at": (created + timedelta(seconds=ttl_seconds)).isoformat(),
         "gateway_port": port,
         "gateway_args": gateway_args,
-        "routes": sandbox_routes(port),
+        "routes": sandbox_routes(port, telemetry=traced is not None),
+        "telemetry": traced is not None,
         "gateway_argv": gateway_argv(state, *gateway_args),
     }
     if lease_seconds:  # before the info: a supervisor that finds the info finds the lease
@@ -87,6 +91,7 @@ def prepare_sandbox(
         "GATEWAY_ACCESS_TOKEN": token,
         "GATEWAY_CALL_LOG": f"{AUDIT_DIR}/{state.CALL_LOG}",
         "GATEWAY_SECRET_VALUES": json.dumps([v for k, v in envs.items() if looks_secret(k)]),
+        **({"GATEWAY_TELEMETRY": json.dumps(traced)} if traced else {}),  # GATEWAY_*: its MCP servers never see it
     }
     write_private(state.gateway_env_file, json.dumps(gateway_env))
     return info

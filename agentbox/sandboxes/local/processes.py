@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import os
+import signal
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,6 +19,9 @@ from agentbox.sandboxes.local.network import offline
 from agentbox.sandboxes.local.owners import sandbox_uid
 from agentbox.sandboxes.local.spare import discard_spare
 from agentbox.sandboxes.local.state import SandboxState
+
+
+EGRESS_EXPORT_WITHIN = 2.0  # seconds a traced sandbox's egress proxy is given to export its last spans and stop
 
 
 async def start_supervisor(state: SandboxState) -> None:
@@ -70,6 +75,16 @@ async def feed(pipe: asyncio.StreamWriter, chunks: AsyncIterator[str]) -> None:
         pipe.close()
 
 
+def stop_egress_exporting(state: SandboxState, info: dict) -> None:
+    """Stop a traced sandbox's egress proxy with SIGTERM, before anything kills it: it exports its last spans as it
+    stops (within EGRESS_EXPORT_WITHIN). Untraced, nothing to wait for: it is killed with the rest."""
+    egress = read_pid(state.egress_pid_file)
+    if info.get("telemetry") and process_alive(egress, state.marker):
+        with contextlib.suppress(OSError):
+            os.kill(egress, signal.SIGTERM)
+        wait_until(lambda: not process_alive(egress, state.marker), EGRESS_EXPORT_WITHIN)
+
+
 def kill_state(state: SandboxState) -> bool:
     """Kill every process of a sandbox (supervisor, gateway, egress proxy, commands), wait up to 5 s until they are
     gone, remove its state; whether its supervisor was running.
@@ -86,6 +101,7 @@ def kill_state(state: SandboxState) -> bool:
     was_running = process_alive(supervisor, marker)
     groups = [*pids, *([supervisor] if was_running and supervisor != os.getpid() else [])]
     helpers = [read_pid(state.gateway_pid_file), read_pid(state.egress_pid_file)]
+    stop_egress_exporting(state, info)
     for pid in groups:
         kill_group(pid)
     wait_until(lambda: not any(process_alive(pid, marker) for pid in [*groups, *helpers]), 5)

@@ -43,6 +43,7 @@ class SandboxState:
     PROXY_SOCKET = "proxy.sock"  # in `net`: the egress proxy's forward proxy
     MODEL_SOCKET = "model.sock"  # in `net`: the model API, through the egress proxy
     GATEWAY_SOCKET = "gateway.sock"  # in `net`: the gateway, through the egress proxy
+    TELEMETRY_SOCKET = "telemetry.sock"  # in `net`: the OTLP endpoint, through the egress proxy (tracing on)
     SPARE_ORDER = "spare.json"  # a warm spare's gateway argv, environment and fingerprint
     # A warm spare's marker file in each stage of its life (the keys are `spare.SpareStage`'s values).
     SPARE_MARKERS = {"starting": "spare.new", "claimable": "spare", "claimed": "spare.claimed",

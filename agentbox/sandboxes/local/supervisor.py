@@ -25,7 +25,7 @@ from pathlib import Path
 
 from agentbox.host import wait_until
 from agentbox.sandboxes.local.network import EGRESS, EGRESS_READY_WITHIN, egress_ready
-from agentbox.sandboxes.local.processes import kill_state
+from agentbox.sandboxes.local.processes import kill_state, stop_egress_exporting
 from agentbox.sandboxes.local.spare import CLAIM_SIGNALS, Spare, read_order
 from agentbox.sandboxes.local.state import LEASE_MOVED, SandboxState
 
@@ -86,6 +86,7 @@ def supervise(state: SandboxState, gateway: subprocess.Popen, egress: subprocess
         if got and got.si_signo != LEASE_MOVED:
             break
         gateway.poll()  # reap a gateway that died; the sandbox lives on without it, as on E2B
+    stop_egress_exporting(state, info)
     for helper in (gateway, egress):
         helper.kill()
         helper.wait()
