@@ -55,7 +55,7 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
     rehearsal). What it did is returned, for `check_run` to judge after the run is recorded."""
     annotate_run(plan.metadata, handle.id)
     sandboxes, secrets = await sandbox_and_secrets(plan, handle)
-    telemetry = task_telemetry(plan.read_settings(), plan.metadata)  # Claude Code's spans join this task's
+    telemetry = task_telemetry(plan.read_settings(), plan.metadata, handle.id)  # Claude Code's spans join this task's
     conversation = Conversation(
         sandboxes, handle, plan.prompt, options=plan.claude, policy=plan.policy, approver=current_approver(plan),
         claude_timeout=plan.timeouts.claude, approval_timeout=plan.timeouts.approvals, servers=plan.expected_tools,

@@ -22,6 +22,7 @@ import contextlib
 import gzip
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -54,6 +55,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 START_TIMEOUT = 90.0
 MAX_BODY = 64 * 1024 * 1024
+FORWARD_ATTEMPTS = 5  # a trace store that answers 5xx or cannot be reached is tried again, half a second apart
 
 
 def _client(timeout: float = 10.0) -> httpx.Client:
@@ -360,11 +362,16 @@ class OtlpRecorder:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name=f"otlp-recorder-{self.port}", daemon=True)
         self._thread.start()
+        self._outbox: queue.Queue = queue.Queue()
+        self._forwarder = threading.Thread(target=self._forwarding, name=f"otlp-forwarder-{self.port}", daemon=True)
+        self._forwarder.start()
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+        self._outbox.put(None)
+        self._forwarder.join(10)
 
     def __enter__(self) -> OtlpRecorder:
         return self
@@ -396,15 +403,22 @@ class OtlpRecorder:
         with self._lock:
             self.requests.append(record)
         if path == "/v1/traces" and self.store is not None:
-            status = self._forward(record, message)
-            if status != 200:
-                return status, f"the trace store answered {record.forwarded}\n".encode(), "text/plain"
+            self._outbox.put((record, message))  # answered at once, forwarded in order: as a collector does
         if content_type == JSON:
             return 200, b"{}", JSON
         return 200, b"", PROTOBUF  # an empty Export*ServiceResponse serialises to no bytes
 
-    def _forward(self, record: Recorded, message: ExportTraceServiceRequest) -> int:
-        """Send a traces body on to the store (in protobuf: Phoenix takes nothing else); the status to answer."""
+    def _forwarding(self) -> None:
+        """Forward what `receive` queued until the None that `stop` queues."""
+        while (item := self._outbox.get()) is not None:
+            for _ in range(FORWARD_ATTEMPTS):
+                if self._forward(*item):
+                    break
+                time.sleep(0.5)
+
+    def _forward(self, record: Recorded, message: ExportTraceServiceRequest) -> bool:
+        """Send a traces body on to the store (in protobuf: Phoenix takes nothing else); whether it took it (the
+        outcome is kept in `record.forwarded`)."""
         assert self.store is not None
         body = record.body if record.content_type == PROTOBUF else message.SerializeToString()
         try:
@@ -413,9 +427,9 @@ class OtlpRecorder:
                                        headers={"Content-Type": PROTOBUF})
         except httpx.HTTPError as error:
             record.forwarded = f"{type(error).__name__}: {error}"
-            return 502
+            return False
         record.forwarded = response.status_code
-        return 200 if response.status_code == 200 else (response.status_code if response.status_code >= 500 else 502)
+        return response.status_code == 200
 
     def clear(self) -> None:
         """Forget what was recorded so far (for a recorder a whole session shares)."""

@@ -52,10 +52,12 @@ def record_usage(cost_usd: float, tokens: Mapping[str, int], attributes: Mapping
         counter.add(count, {**labels, "agentbox.token.type": kind})
 
 
-def task_telemetry(settings, metadata: Mapping[str, str]) -> Telemetry | None:
-    """The run's telemetry under the current span (a task's), with the run's attributes; None when tracing is off."""
+def task_telemetry(settings, metadata: Mapping[str, str], sandbox_id: str | None = None) -> Telemetry | None:
+    """The run's telemetry under the current span (a task's), with the run's attributes (and its sandbox's id, once
+    there is one); None when tracing is off."""
     telemetry = telemetry_of(settings)
-    return telemetry and telemetry.joining(current_traceparent(), **run_attributes(dict(metadata)))
+    attributes = {**run_attributes(dict(metadata)), **({SANDBOX_ATTRIBUTE: sandbox_id} if sandbox_id else {})}
+    return telemetry and telemetry.joining(current_traceparent(), **attributes)
 
 
 def annotate_run(metadata: Mapping[str, str], sandbox_id: str | None = None) -> None:
