@@ -33,6 +33,7 @@ from agentbox.claude import (
 from agentbox.errors import ConfigError, RunCancelled, one_line
 from agentbox.policy import BLOCKED, RunPolicy, Silence
 from agentbox.secrets import redact, redact_value
+from agentbox.telemetry.spans import step_span
 
 if TYPE_CHECKING:
     from agentbox.journal import Journal
@@ -188,14 +189,19 @@ class PermissionHost:
         async with self._one_at_a_time:  # people answer one question at a time, in order
             left = self.wait_budget - self.waited
             started = time.monotonic()
-            try:
-                answer = await self.approver.ask(request, left) if left > 0 else None
-            except (RunCancelled, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a broken approver denies; the run goes on and says why
-                return None, "error", f"asking for approval failed ({one_line(exc)})"
-            finally:
-                self.waited += time.monotonic() - started
+            with step_span(f"approval {request.tool}", {"agentbox.approval.tool": request.tool,
+                                                        "agentbox.approval.server": request.server}) as span:
+                try:
+                    answer = await self.approver.ask(request, left) if left > 0 else None
+                except (RunCancelled, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a broken approver denies; the run goes on and says why
+                    span.set_attribute("agentbox.approval.by", "error")
+                    return None, "error", f"asking for approval failed ({one_line(exc)})"
+                finally:
+                    self.waited += time.monotonic() - started
+                span.set_attributes({"agentbox.approval.by": "person" if answer else "silence",
+                                     "agentbox.approval.approved": bool(answer and answer.approve)})
         if answer is None:
             return None, "silence", f"nobody answered within the run's {self.wait_budget:g} s for approvals"
         return answer, "person", ""

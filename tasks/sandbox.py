@@ -23,7 +23,7 @@ from agentbox.errors import ConfigError
 from agentbox.plan import SessionPlan
 from agentbox.sandboxes import SandboxHandle
 from agentbox.settings import Settings
-from agentbox.telemetry.spans import annotate_run, task_telemetry
+from agentbox.telemetry.spans import annotate_run, step_span, task_telemetry
 from tasks.compat import acquire_concurrency_slot
 from tasks.defaults import session_task
 from tasks.lease import SLOT_LEASE_SECONDS
@@ -99,7 +99,8 @@ async def sandbox_slot(plan: SessionPlan) -> AsyncIterator[str | None]:
     started = time.monotonic()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
     try:
-        lease_id = await acquire_concurrency_slot(name, SLOT_LEASE_SECONDS, holder)
+        with step_span("sandbox-slot", {"agentbox.concurrency_limit": name}):  # the wait for a slot
+            lease_id = await acquire_concurrency_slot(name, SLOT_LEASE_SECONDS, holder)
     except ConcurrencySlotAcquisitionError:
         raise ConfigError(
             f"The Prefect concurrency limit '{name}' does not exist, so sessions cannot be counted.",

@@ -345,6 +345,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     recorder: OtlpRecorder
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (an exporter at its process's exit) is no error of the recorder's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 @dataclass
 class OtlpRecorder:
@@ -363,6 +368,8 @@ class OtlpRecorder:
                                         name=f"otlp-recorder-{self.port}", daemon=True)
         self._thread.start()
         self._outbox: queue.Queue = queue.Queue()
+        self._released = threading.Event()
+        self._released.set()
         self._forwarder = threading.Thread(target=self._forwarding, name=f"otlp-forwarder-{self.port}", daemon=True)
         self._forwarder.start()
 
@@ -370,6 +377,7 @@ class OtlpRecorder:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+        self._released.set()
         self._outbox.put(None)
         self._forwarder.join(10)
 
@@ -408,9 +416,18 @@ class OtlpRecorder:
             return 200, b"{}", JSON
         return 200, b"", PROTOBUF  # an empty Export*ServiceResponse serialises to no bytes
 
+    def hold(self) -> None:
+        """Keep what comes from now on, forwarding nothing until `release` (a benchmark keeps the store's work out
+        of the run it times, as a store on another machine would)."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
     def _forwarding(self) -> None:
         """Forward what `receive` queued until the None that `stop` queues."""
         while (item := self._outbox.get()) is not None:
+            self._released.wait()
             for _ in range(FORWARD_ATTEMPTS):
                 if self._forward(*item):
                     break

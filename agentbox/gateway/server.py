@@ -307,16 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         config = read_config_argument(args.config, "--config")
         allow = tool_list(args.tools)
 
-        traced = start_tracing()  # the telemetry endpoint's header values, or None when the run is not traced
+        traced = start_tracing()  # None when the run is not traced
 
         async def serve() -> None:
             extra = json.loads(os.environ.get("GATEWAY_SECRET_VALUES") or "[]")  # the sandbox's own secrets
             hosts = [args.host, *args.allow_host]
             async with running_gateway(config, token, args.catalog, allow, args.prefix,
-                                       secrets=[*extra, *(traced or [])], call_log=args.call_log,
+                                       secrets=[*extra, *(traced.secrets if traced else [])], call_log=args.call_log,
                                        is_write=writes_rule(args.writes), hosts=hosts,
                                        patterns=not args.no_secret_patterns,
-                                       tracing=JoinRequestTrace() if traced is not None else None) as app:
+                                       tracing=JoinRequestTrace() if traced else None) as app:
+                if traced:
+                    await asyncio.to_thread(traced.wait_installed)  # long done, as the servers took longer
                 await serve_warm(app, token, args.host, args.port)
 
         asyncio.run(serve())

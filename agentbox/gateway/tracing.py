@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -24,10 +26,22 @@ TELEMETRY_ENV = "GATEWAY_TELEMETRY"
 EXPORT_DELAY_MS = 250  # a sandbox's gateway is killed, not stopped: its spans leave within a quarter second
 
 
-def start_tracing() -> list[str] | None:
-    """Install the gateway's tracer provider when its run is traced, and make the run's span the current one (every
-    task the gateway starts from here inherits it); the endpoint's header values, secrets to keep out of tool
-    calls, or None when the run is not traced."""
+@dataclass
+class GatewayTracing:
+    """A traced gateway's: the endpoint's header values (secrets to keep out of tool calls), and the thread that
+    installs its tracer provider while its MCP servers start (the SDK's imports and setup, off the critical path)."""
+
+    secrets: list[str]
+    installing: threading.Thread
+
+    def wait_installed(self) -> None:
+        self.installing.join()
+
+
+def start_tracing() -> GatewayTracing | None:
+    """When the gateway's run is traced: make the run's span the current one (every task the gateway starts from
+    here inherits it) and install the tracer provider in a thread, joined before the gateway serves (what it does
+    while it starts is traced once the provider is in: most of it). None when the run is not traced."""
     raw = os.environ.pop(TELEMETRY_ENV, None)
     if not raw:
         return None
@@ -35,10 +49,12 @@ def start_tracing() -> list[str] | None:
     headers = config.get("headers") or {}
     telemetry = Telemetry(endpoint=config["endpoint"], headers=SecretStr(key_values(headers)) if headers else None,
                           metrics=False, attributes=config.get("attributes") or {})
-    install_providers(telemetry, "agentbox-gateway", export_delay_ms=EXPORT_DELAY_MS)
+    installing = threading.Thread(target=install_providers, args=(telemetry, "agentbox-gateway"),
+                                  kwargs={"export_delay_ms": EXPORT_DELAY_MS}, name="tracing-setup", daemon=True)
+    installing.start()
     if config.get("traceparent"):
         context.attach(propagate.extract({"traceparent": config["traceparent"]}))
-    return list(headers.values())
+    return GatewayTracing(list(headers.values()), installing)
 
 
 class JoinRequestTrace:

@@ -3,9 +3,11 @@ is no provider, and each call here is a no-op on a non-recording span or meter."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Span
 
 from agentbox.telemetry.config import SANDBOX_ATTRIBUTE, Telemetry, run_attributes, telemetry_of
 from agentbox.telemetry.sdk import install_providers
@@ -20,6 +22,14 @@ def start_telemetry(settings) -> Telemetry | None:
     if telemetry is not None:
         install_providers(telemetry, telemetry.service_name)
     return telemetry
+
+
+@contextmanager
+def step_span(name: str, attributes: Mapping[str, str | int | float | bool] | None = None) -> Iterator[Span]:
+    """A span of our own under the current one, for a step that is not a task of its own (the wait for a sandbox
+    slot, a wait for a person's approval); untraced, a non-recording span that costs microseconds."""
+    with trace.get_tracer(METER_NAME).start_as_current_span(name, attributes=dict(attributes or {})) as span:
+        yield span
 
 
 def current_traceparent() -> str | None:

@@ -82,7 +82,7 @@ def stop_egress_exporting(state: SandboxState, info: dict) -> None:
     if info.get("telemetry") and process_alive(egress, state.marker):
         with contextlib.suppress(OSError):
             os.kill(egress, signal.SIGTERM)
-        wait_until(lambda: not process_alive(egress, state.marker), EGRESS_EXPORT_WITHIN)
+        wait_until(lambda: not process_alive(egress, state.marker), EGRESS_EXPORT_WITHIN, interval=0.002)
 
 
 def kill_state(state: SandboxState) -> bool:
