@@ -157,7 +157,9 @@ def test_a_traced_injection_run_is_one_trace_across_every_layer(world, tracing, 
     assert metrics["agentbox.run.cost"]["value"] > 0 and "agentbox.run.tokens" in metrics
 
     check_no_secret_was_exported(tracing, world)
-    picture = tracing.store.screenshot(trace_id, tmp_path / "trace.png")
+    # and its UI shows the blocked call, with what the gateway said of it
+    picture = tracing.store.screenshot(trace_id, tmp_path / "trace.png", select="tools/call create_issue",
+                                       showing=("agentbox.gateway.blocked", "githubOfficial"))
     assert picture.stat().st_size > 20_000
 
 

@@ -217,8 +217,11 @@ class TraceStore:
         """The UI page of a trace (the project must exist already)."""
         return f"{self.url}/projects/{self.project_id(project)}/traces/{trace_id}"
 
-    def screenshot(self, trace_id: str, path: Path | str, project: str = "default", timeout: float = 60) -> Path:
-        """A PNG (1400x900) of the trace's UI page in headless Chromium, taken once its root spans' names show."""
+    def screenshot(self, trace_id: str, path: Path | str, project: str = "default", timeout: float = 60,
+                   select: str | None = None, showing: tuple[str, ...] = ()) -> Path:
+        """A PNG (1400x900) of the trace's UI page in headless Chromium, taken once its root spans' names show; with
+        `select`, after clicking the span of that name (its details then show), and once every text of `showing`
+        is visible."""
         from playwright.sync_api import sync_playwright
 
         spans = self.spans(trace_id, project, timeout=timeout)
@@ -234,6 +237,12 @@ class TraceStore:
                 page.goto(url)
                 for name in dict.fromkeys(roots):
                     page.get_by_text(name, exact=True).filter(visible=True).first.wait_for(state="visible")
+                if select:
+                    span = page.get_by_text(select, exact=True).first
+                    span.scroll_into_view_if_needed()
+                    span.click()
+                for text in showing:
+                    page.get_by_text(text, exact=True).filter(visible=True).first.wait_for(state="visible")
                 with contextlib.suppress(Exception):  # the page is shown; a late request is no reason to fail
                     page.wait_for_load_state("networkidle", timeout=5000)
                 page.screenshot(path=str(path))
