@@ -82,3 +82,4 @@ bench: setup
 	.venv/bin/python benchmarks/speed.py
 	.venv/bin/python benchmarks/leases.py
 	.venv/bin/python benchmarks/gateway_latency.py
+	.venv/bin/python benchmarks/tracing.py

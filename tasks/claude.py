@@ -66,6 +66,6 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
         return await conversation.run()
     finally:
         run = conversation.agent_run
-        record_usage(run.spent_usd, run.tokens, usage_attributes(plan.metadata))
+        record_usage(run.spent_usd, run.tokens, usage_attributes(plan.metadata, plan.rehearsal))
         if not plan.rehearsal:
             await record_spend(conversation.agent_run.spent_usd)

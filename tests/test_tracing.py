@@ -155,6 +155,8 @@ def test_a_traced_injection_run_is_one_trace_across_every_layer(world, tracing, 
     metrics = {m["name"]: m for m in tracing.recorder.metrics()}
     assert metrics["claude_code.token.usage"]["resource"]["prefect.flow_run.id"] == run_id
     assert metrics["agentbox.run.cost"]["value"] > 0 and "agentbox.run.tokens" in metrics
+    assert metrics["agentbox.run.cost"]["attributes"] == {"prefect.flow.name": "notion-to-github",
+                                                          "agentbox.rehearsal": False}
 
     check_no_secret_was_exported(tracing, world)
     # and its UI shows the blocked call, with what the gateway said of it

@@ -24,7 +24,7 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 
 from agentbox.gateway.patterns import CredentialPatterns
-from agentbox.gateway.tracing import annotate
+from agentbox.telemetry.spans import annotate
 from agentbox.gateway.upstream import ConnectionLost
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED

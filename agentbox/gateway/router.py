@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agentbox.errors import one_line
 from agentbox.gateway.guard import CallGuard, refusal
-from agentbox.gateway.tracing import annotate
+from agentbox.telemetry.spans import annotate
 from agentbox.gateway.upstream import UpstreamServer
 
 # What a 2026-era request carries in `_meta` about its own connection (the gateway speaks to its servers on

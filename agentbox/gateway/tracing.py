@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry import context, propagate, trace
+from opentelemetry import context, propagate
 from pydantic import SecretStr
 
 from agentbox.telemetry.config import Telemetry, key_values
@@ -72,9 +72,3 @@ class JoinRequestTrace:
         finally:
             context.detach(token)
 
-
-def annotate(attributes: dict[str, Any]) -> None:
-    """Put attributes on the current request's span, when it is recorded (tracing on)."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes(attributes)

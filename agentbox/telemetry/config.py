@@ -24,7 +24,6 @@ METADATA_ATTRIBUTES = {
     "agentbox_session": "agentbox.session",
 }
 SANDBOX_ATTRIBUTE = "agentbox.sandbox.id"
-PROTOCOLS = ("http/protobuf", "http/json")  # what the egress proxy relays (gRPC would need HTTP/2 end to end)
 
 
 class Telemetry(BaseModel, frozen=True):

@@ -46,9 +46,3 @@ def install_providers(telemetry: Telemetry, service_name: str, export_delay_ms: 
         _installed["metrics"] = meter_provider
     log.debug("telemetry: exporting to %s as %s", telemetry.endpoint, service_name)
     return True
-
-
-def flush(timeout_millis: int = 10_000) -> None:
-    """Export what is batched now (a process about to be killed will not run its exit hooks)."""
-    for provider in _installed.values():
-        provider.force_flush(timeout_millis)

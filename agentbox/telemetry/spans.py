@@ -3,8 +3,10 @@ is no provider, and each call here is a no-op on a non-recording span or meter."
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Span
@@ -12,10 +14,13 @@ from opentelemetry.trace import Span
 from agentbox.telemetry.config import SANDBOX_ATTRIBUTE, Telemetry, run_attributes, telemetry_of
 from agentbox.telemetry.sdk import install_providers
 
+if TYPE_CHECKING:
+    from agentbox.settings import Settings
+
 METER_NAME = "agentbox"
 
 
-def start_telemetry(settings) -> Telemetry | None:
+def start_telemetry(settings: Settings) -> Telemetry | None:
     """Install this process's providers when the settings turn tracing on (once; Prefect's run spans then go to
     the endpoint too). The run's telemetry, or None when tracing is off."""
     telemetry = telemetry_of(settings)
@@ -48,21 +53,26 @@ def annotate(attributes: Mapping[str, str | int | float | bool]) -> None:
         span.set_attributes(dict(attributes))
 
 
-def record_usage(cost_usd: float, tokens: Mapping[str, int], attributes: Mapping[str, str]) -> None:
+def record_usage(cost_usd: float, tokens: Mapping[str, int], attributes: Mapping[str, str | bool]) -> None:
     """The run's cost and tokens as metrics (counters by flow and deployment, tokens by type) and as attributes of
     the current span, so they exist even where Claude Code's own export is off."""
     annotate({"agentbox.cost_usd": round(cost_usd, 6),
               **{f"agentbox.tokens.{kind}": count for kind, count in tokens.items()}})
-    meter = metrics.get_meter(METER_NAME)
-    labels = dict(attributes)
-    meter.create_counter("agentbox.run.cost", unit="USD", description="What runs spent on the model").add(
-        cost_usd, labels)
-    counter = meter.create_counter("agentbox.run.tokens", unit="{token}", description="Model tokens runs used")
+    cost, token_count = usage_counters()
+    cost.add(cost_usd, dict(attributes))
     for kind, count in tokens.items():
-        counter.add(count, {**labels, "agentbox.token.type": kind})
+        token_count.add(count, {**attributes, "agentbox.token.type": kind})
 
 
-def task_telemetry(settings, metadata: Mapping[str, str], sandbox_id: str | None = None) -> Telemetry | None:
+@functools.cache
+def usage_counters() -> tuple[metrics.Counter, metrics.Counter]:
+    """The run's cost and tokens counters, made once per process (a worker records many runs)."""
+    meter = metrics.get_meter(METER_NAME)
+    return (meter.create_counter("agentbox.run.cost", unit="USD", description="What runs spent on the model"),
+            meter.create_counter("agentbox.run.tokens", unit="{token}", description="Model tokens runs used"))
+
+
+def task_telemetry(settings: Settings, metadata: Mapping[str, str], sandbox_id: str | None = None) -> Telemetry | None:
     """The run's telemetry under the current span (a task's), with the run's attributes (and its sandbox's id, once
     there is one); None when tracing is off."""
     telemetry = telemetry_of(settings)
@@ -76,8 +86,10 @@ def annotate_run(metadata: Mapping[str, str], sandbox_id: str | None = None) -> 
         annotate({**run_attributes(dict(metadata)), **({SANDBOX_ATTRIBUTE: sandbox_id} if sandbox_id else {})})
 
 
-def usage_attributes(metadata: Mapping[str, str]) -> dict[str, str]:
+def usage_attributes(metadata: Mapping[str, str], rehearsal: bool) -> dict[str, str | bool]:
     """The attributes of the run's metrics: its flow and deployment (not the run's id: one series per run would
-    swamp a metrics store)."""
+    swamp a metrics store), and whether it was a rehearsal (whose spend is the stand-in's, not money)."""
     attributes = run_attributes(dict(metadata))
-    return {k: v for k, v in attributes.items() if k in ("prefect.flow.name", "prefect.deployment.name")}
+    kept: dict[str, str | bool] = {k: v for k, v in attributes.items()
+                                   if k in ("prefect.flow.name", "prefect.deployment.name")}
+    return {**kept, "agentbox.rehearsal": rehearsal}
