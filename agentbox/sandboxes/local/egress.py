@@ -2,11 +2,13 @@
 
 The sandbox's programs live in a network namespace of their own (see `jailnet`); what they can reach is what this
 proxy lets through, decided by host name:
-- `services`: the model API and the MCP gateway, each a reverse proxy that adds its credential (the model key, the
-  gateway token) to every request, so the sandbox holds only placeholders;
+- `services`: the model API and the MCP gateway (and, when the run is traced, its telemetry endpoint), each a reverse
+  proxy that adds its credential (the model key, the gateway token, the endpoint's headers) to every request, so the
+  sandbox holds only placeholders;
 - the forward proxy (`HTTP_PROXY`/`HTTPS_PROXY` inside): `CONNECT host:port` or `GET http://host/...` to the hosts
   the run policy allows, and nothing else. A refusal is HTTP 403 with the policy's one message to the agent, and
-  every decision is a line of the sandbox's egress log, so the run's artifact counts the blocks as violations.
+  every decision is a line of the sandbox's egress log, so the run's artifact counts the blocks as violations (and,
+  traced, a span of the run's trace: egress_spans.py).
 
 A name the policy allows must resolve to a public address: one that resolves to loopback or a private network (a DNS
 rebinding trick, or a typo) is refused unless the resolver pins it (`resolve`, like curl's --resolve). Standard
