@@ -11,6 +11,7 @@ from agentbox.conversation import Conversation
 from agentbox.plan import SessionPlan, Timeouts
 from agentbox.registration import register_claude_with_gateway
 from agentbox.sandboxes import SandboxBackend, SandboxHandle
+from agentbox.settings import Settings
 from agentbox.telemetry.spans import annotate_run, record_usage, task_telemetry, usage_attributes
 from tasks.agent_runs import load_journal
 from tasks.approvals import current_approver
@@ -22,9 +23,9 @@ from tasks.defaults import session_task
 REGISTER_TASK_TIMEOUT = 3 * Timeouts.model_fields["registration"].default + 30
 
 
-async def sandbox_and_secrets(plan: SessionPlan, handle: SandboxHandle) -> tuple[SandboxBackend, list[str]]:
+async def sandbox_and_secrets(plan: SessionPlan, handle: SandboxHandle,
+                              settings: Settings) -> tuple[SandboxBackend, list[str]]:
     """The plan's sandbox backend, and every secret Claude's output may hold: the plan's, and the gateway's token."""
-    settings = plan.read_settings()
     sandboxes = plan.sandboxes(settings)
     return sandboxes, [*plan.secret_values(settings), await sandboxes.gateway_token(handle)]
 
@@ -40,7 +41,7 @@ async def register_claude(plan: SessionPlan, handle: SandboxHandle) -> str:
     """`claude mcp add --transport http --scope user ...`, then `claude mcp get` must say Connected (one command);
     a retry finds the server added and checks it alone."""
     annotate_run(plan.metadata, handle.id)
-    sandboxes, secrets = await sandbox_and_secrets(plan, handle)
+    sandboxes, secrets = await sandbox_and_secrets(plan, handle, plan.read_settings())
     status = await register_claude_with_gateway(sandboxes, handle, timeout=plan.timeouts.registration,
                                                 secrets=secrets)
     get_run_logger().info("Claude connected to the gateway as '%s' (%s)", GATEWAY_NAME, status)
@@ -54,8 +55,9 @@ async def run_prompt(plan: SessionPlan, handle: SandboxHandle) -> AgentRun:
     approver and journaling its writes; what it spent is recorded for the daily budget however it ended (not for a
     rehearsal). What it did is returned, for `check_run` to judge after the run is recorded."""
     annotate_run(plan.metadata, handle.id)
-    sandboxes, secrets = await sandbox_and_secrets(plan, handle)
-    telemetry = task_telemetry(plan.read_settings(), plan.metadata, handle.id)  # Claude Code's spans join this task's
+    settings = plan.read_settings()
+    sandboxes, secrets = await sandbox_and_secrets(plan, handle, settings)
+    telemetry = task_telemetry(settings, plan.metadata, handle.id)  # Claude Code's spans join this task's
     conversation = Conversation(
         sandboxes, handle, plan.prompt, options=plan.claude, policy=plan.policy, approver=current_approver(plan),
         claude_timeout=plan.timeouts.claude, approval_timeout=plan.timeouts.approvals, servers=plan.expected_tools,

@@ -24,11 +24,11 @@ from typing import Any
 from mcp.shared.exceptions import MCPError
 
 from agentbox.gateway.patterns import CredentialPatterns
-from agentbox.telemetry.spans import annotate
 from agentbox.gateway.upstream import ConnectionLost
 from agentbox.journal import fingerprint
 from agentbox.policy import BLOCKED
 from agentbox.secrets import BLOCK_MIN_CHARS, SecretMatcher
+from agentbox.telemetry.spans import annotate
 
 Forward = Callable[[], Awaitable[dict[str, Any]]]
 

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict
 
 from agentbox.errors import one_line
 from agentbox.gateway.guard import CallGuard, refusal
-from agentbox.telemetry.spans import annotate
 from agentbox.gateway.upstream import UpstreamServer
+from agentbox.telemetry.spans import annotate
 
 # What a 2026-era request carries in `_meta` about its own connection (the gateway speaks to its servers on
 # connections of their own, in the handshake era): never passed on.
