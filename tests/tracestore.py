@@ -466,9 +466,15 @@ class OtlpRecorder:
         with self._lock:
             return [r for r in self.requests if path is None or r.path == path]
 
-    def _messages(self, path: str) -> Iterator[Any]:
+    def _items(self, path: str, resources: str, scopes: str, items: str) -> Iterator[tuple[dict, str, Any]]:
+        """(resource attributes, scope name, item) for every item (span, metric, log record) received on `path`,
+        through OTLP's nesting: request → `resources` → `scopes` → `items`."""
         for record in self.recorded(path):
-            yield decode_request(path, record.body, record.content_type)
+            for resource_block in getattr(decode_request(path, record.body, record.content_type), resources):
+                resource = attributes(resource_block.resource.attributes)
+                for scope_block in getattr(resource_block, scopes):
+                    for item in getattr(scope_block, items):
+                        yield resource, scope_block.scope.name, item
 
     def raw(self) -> bytes:
         """Every body received, decompressed, concatenated: scan it for what must never be exported."""
@@ -481,61 +487,36 @@ class OtlpRecorder:
     def spans(self) -> list[dict]:
         """Every span received: name, trace_id, span_id, parent_span_id (hex; "" for a root), kind, status
         (code name), attributes, resource (attributes), scope (name)."""
-        spans = []
-        for message in self._messages("/v1/traces"):
-            for resource_spans in message.resource_spans:
-                resource = attributes(resource_spans.resource.attributes)
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        spans.append({
-                            "name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                            "parent_span_id": span.parent_span_id.hex(),
-                            "kind": Span.SpanKind.Name(span.kind), "status": Status.StatusCode.Name(span.status.code),
-                            "attributes": attributes(span.attributes), "resource": resource,
-                            "scope": scope_spans.scope.name,
-                        })
-        return spans
+        return [{"name": span.name, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                 "parent_span_id": span.parent_span_id.hex(), "kind": Span.SpanKind.Name(span.kind),
+                 "status": Status.StatusCode.Name(span.status.code), "attributes": attributes(span.attributes),
+                 "resource": resource, "scope": scope}
+                for resource, scope, span in self._items("/v1/traces", "resource_spans", "scope_spans", "spans")]
 
     def metrics(self) -> list[dict]:
         """Every data point received: name, unit, kind (sum, gauge, histogram, ...), value (the number, or the sum of
         a histogram or summary), attributes, resource (attributes), scope (name)."""
         points = []
-        for message in self._messages("/v1/metrics"):
-            for resource_metrics in message.resource_metrics:
-                resource = attributes(resource_metrics.resource.attributes)
-                for scope_metrics in resource_metrics.scope_metrics:
-                    for metric in scope_metrics.metrics:
-                        kind = metric.WhichOneof("data")
-                        if kind is None:
-                            continue
-                        for point in getattr(metric, kind).data_points:
-                            if kind in ("sum", "gauge"):
-                                value = getattr(point, point.WhichOneof("value") or "as_int")
-                            else:
-                                value = point.sum
-                            points.append({
-                                "name": metric.name, "unit": metric.unit, "kind": kind, "value": value,
-                                "attributes": attributes(point.attributes), "resource": resource,
-                                "scope": scope_metrics.scope.name,
-                            })
+        for resource, scope, metric in self._items("/v1/metrics", "resource_metrics", "scope_metrics", "metrics"):
+            kind = metric.WhichOneof("data")
+            if kind is None:
+                continue
+            for point in getattr(metric, kind).data_points:
+                if kind in ("sum", "gauge"):
+                    value = getattr(point, point.WhichOneof("value") or "as_int")
+                else:
+                    value = point.sum
+                points.append({"name": metric.name, "unit": metric.unit, "kind": kind, "value": value,
+                               "attributes": attributes(point.attributes), "resource": resource, "scope": scope})
         return points
 
     def log_records(self) -> list[dict]:
         """Every log record received: body, severity (text), attributes, resource (attributes), trace_id, span_id
         (hex, "" when none), scope (name)."""
-        records = []
-        for message in self._messages("/v1/logs"):
-            for resource_logs in message.resource_logs:
-                resource = attributes(resource_logs.resource.attributes)
-                for scope_logs in resource_logs.scope_logs:
-                    for record in scope_logs.log_records:
-                        records.append({
-                            "body": any_value(record.body), "severity": record.severity_text,
-                            "attributes": attributes(record.attributes), "resource": resource,
-                            "trace_id": record.trace_id.hex(), "span_id": record.span_id.hex(),
-                            "scope": scope_logs.scope.name,
-                        })
-        return records
+        return [{"body": any_value(record.body), "severity": record.severity_text,
+                 "attributes": attributes(record.attributes), "resource": resource, "trace_id": record.trace_id.hex(),
+                 "span_id": record.span_id.hex(), "scope": scope}
+                for resource, scope, record in self._items("/v1/logs", "resource_logs", "scope_logs", "log_records")]
 
 
 # --- both, for a fixture ----------------------------------------------------------------------------------------------
