@@ -46,6 +46,7 @@ def browser():
 def page(browser, request):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
+    page.on("response", print_refusal)
     yield page
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
@@ -54,6 +55,12 @@ def page(browser, request):
         page.screenshot(path=str(path), full_page=True)
         print(f"screenshot of the failing page: {path}")
     page.close()
+
+
+def print_refusal(response) -> None:
+    """What the API refused, printed with a failing test's output: the UI says only "Something went wrong"."""
+    if response.status >= 400 or response.request.method != "GET":
+        print(f"{response.request.method} {response.url} -> {response.status}")
 
 
 def off_the_page(function, *args):
@@ -100,19 +107,48 @@ def form_field(page, scope, label: str):
 
 def answer_the_approval(page, server, run_id: str, decision: str, reason: str) -> None:
     """On the run's page: wait for Paused, Resume, choose the decision, give the reason, Submit."""
-    page.goto(f"{server.ui}/runs/flow-run/{run_id}")
-    resume = page.get_by_role("button", name="Resume")
-    resume.wait_for(timeout=WAIT_MS)  # shown once the run is Paused
-    resume.click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_text("Approve create_issue?").wait_for()
-    assert '"repo": ' in dialog.inner_text()  # the call's arguments, shown before anything runs
+    def answer(dialog):
+        assert '"repo": ' in dialog.inner_text()  # the call's arguments, shown before anything runs
+        choose(page, dialog, decision)
+        form_field(page, dialog, "Reason").locator("textarea").fill(reason)
+
+    resume_from_the_runs_page(page, server, run_id, answer)
+
+
+def choose(page, dialog, decision: str) -> None:
     select = form_field(page, dialog, "Decision").locator(".p-select-button__control")
     select.focus()
     page.keyboard.press("Space")  # opens the choices (a click toggles them open and shut again)
     page.get_by_text(decision, exact=True).click()
-    form_field(page, dialog, "Reason").locator("textarea").fill(reason)
-    dialog.get_by_role("button", name="Submit").click()
+
+
+def resume_from_the_runs_page(page, server, run_id: str, answer) -> None:
+    """The run's page → Resume → `answer(dialog)` fills the approval form → Submit, until the run leaves Paused.
+
+    As a person would: on SQLite, Prefect's server can answer a resume with 503 "database is locked" under load (its
+    resume writes in a deferred transaction), the UI says so and the run stays Paused; the person submits again.
+    """
+    async def read(client: PrefectClient):
+        return await client.read_flow_run(run_id)
+
+    for attempt in range(3):
+        page.goto(f"{server.ui}/runs/flow-run/{run_id}")
+        resume = page.get_by_role("button", name="Resume")
+        resume.wait_for(timeout=WAIT_MS)  # shown once the run is Paused
+        resume.click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("Approve create_issue?").wait_for()
+        answer(dialog)
+        dialog.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not off_the_page(call, server, read).state.is_paused():
+                return
+            time.sleep(0.5)
+        print(f"run {run_id} still Paused 30 s after Submit (attempt {attempt + 1}); answering again")
+        SCREENSHOTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"still-paused-{attempt}.png"), full_page=True)
+    raise AssertionError(f"run {run_id} stayed Paused after three answers in the UI")
 
 
 def artifact_of(server, run_id: str) -> str:
@@ -155,15 +191,13 @@ def test_the_link_in_a_notification_opens_the_paused_runs_resume_form(page, serv
     link = re.search(r"The run's page: (\S+)", message["body"]).group(1)
     assert link == f"{server.ui}/runs/flow-run/{run_id}"
     page.goto(link)
-    page.get_by_role("button", name="Resume").click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_text("Approve create_issue?").wait_for()
-    select = form_field(page, dialog, "Decision").locator(".p-select-button__control")
-    select.focus()
-    page.keyboard.press("Space")
-    page.get_by_text("approve", exact=True).click()
-    form_field(page, dialog, "Answered by").locator("textarea").fill("Grace from the message")
-    dialog.get_by_role("button", name="Submit").click()
+    page.get_by_role("button", name="Resume").wait_for(timeout=WAIT_MS)  # the link opens the paused run's page
+
+    def answer(dialog):
+        choose(page, dialog, "approve")
+        form_field(page, dialog, "Answered by").locator("textarea").fill("Grace from the message")
+
+    resume_from_the_runs_page(page, server, run_id, answer)
 
     page.get_by_text("Completed", exact=True).first.wait_for(timeout=WAIT_MS)
     assert off_the_page(final_state, server, run_id).state.is_completed()
