@@ -4,9 +4,13 @@ them in its UI."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -111,3 +115,29 @@ def test_screenshot_of_a_trace(tracing, tmp_path):
     tracing.store.spans(trace_id, "shots", expect=2)
     path = tracing.store.screenshot(trace_id, tmp_path / "trace.png", "shots")
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 20_000
+
+
+def host_listeners(session_ids: set[int]) -> set[tuple[str, int]]:
+    """The TCP sockets listening in this network namespace that processes of these sessions hold, as (address, port)."""
+    inodes = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.getsid(int(pid)) in session_ids:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if (target := os.readlink(f"/proc/{pid}/fd/{fd}")).startswith("socket:["):
+                            inodes.add(target[8:-1])
+    listening = set()
+    for table, family in (("/proc/self/net/tcp", socket.AF_INET), ("/proc/self/net/tcp6", socket.AF_INET6)):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                address, port = fields[1].split(":")
+                raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, len(address), 8))
+                listening.add((socket.inet_ntop(family, raw), int(port, 16)))
+    return listening
+
+
+def test_nothing_of_the_store_listens_beyond_loopback(tracing):
+    """Phoenix's gRPC port listens on every interface: it must do so only in the store's own network namespace."""
+    assert host_listeners({p.pid for p in tracing.store.processes}) == {("127.0.0.1", tracing.store.port)}

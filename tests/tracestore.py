@@ -1,7 +1,7 @@
 """A real OpenTelemetry trace store for the tests (Arize Phoenix, started here) and an OTLP recorder in front of it.
 
-`TraceStore.start(directory)` runs `phoenix serve` on loopback ports and reads traces back through its REST API
-(`spans`, `trace_ids`) and its UI (`trace_url`, `screenshot`). Phoenix takes OTLP/HTTP traces in protobuf only, and
+`TraceStore.start(directory)` runs `phoenix serve` in a network namespace of its own and reads traces back through its
+REST API (`spans`, `trace_ids`) and its UI (`trace_url`, `screenshot`). Phoenix takes OTLP/HTTP traces in protobuf only, and
 no metrics or logs. `OtlpRecorder` is what the code under test exports to: it keeps every OTLP/HTTP request
 (traces, metrics, logs; protobuf or JSON; gzip or not), forwards the traces to the store, and decodes what it got
 (`spans`, `metrics`, `log_records`, `raw`). Phoenix keeps only the project name (`openinference.project.name`) of a
@@ -47,6 +47,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from agentbox.host import free_port
 
 PHOENIX = Path(sys.executable).parent / "phoenix"
+RELAY = Path(__file__).with_name("relay.py")
+BWRAP = shutil.which("bwrap") or "/usr/bin/bwrap"
+INNER_PORT = 6006  # Phoenix's HTTP port inside its namespace (its gRPC port there is its default, 4317)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As in tests/test_ui.py: as root and offline, no sandbox of Chromium's own and none of its background traffic.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -73,12 +76,16 @@ def _log_tail(log: Path, chars: int = 4000) -> str:
 
 
 class TraceStore:
-    """A running `phoenix serve` on 127.0.0.1 (its gRPC port is free but may listen on all interfaces)."""
+    """A running `phoenix serve`, in a network namespace of its own, reached at 127.0.0.1:`port` through a relay.
 
-    def __init__(self, process: subprocess.Popen, port: int, grpc_port: int, directory: Path, log: Path) -> None:
-        self.process = process
+    Phoenix's gRPC port listens on all interfaces, with no setting to change that; in its own namespace (bubblewrap's
+    --unshare-net) that is only the namespace's loopback. tests/relay.py carries its HTTP port out through a unix
+    socket: nothing of Phoenix listens outside loopback.
+    """
+
+    def __init__(self, processes: list[subprocess.Popen], port: int, directory: Path, log: Path) -> None:
+        self.processes = processes  # the relay here, then bwrap with Phoenix (and the relay there) inside
         self.port = port
-        self.grpc_port = grpc_port
         self.directory = directory
         self.log = log
         self.url = f"http://127.0.0.1:{port}"
@@ -90,15 +97,20 @@ class TraceStore:
         """Start Phoenix with its database and log (`phoenix.log`) in `directory`; returned once /healthz answers."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        port, grpc_port = free_port(), free_port()
+        port, socket_path = free_port(), directory / "phoenix-http.sock"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PHOENIX_", "OTEL_"))}
         env.update(PHOENIX_WORKING_DIR=str(directory / "phoenix"), PHOENIX_HOST="127.0.0.1",
-                   PHOENIX_PORT=str(port), PHOENIX_GRPC_PORT=str(grpc_port), PHOENIX_TELEMETRY_ENABLED="false")
+                   PHOENIX_PORT=str(INNER_PORT), PHOENIX_TELEMETRY_ENABLED="false")
         log = directory / "phoenix.log"
+        relay = [sys.executable, "-I", str(RELAY)]
+        inside = [BWRAP, "--dev-bind", "/", "/", "--unshare-net", "--die-with-parent", "--",
+                  *relay, f"{socket_path}=127.0.0.1:{INNER_PORT}", "--", str(PHOENIX), "serve"]
+        processes = []
         with log.open("ab") as out:
-            process = subprocess.Popen([str(PHOENIX), "serve"], cwd=directory, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        store = cls(process, port, grpc_port, directory, log)
+            for command in ([*relay, f"127.0.0.1:{port}={socket_path}"], inside):
+                processes.append(subprocess.Popen(command, cwd=directory, env=env, stdin=subprocess.DEVNULL,
+                                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        store = cls(processes, port, directory, log)
         try:
             store._wait_healthy(timeout)
         except BaseException:
@@ -110,8 +122,8 @@ class TraceStore:
         deadline = time.monotonic() + timeout
         with _client(timeout=2) as client:
             while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"phoenix serve exited ({self.process.returncode}) before answering; "
+                if (exited := next((p for p in self.processes if p.poll() is not None), None)) is not None:
+                    raise RuntimeError(f"{exited.args[-1]} exited ({exited.returncode}) before answering; "
                                        f"{self.log}:\n{_log_tail(self.log)}")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.url}/healthz").status_code == 200:
@@ -122,17 +134,16 @@ class TraceStore:
                 time.sleep(0.25)
 
     def stop(self) -> None:
-        """SIGTERM Phoenix's process group, SIGKILL it after 15 s, and SIGKILL whatever of the group is left."""
-        if self.process.poll() is None:
+        """SIGTERM each process group (Phoenix's last), SIGKILL it after 15 s, and SIGKILL whatever of it is left."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(15)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the leader or any child it left behind
-        self.process.wait()
+                os.killpg(process.pid, signal.SIGKILL)  # the leader or any child it left behind
+            process.wait()
 
     def __enter__(self) -> TraceStore:
         return self
