@@ -58,15 +58,17 @@ def test_an_approved_call_runs_and_the_decision_is_recorded(world, caplog):
 
 
 def test_a_person_slower_than_the_sandboxs_lease_finds_it_alive(world, monkeypatch):
-    """The run renews its sandbox's lease while it waits for a person: an answer after three leases goes through."""
-    monkeypatch.setenv("SANDBOX_LEASE_SECONDS", "5")
-    with Person(f"notion-to-github octo/slow-person-{world.backend}", {"decision": "approve"}, thinks_for=15):
+    """The run renews its sandbox's lease while it waits for a person: an answer after two leases goes through. (The
+    lease also covers E2B's create, which starts the gateway: 5 s was too short for a loaded machine.)"""
+    lease, thinks = 8, 16
+    monkeypatch.setenv("SANDBOX_LEASE_SECONDS", str(lease))
+    with Person(f"notion-to-github octo/slow-person-{world.backend}", {"decision": "approve"}, thinks_for=thinks):
         state = run(world, "slow-person")
     assert state.is_completed(), state.result(raise_on_failure=False)
     assert len(world.issues(f"octo/slow-person-{world.backend}")) == 1
     if world.e2b:  # the renewals E2B received while the run waited
         renewals = [r for r in world.e2b.requests if r.path == f"/sandboxes/{state.result().session.sandbox_id}/timeout"]
-        assert len(renewals) >= 15 / (5 / 3) - 2
+        assert len(renewals) >= thinks / (lease / 3) - 2
 
 
 def test_a_denied_call_never_runs_and_the_run_fails_naming_the_denial(world):

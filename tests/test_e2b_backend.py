@@ -115,6 +115,19 @@ def test_a_transient_create_error_is_retried_without_a_second_sandbox(e2b):
     assert created[-1].headers["idempotency-key"] == created[-2].headers["idempotency-key"]
 
 
+def test_a_sandbox_created_whose_details_cannot_be_read_is_killed_by_the_adapter(e2b):
+    """No handle reaches the caller, so nobody else could kill it: it would live out its lease (as the CI saw, after a
+    connection reset on that read)."""
+    e2b.inject("api_error", method="GET", path="/sandboxes/", status=500, count=None)
+    backend = E2BSandboxes(e2b.env["E2B_API_KEY"], e2b.env["E2B_MCP_URL"], e2b.env["E2B_MCP_URL"])
+    with pytest.raises(SandboxError, match="read the sandbox's details"):
+        asyncio.run(backend.create({"notion": {"internalIntegrationToken": "x"}}, {}, 120, {"batch": "unreadable"},
+                                   lease_seconds=60))
+    e2b.clear_faults()
+    made = [r for r in e2b.sandboxes().values() if r.metadata.get("batch") == "unreadable"]
+    assert len(made) == 1 and not made[0].alive
+
+
 def test_a_retried_run_reuses_its_completed_agent_run_and_opens_no_second_issue(world, e2b):
     """A failure after create_issue (every way to kill the sandbox fails: the E2B API errs four times), then the
     flow's retry: the agent's completed run is reused, no second sandbox or issue, and the retry kills the sandbox."""

@@ -180,8 +180,13 @@ class E2BSandboxes(SandboxBackend):
             )
         self._open[sandbox.sandbox_id] = sandbox
         url, internal = self._urls(sandbox)
-        async with _translated("read the sandbox's details", sandbox.sandbox_id):
-            info = await sandbox.get_info()
+        try:
+            async with _translated("read the sandbox's details", sandbox.sandbox_id):
+                info = await sandbox.get_info()
+        except BaseException:  # nobody holds a handle to it yet: killed here, or it would live out its lease
+            with contextlib.suppress(SandboxError):
+                await self.kill(sandbox.sandbox_id)
+            raise
         created = info.started_at.astimezone(timezone.utc)
         return SandboxHandle(
             id=sandbox.sandbox_id,
