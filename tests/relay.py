@@ -11,52 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
-CHUNK = 65536
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while chunk := await reader.read(CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
+from agentbox.sandboxes.local.jailnet import Streams, relay_to  # the sandbox's own relays, the other way round
 
 
-def _is_path(address: str) -> bool:
-    return "/" in address
-
-
-async def _connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if _is_path(address):
-        return await asyncio.open_unix_connection(address)
+def _connector(address: str) -> Callable[[], Awaitable[Streams]]:
+    if "/" in address:  # a unix socket's path
+        return functools.partial(asyncio.open_unix_connection, address)
     host, _, port = address.rpartition(":")
-    return await asyncio.open_connection(host, int(port))
+    return functools.partial(asyncio.open_connection, host, int(port))
 
 
 async def _serve(listen: str, target: str) -> asyncio.AbstractServer:
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await _connect(target)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-
-    if _is_path(listen):
+    if "/" in listen:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(listen)
-        return await asyncio.start_unix_server(relay, listen)
+        return await asyncio.start_unix_server(relay_to(_connector(target)), listen)
     host, _, port = listen.rpartition(":")
-    return await asyncio.start_server(relay, host, int(port), reuse_address=True)
+    return await asyncio.start_server(relay_to(_connector(target)), host, int(port), reuse_address=True)
 
 
 async def _main(routes: list[tuple[str, str]], command: list[str]) -> int:

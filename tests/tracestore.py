@@ -1,8 +1,8 @@
 """A real OpenTelemetry trace store for the tests (Arize Phoenix, started here) and an OTLP recorder in front of it.
 
-`TraceStore.start(directory)` runs `phoenix serve` in a network namespace of its own and reads traces back through its
-REST API (`spans`, `trace_ids`) and its UI (`trace_url`, `screenshot`). Phoenix takes OTLP/HTTP traces in protobuf only, and
-no metrics or logs. `OtlpRecorder` is what the code under test exports to: it keeps every OTLP/HTTP request
+`TraceStore.start(directory)` runs `phoenix serve` in a network namespace of its own and reads traces back through
+its REST API (`spans`, `trace_ids`) and its UI (`trace_url`, `screenshot`). Phoenix takes OTLP/HTTP traces in protobuf
+only, and no metrics or logs. `OtlpRecorder` is what the code under test exports to: it keeps every OTLP/HTTP request
 (traces, metrics, logs; protobuf or JSON; gzip or not), forwards the traces to the store, and decodes what it got
 (`spans`, `metrics`, `log_records`, `raw`). Phoenix keeps only the project name (`openinference.project.name`) of a
 span's resource and drops the other resource attributes: check those with `OtlpRecorder.spans()`.
@@ -123,7 +123,8 @@ class TraceStore:
         with _client(timeout=2) as client:
             while True:
                 if (exited := next((p for p in self.processes if p.poll() is not None), None)) is not None:
-                    raise RuntimeError(f"{exited.args[-1]} exited ({exited.returncode}) before answering; "
+                    what = "phoenix serve" if exited is self.processes[-1] else "the relay to Phoenix"
+                    raise RuntimeError(f"{what} exited ({exited.returncode}) before answering; "
                                        f"{self.log}:\n{_log_tail(self.log)}")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.url}/healthz").status_code == 200:
@@ -134,7 +135,7 @@ class TraceStore:
                 time.sleep(0.25)
 
     def stop(self) -> None:
-        """SIGTERM each process group (Phoenix's last), SIGKILL it after 15 s, and SIGKILL whatever of it is left."""
+        """SIGTERM each process group (Phoenix's first), SIGKILL it after 15 s, and SIGKILL whatever of it is left."""
         for process in reversed(self.processes):
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):

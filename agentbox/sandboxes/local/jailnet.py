@@ -8,15 +8,17 @@ address is refused by the kernel. Standard library only, so it starts in a few t
 """
 
 import asyncio
+import functools
 import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 CHUNK = 65536
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while chunk := await reader.read(CHUNK):
             writer.write(chunk)
@@ -31,15 +33,19 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             pass
 
 
-def _relay_to(path: str):
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def relay_to(connect: Callable[[], Awaitable[Streams]]):
+    """A connection handler for asyncio.start_server: each connection relayed, both ways, to a new `connect()`."""
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(path)
+            up_reader, up_writer = await connect()
         except OSError:
             writer.close()
             return
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             for w in (writer, up_writer):
                 w.close()
@@ -66,7 +72,7 @@ def _quiet_about_cancelled_relays(loop: asyncio.AbstractEventLoop, context: dict
 
 async def _main(routes: list[tuple[socket.socket, str]], command: list[str]) -> int:
     for sock, path in routes:
-        await asyncio.start_server(_relay_to(path), sock=sock)
+        await asyncio.start_server(relay_to(functools.partial(asyncio.open_unix_connection, path)), sock=sock)
     child = await asyncio.create_subprocess_exec(*command)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_about_cancelled_relays)
