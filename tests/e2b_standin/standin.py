@@ -63,9 +63,6 @@ FAULT_KINDS: dict[str, dict[str, Any]] = {
     "list_pages": {"page_size": _REQUIRED},
 }
 TARGETING = {"rate": 1.0, "session": None}
-# An idle connection is kept longer than the SDK's pool keeps one (E2B_KEEPALIVE_EXPIRY, 300 s), as a real API's must
-# be: with uvicorn's 5 s, a pooled connection reused just as the server closed it was reset (seen in CI).
-KEEP_ALIVE_SECONDS = 330
 
 
 def claim_base() -> tuple[Path, int]:
@@ -197,7 +194,7 @@ class E2BStandIn:
         self._stopping = asyncio.Event()
         servers = [
             uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                          timeout_graceful_shutdown=2, timeout_keep_alive=KEEP_ALIVE_SECONDS))
+                                          timeout_graceful_shutdown=2))
             for app in (ControlPlane(state).app(), envd_app(state))
         ]
         tasks = [asyncio.create_task(s.serve(sockets=[sock])) for s, sock in zip(servers, sockets)]
