@@ -116,8 +116,8 @@ def test_a_transient_create_error_is_retried_without_a_second_sandbox(e2b):
 
 
 def test_a_sandbox_created_whose_details_cannot_be_read_is_killed_by_the_adapter(e2b):
-    """No handle reaches the caller, so nobody else could kill it: it would live out its lease (as seen in a loaded test run, after a
-    connection reset on that read)."""
+    """No handle reaches the caller, so nobody else could kill it: it would live out its lease (as seen in a loaded
+    test run, after a connection reset on that read)."""
     e2b.inject("api_error", method="GET", path="/sandboxes/", status=500, count=None)
     backend = E2BSandboxes(e2b.env["E2B_API_KEY"], e2b.env["E2B_MCP_URL"], e2b.env["E2B_MCP_URL"])
     with pytest.raises(SandboxError, match="read the sandbox's details"):
